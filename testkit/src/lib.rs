@@ -1,0 +1,1 @@
+//! Test support: real daemons on free loopback ports with temp dirs.
