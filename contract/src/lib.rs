@@ -1,1 +1,18 @@
-//! fleet-contract
+//! The fleet-agent wire contract: every document that crosses a process boundary.
+//!
+//! Deployment manifests, status documents, device ids and the subject/key names the control
+//! planes use. Pure data and validation, no I/O, so the agent, `fleetctl` and fuzz targets all
+//! decode outside input through exactly this code.
+
+#![warn(missing_docs)]
+
+mod device;
+mod manifest;
+mod status;
+
+pub use device::{DeviceId, DeviceIdError};
+pub use manifest::{
+    ContainerSpec, DecodeError, Deployment, InitContainer, Lifecycle, RestartPolicy, API_VERSION,
+    MAX_MANIFEST_BYTES,
+};
+pub use status::{DeploymentStatus, Phase};

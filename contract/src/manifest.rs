@@ -1,0 +1,527 @@
+//! Deployment manifests: one deployment (a container plus its init containers) per document.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::device::{validate_name, NameError};
+
+/// The `apiVersion` every manifest must carry.
+pub const API_VERSION: &str = "fleet/v1";
+
+/// One deployment: what must run on the device under one name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Deployment {
+    /// Schema version; must equal [`API_VERSION`].
+    pub api_version: String,
+    /// Deployment name: `[a-z0-9][a-z0-9-]{0,62}`, unique on the device.
+    pub name: String,
+    /// Operator-chosen revision; status reports which revision it reflects.
+    pub revision: u64,
+    /// The main container.
+    pub container: ContainerSpec,
+    /// How the old container is stopped on upgrade and removal.
+    #[serde(default)]
+    pub lifecycle: Lifecycle,
+    /// Init containers, run in order to completion before the main container starts.
+    #[serde(default, rename = "init", skip_serializing_if = "Vec::is_empty")]
+    pub init: Vec<InitContainer>,
+}
+
+/// The main container of a deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ContainerSpec {
+    /// Image reference, e.g. `registry.local:5000/app:1.2`.
+    pub image: String,
+    /// Command and arguments; the image's default when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Environment variables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Restart policy when the container exits.
+    #[serde(default)]
+    pub restart: RestartPolicy,
+}
+
+/// When an exited container is started again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Always restart (with crash-loop backoff).
+    #[default]
+    Always,
+    /// Restart only after a non-zero exit.
+    OnFailure,
+    /// Never restart; the deployment reports the exit.
+    Never,
+}
+
+/// Stop behaviour on upgrade and removal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Lifecycle {
+    /// Signal sent first, e.g. `SIGTERM`.
+    #[serde(default = "default_stop_signal")]
+    pub stop_signal: String,
+    /// Seconds between the stop signal and SIGKILL (0..=3600).
+    #[serde(default = "default_grace")]
+    pub grace_period_secs: u32,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Self {
+            stop_signal: default_stop_signal(),
+            grace_period_secs: default_grace(),
+        }
+    }
+}
+
+fn default_stop_signal() -> String {
+    "SIGTERM".to_owned()
+}
+fn default_grace() -> u32 {
+    10
+}
+
+/// An init container: runs to completion before the main container on every fresh creation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct InitContainer {
+    /// Name, unique within the deployment.
+    pub name: String,
+    /// Image reference; the main container's image when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Command and arguments.
+    pub command: Vec<String>,
+    /// Seconds before the init container is killed and the deployment fails (1..=86400).
+    #[serde(default = "default_init_timeout")]
+    pub timeout_secs: u32,
+}
+
+fn default_init_timeout() -> u32 {
+    300
+}
+
+/// Why a manifest was rejected: where (file, line, column), which field, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct DecodeError {
+    /// The file or key the document came from, when known.
+    pub source_name: Option<String>,
+    /// 1-based line, when the format has lines.
+    pub line: Option<usize>,
+    /// 1-based column, when known.
+    pub column: Option<usize>,
+    /// Dotted path of the offending field, when known (e.g. `container.image`).
+    pub field: Option<String>,
+    /// What is wrong, in one line.
+    pub message: String,
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(src) = &self.source_name {
+            write!(f, "{src}: ")?;
+        }
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => write!(f, "line {l}, column {c}: ")?,
+            (Some(l), None) => write!(f, "line {l}: ")?,
+            _ => {}
+        }
+        if let Some(field) = &self.field {
+            write!(f, "field `{field}`: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl DecodeError {
+    /// Attaches the file or key name the document came from.
+    pub fn with_source(mut self, name: impl Into<String>) -> Self {
+        self.source_name = Some(name.into());
+        self
+    }
+}
+
+/// Largest manifest accepted, in bytes; anything bigger is refused before parsing.
+pub const MAX_MANIFEST_BYTES: usize = 256 * 1024;
+
+impl Deployment {
+    /// Decodes and validates a TOML manifest (the local `deployments.d/` format).
+    pub fn from_toml_str(src: &str) -> Result<Self, DecodeError> {
+        check_size(src.len())?;
+        let d: Deployment = toml::from_str(src).map_err(|e| toml_error(src, &e))?;
+        d.validate().map_err(|(field, message)| {
+            let (line, column) = locate_toml_field(src, &field).unzip();
+            DecodeError {
+                source_name: None,
+                line,
+                column,
+                field: Some(field),
+                message,
+            }
+        })?;
+        Ok(d)
+    }
+
+    /// Decodes and validates a JSON manifest (the network format).
+    pub fn from_json_slice(bytes: &[u8]) -> Result<Self, DecodeError> {
+        check_size(bytes.len())?;
+        let d: Deployment = serde_json::from_slice(bytes).map_err(|e| DecodeError {
+            source_name: None,
+            line: Some(e.line()),
+            column: Some(e.column()),
+            field: None,
+            message: e.to_string(),
+        })?;
+        d.validate().map_err(|(field, message)| DecodeError {
+            source_name: None,
+            line: None,
+            column: None,
+            field: Some(field),
+            message,
+        })?;
+        Ok(d)
+    }
+
+    /// Encodes to JSON (the form cached in the store and sent on the wire).
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serializing plain owned data with string keys cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Semantic checks serde cannot express; returns (field path, message).
+    fn validate(&self) -> Result<(), (String, String)> {
+        if self.api_version != API_VERSION {
+            return Err((
+                "apiVersion".into(),
+                format!(
+                    "unsupported apiVersion {:?}; this agent speaks {API_VERSION:?}",
+                    self.api_version
+                ),
+            ));
+        }
+        check_name("name", &self.name)?;
+        check_image("container.image", &self.container.image)?;
+        check_env(&self.container.env)?;
+        if !is_signal_name(&self.lifecycle.stop_signal) {
+            return Err((
+                "lifecycle.stopSignal".into(),
+                format!(
+                    "unknown signal {:?}; use a name like SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1",
+                    self.lifecycle.stop_signal
+                ),
+            ));
+        }
+        if self.lifecycle.grace_period_secs > 3600 {
+            return Err((
+                "lifecycle.gracePeriodSecs".into(),
+                format!("{} is above the limit of 3600", self.lifecycle.grace_period_secs),
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, init) in self.init.iter().enumerate() {
+            check_name(&format!("init[{i}].name"), &init.name)?;
+            if !seen.insert(init.name.as_str()) {
+                return Err((
+                    format!("init[{i}].name"),
+                    format!("duplicate init container name {:?}", init.name),
+                ));
+            }
+            if let Some(image) = &init.image {
+                check_image(&format!("init[{i}].image"), image)?;
+            }
+            if init.command.is_empty() {
+                return Err((format!("init[{i}].command"), "must not be empty".into()));
+            }
+            if !(1..=86_400).contains(&init.timeout_secs) {
+                return Err((
+                    format!("init[{i}].timeoutSecs"),
+                    format!("{} is outside 1..=86400", init.timeout_secs),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_size(len: usize) -> Result<(), DecodeError> {
+    if len > MAX_MANIFEST_BYTES {
+        return Err(DecodeError {
+            source_name: None,
+            line: None,
+            column: None,
+            field: None,
+            message: format!("manifest is {len} bytes; the limit is {MAX_MANIFEST_BYTES}"),
+        });
+    }
+    Ok(())
+}
+
+fn check_name(field: &str, name: &str) -> Result<(), (String, String)> {
+    validate_name(name).map_err(|e| {
+        let why = match e {
+            NameError::Empty => "must not be empty".to_owned(),
+            NameError::TooLong(n) => format!("is {n} characters; at most 63"),
+            NameError::BadChar { ch, pos } => format!(
+                "{name:?} has {ch:?} at position {pos}; allowed: a-z, 0-9 and '-' (not first)"
+            ),
+        };
+        (field.to_owned(), why)
+    })
+}
+
+fn check_image(field: &str, image: &str) -> Result<(), (String, String)> {
+    if image.trim().is_empty() {
+        return Err((field.to_owned(), "must not be empty".into()));
+    }
+    if image.len() > 512 || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err((
+            field.to_owned(),
+            format!("{image:?} is not an image reference"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_env(env: &BTreeMap<String, String>) -> Result<(), (String, String)> {
+    for key in env.keys() {
+        let ok = !key.is_empty()
+            && !key.starts_with(|c: char| c.is_ascii_digit())
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return Err((
+                format!("container.env.{key}"),
+                "environment variable names use A-Z, a-z, 0-9 and '_' and do not start with a digit"
+                    .into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn is_signal_name(s: &str) -> bool {
+    const SIGNALS: &[&str] = &[
+        "SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGKILL", "SIGWINCH",
+        "SIGPWR",
+    ];
+    SIGNALS.contains(&s)
+}
+
+/// Turns a toml error into line/column plus the key written on that line.
+fn toml_error(src: &str, e: &toml::de::Error) -> DecodeError {
+    let (line, column) = match e.span() {
+        Some(span) => {
+            let (l, c) = line_col(src, span.start);
+            (Some(l), Some(c))
+        }
+        None => (None, None),
+    };
+    let message = e.message().trim().to_owned();
+    let field = unknown_or_missing_field(&message).or_else(|| {
+        line.and_then(|l| src.lines().nth(l - 1))
+            .and_then(key_on_line)
+    });
+    DecodeError {
+        source_name: None,
+        line,
+        column,
+        field,
+        message,
+    }
+}
+
+fn line_col(src: &str, offset: usize) -> (usize, usize) {
+    let before = &src[..offset.min(src.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// serde's "unknown field `x`" / "missing field `x`" messages name the field already.
+fn unknown_or_missing_field(message: &str) -> Option<String> {
+    let rest = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("missing field `"))?;
+    rest.split('`').next().map(str::to_owned)
+}
+
+fn key_on_line(line: &str) -> Option<String> {
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    (!key.is_empty() && !key.starts_with('[')).then(|| key.to_owned())
+}
+
+/// Finds `field` (a dotted path such as `container.image` or `init[1].name`) in TOML source,
+/// by tracking table headers; returns 1-based (line, column) of its key.
+fn locate_toml_field(src: &str, field: &str) -> Option<(usize, usize)> {
+    let (table, index, key) = split_path(field);
+    let mut array_seen: usize = 0;
+    let mut in_target = table.is_empty();
+    for (n, raw) in src.lines().enumerate() {
+        let line = raw.trim();
+        if let Some(h) = line.strip_prefix("[[").and_then(|l| l.split("]]").next()) {
+            let is_table = h.trim() == table;
+            if is_table {
+                array_seen += 1;
+            }
+            in_target = is_table && Some(array_seen - 1) == index;
+            continue;
+        }
+        if let Some(h) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
+            in_target = h.trim() == table && index.is_none();
+            continue;
+        }
+        if in_target {
+            if let Some(k) = key_on_line(line) {
+                if k == key {
+                    let col = raw.len() - raw.trim_start().len() + 1;
+                    return Some((n + 1, col));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// `init[1].name` -> ("init", Some(1), "name"); `container.image` -> ("container", None, "image").
+fn split_path(field: &str) -> (String, Option<usize>, String) {
+    let (table, key) = match field.rsplit_once('.') {
+        Some((t, k)) => (t, k),
+        None => ("", field),
+    };
+    let (table, index) = match table.split_once('[') {
+        Some((t, rest)) => (t, rest.trim_end_matches(']').parse().ok()),
+        None => (table, None),
+    };
+    // `container.env.KEY`: the key lives under [container.env] or inline in [container].
+    (table.to_owned(), index, key.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+apiVersion = "fleet/v1"
+name = "web"
+revision = 3
+
+[container]
+image = "localhost/web:1"
+command = ["httpd", "-f"]
+env = { PORT = "8080" }
+
+[lifecycle]
+stopSignal = "SIGINT"
+gracePeriodSecs = 5
+
+[[init]]
+name = "prepare"
+command = ["mkdir", "-p", "/data"]
+
+[[init]]
+name = "seed"
+command = ["touch", "/data/x"]
+timeoutSecs = 20
+"#;
+
+    #[test]
+    fn decodes_a_full_manifest() {
+        let d = Deployment::from_toml_str(GOOD).unwrap();
+        assert_eq!(d.name, "web");
+        assert_eq!(d.revision, 3);
+        assert_eq!(d.container.env["PORT"], "8080");
+        assert_eq!(d.lifecycle.grace_period_secs, 5);
+        assert_eq!(d.init.len(), 2);
+        assert_eq!(d.init[1].timeout_secs, 20);
+        assert_eq!(d.init[0].timeout_secs, 300);
+    }
+
+    #[test]
+    fn json_round_trip_is_lossless() {
+        let d = Deployment::from_toml_str(GOOD).unwrap();
+        let back = Deployment::from_json_slice(&d.to_json()).unwrap();
+        assert_eq!(d, back);
+    }
+
+    #[test]
+    fn unknown_field_names_field_and_line() {
+        let src = GOOD.replace("revision = 3", "revision = 3\nreplicas = 2");
+        let e = Deployment::from_toml_str(&src).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("replicas"), "{e}");
+        assert_eq!(e.line, Some(5), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_key_on_the_line() {
+        let src = GOOD.replace("revision = 3", "revision = \"three\"");
+        let e = Deployment::from_toml_str(&src).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("revision"), "{e}");
+        assert_eq!(e.line, Some(4));
+    }
+
+    #[test]
+    fn semantic_error_is_located_in_its_table() {
+        let src = GOOD.replace("name = \"seed\"", "name = \"Seed\"");
+        let e = Deployment::from_toml_str(&src).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("init[1].name"), "{e}");
+        assert_eq!(e.line, Some(20), "{e}");
+        let src = GOOD.replace("apiVersion = \"fleet/v1\"", "apiVersion = \"fleet/v9\"");
+        let e = Deployment::from_toml_str(&src).unwrap_err();
+        assert_eq!((e.field.as_deref(), e.line), (Some("apiVersion"), Some(2)));
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let src = GOOD.replace("image = \"localhost/web:1\"\n", "");
+        let e = Deployment::from_toml_str(&src).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("image"), "{e}");
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        for (from, to, field) in [
+            ("stopSignal = \"SIGINT\"", "stopSignal = \"TERM\"", "lifecycle.stopSignal"),
+            ("gracePeriodSecs = 5", "gracePeriodSecs = 99999", "lifecycle.gracePeriodSecs"),
+            ("image = \"localhost/web:1\"", "image = \"\"", "container.image"),
+            ("PORT = ", "\"1X\" = ", "container.env.1X"),
+            ("timeoutSecs = 20", "timeoutSecs = 0", "init[1].timeoutSecs"),
+            ("name = \"seed\"", "name = \"prepare\"", "init[1].name"),
+        ] {
+            let src = GOOD.replace(from, to);
+            assert_ne!(src, GOOD, "{from}");
+            let e = Deployment::from_toml_str(&src).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some(field), "{e}");
+        }
+    }
+
+    #[test]
+    fn garbage_and_oversize_are_errors_not_panics() {
+        for src in ["\u{0}\u{1}garbage", "[[[", "name = ", "= 1", "apiVersion = 1"] {
+            assert!(Deployment::from_toml_str(src).is_err());
+            assert!(Deployment::from_json_slice(src.as_bytes()).is_err());
+        }
+        let big = "#".repeat(MAX_MANIFEST_BYTES + 1);
+        assert!(Deployment::from_toml_str(&big)
+            .unwrap_err()
+            .message
+            .contains("limit"));
+    }
+
+    #[test]
+    fn display_reads_like_a_compiler_message() {
+        let e = Deployment::from_toml_str("apiVersion = \"fleet/v1\"\nbogus = 1\n")
+            .unwrap_err()
+            .with_source("/etc/fleet-agent/deployments.d/web.toml");
+        assert_eq!(
+            e.to_string(),
+            "/etc/fleet-agent/deployments.d/web.toml: line 2, column 1: field `bogus`: unknown field `bogus`, expected one of `apiVersion`, `name`, `revision`, `container`, `lifecycle`, `init`"
+        );
+    }
+}
