@@ -1,0 +1,94 @@
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use fleet_contract::{DecodeError, Deployment, DeploymentStatus};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Clock, Extensions};
+
+/// Everything a module may touch. Cheap to clone; one per module, built by the runtime.
+#[derive(Clone)]
+pub struct Context {
+    /// The module's name (same as [`crate::Capability::name`]).
+    pub module: &'static str,
+    /// The module's own key/value area in the agent's store.
+    pub store: Arc<dyn ModuleStore>,
+    /// Desired state; every change from any control plane arrives here.
+    pub desired: DesiredStream,
+    /// Where the module reports what it did.
+    pub status: Arc<dyn StatusSink>,
+    /// Wall clock with trust flag.
+    pub clock: Arc<dyn Clock>,
+    /// Injected directories; never hard-code `/etc` or `/var`.
+    pub paths: Paths,
+    /// Fires when the agent shuts down; `run` must return soon after.
+    pub shutdown: CancellationToken,
+    /// Extension points provided by other modules.
+    pub ext: Extensions,
+}
+
+/// Directories a module may use, injected by the runtime (temp dirs in tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    /// Config directory (`/etc/fleet-agent`).
+    pub config_dir: PathBuf,
+    /// Persistent state (`/var/lib/fleet-agent`, on its own volume).
+    pub state_dir: PathBuf,
+    /// Volatile runtime files (`/run/fleet-agent`, tmpfs).
+    pub run_dir: PathBuf,
+}
+
+/// Latest desired state, as a watch channel: modules read the whole current state and
+/// reconcile towards it (level-triggered), so a missed intermediate version loses nothing.
+pub type DesiredStream = watch::Receiver<Arc<DesiredState>>;
+
+/// The full desired state of this device, merged from the control plane in use.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DesiredState {
+    /// Deployments by name.
+    pub deployments: BTreeMap<String, DesiredDeployment>,
+}
+
+/// One desired deployment, or the reason its document could not be used.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DesiredDeployment {
+    /// A decoded, validated manifest.
+    Valid(Deployment),
+    /// The document was rejected; only this deployment is affected.
+    Invalid {
+        /// Where the document came from (file path or KV key).
+        source_name: String,
+        /// Why it was rejected (line, field, message).
+        error: DecodeError,
+    },
+}
+
+/// Error from a module's store area.
+#[derive(Debug, thiserror::Error)]
+#[error("store: {0}")]
+pub struct StoreError(pub String);
+
+/// A module's private key/value area in the agent's SQLite store. Calls are short local
+/// transactions; values are opaque bytes (JSON by convention).
+pub trait ModuleStore: Send + Sync + 'static {
+    /// Reads `key`.
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Writes `key` durably (committed when this returns).
+    fn put(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+    /// Deletes `key`; deleting a missing key is not an error.
+    fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// Lists keys starting with `prefix`, in order.
+    fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+}
+
+/// Where modules publish status; the runtime persists it and forwards it to the control plane.
+pub trait StatusSink: Send + Sync + 'static {
+    /// Records the current status of one deployment.
+    fn deployment(&self, status: DeploymentStatus);
+    /// Forgets a deployment that was removed from the device.
+    fn deployment_removed(&self, name: &str);
+    /// Attaches a module-specific detail document to the heartbeat (e.g. upgrade phase).
+    fn detail(&self, module: &'static str, detail: serde_json::Value);
+}
