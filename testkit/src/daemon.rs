@@ -209,3 +209,75 @@ pub(crate) fn tcp_accepts(port: u16) -> bool {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn early_exit_names_binary_and_log_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = Daemon::new("sh", dir.path().join("log"));
+        let args: Vec<OsString> = vec!["-c".into(), "echo boom-on-stderr >&2; exit 3".into()];
+        let err = d
+            .start_once(&args, "never", &mut |_| Ready::NotYet)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("sh exited early"), "{err}");
+        assert!(err.contains("boom-on-stderr"), "{err}");
+    }
+
+    #[test]
+    fn address_in_use_exit_is_retried_on_a_new_port() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = Daemon::new("sh", dir.path().join("log"));
+        let mut tries = 0;
+        let err = d
+            .start_on_free_port(
+                "never",
+                |port| {
+                    tries += 1;
+                    Ok(vec![
+                        "-c".into(),
+                        format!("echo 'bind {port}: Address already in use' >&2; exit 1").into(),
+                    ])
+                },
+                |_, _| Ready::NotYet,
+            )
+            .unwrap_err();
+        assert_eq!(tries, PORT_ATTEMPTS);
+        assert!(is_addr_in_use(&err), "{err}");
+    }
+
+    #[test]
+    fn unknown_binary_is_a_spawn_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = Daemon::new("fleet-no-such-daemon", dir.path().join("log"));
+        let err = d
+            .start_once(&[], "never", &mut |_| Ready::NotYet)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot spawn fleet-no-such-daemon"), "{err}");
+    }
+
+    #[test]
+    fn drop_kills_the_child() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let mut d = Daemon::new("sh", dir.path().join("log"));
+        let script = format!("echo $$ > {}; exec sleep 300", pidfile.display());
+        d.start_once(&["-c".into(), script.into()], "pid file", &mut |_| {
+            if pidfile.exists() {
+                Ready::Yes
+            } else {
+                Ready::NotYet
+            }
+        })
+        .unwrap();
+        let pid = std::fs::read_to_string(&pidfile).unwrap();
+        let proc_dir = PathBuf::from(format!("/proc/{}", pid.trim()));
+        assert!(proc_dir.exists());
+        drop(d);
+        assert!(!proc_dir.exists(), "child {} survived drop", pid.trim());
+    }
+}
