@@ -1,1 +1,5 @@
-fn main() {}
+//! The `fleet-agent` binary: everything lives in the library; this maps results to exit codes.
+
+fn main() -> std::process::ExitCode {
+    fleet_agent::cli::main()
+}

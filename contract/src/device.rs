@@ -16,8 +16,13 @@ pub enum DeviceIdError {
     /// The id is longer than 63 characters.
     #[error("device id is {0} characters long; at most 63 are allowed")]
     TooLong(usize),
+    /// A machine id is not 32 hexadecimal digits.
+    #[error("machine id {0:?} is not 32 hexadecimal digits")]
+    BadMachineId(String),
     /// The id contains a character outside `[a-z0-9-]` or starts with `-`.
-    #[error("device id {id:?} has {ch:?} at position {pos}; allowed: a-z, 0-9 and '-' (not first)")]
+    #[error(
+        "device id {id:?} has {ch:?} at position {pos}; allowed: a-z, 0-9 and '-' (not first)"
+    )]
     BadChar {
         /// The offending id.
         id: String,
@@ -47,6 +52,9 @@ impl DeviceId {
     /// Derives a device id from `/etc/machine-id` contents (`m-` + the first 16 hex digits).
     pub fn from_machine_id(machine_id: &str) -> Result<Self, DeviceIdError> {
         let hex: String = machine_id.trim().to_ascii_lowercase();
+        if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(DeviceIdError::BadMachineId(hex));
+        }
         let short: String = hex.chars().take(16).collect();
         Self::parse(&format!("m-{short}"))
     }
@@ -129,5 +137,10 @@ mod tests {
     fn derives_from_machine_id() {
         let d = DeviceId::from_machine_id("0123456789ABCDEF0123456789abcdef\n").unwrap();
         assert_eq!(d.as_str(), "m-0123456789abcdef");
+        assert!(matches!(
+            DeviceId::from_machine_id(""),
+            Err(DeviceIdError::BadMachineId(_))
+        ));
+        assert!(DeviceId::from_machine_id("uninitialized").is_err());
     }
 }

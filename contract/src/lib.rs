@@ -12,7 +12,7 @@ mod status;
 
 pub use device::{DeviceId, DeviceIdError};
 pub use manifest::{
-    ContainerSpec, DecodeError, Deployment, InitContainer, Lifecycle, RestartPolicy, API_VERSION,
-    MAX_MANIFEST_BYTES,
+    decode_toml, located_error, ContainerSpec, DecodeError, Deployment, InitContainer, Lifecycle,
+    RestartPolicy, API_VERSION, MAX_MANIFEST_BYTES,
 };
 pub use status::{DeploymentStatus, Phase};

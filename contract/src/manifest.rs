@@ -155,17 +155,9 @@ impl Deployment {
     /// Decodes and validates a TOML manifest (the local `deployments.d/` format).
     pub fn from_toml_str(src: &str) -> Result<Self, DecodeError> {
         check_size(src.len())?;
-        let d: Deployment = toml::from_str(src).map_err(|e| toml_error(src, &e))?;
-        d.validate().map_err(|(field, message)| {
-            let (line, column) = locate_toml_field(src, &field).unzip();
-            DecodeError {
-                source_name: None,
-                line,
-                column,
-                field: Some(field),
-                message,
-            }
-        })?;
+        let d: Deployment = decode_toml(src)?;
+        d.validate()
+            .map_err(|(field, message)| located_error(src, field, message))?;
         Ok(d)
     }
 
@@ -221,7 +213,10 @@ impl Deployment {
         if self.lifecycle.grace_period_secs > 3600 {
             return Err((
                 "lifecycle.gracePeriodSecs".into(),
-                format!("{} is above the limit of 3600", self.lifecycle.grace_period_secs),
+                format!(
+                    "{} is above the limit of 3600",
+                    self.lifecycle.grace_period_secs
+                ),
             ));
         }
         let mut seen = std::collections::BTreeSet::new();
@@ -311,6 +306,24 @@ fn is_signal_name(s: &str) -> bool {
         "SIGPWR",
     ];
     SIGNALS.contains(&s)
+}
+
+/// Decodes any TOML document, turning errors into a [`DecodeError`] with line, column and field.
+pub fn decode_toml<T: serde::de::DeserializeOwned>(src: &str) -> Result<T, DecodeError> {
+    toml::from_str(src).map_err(|e| toml_error(src, &e))
+}
+
+/// A [`DecodeError`] for a semantic problem with `field` (dotted path, e.g. `init[1].name` or
+/// `modules.watchdog.device`), located in TOML source `src` by its table headers.
+pub fn located_error(src: &str, field: String, message: String) -> DecodeError {
+    let (line, column) = locate_toml_field(src, &field).unzip();
+    DecodeError {
+        source_name: None,
+        line,
+        column,
+        field: Some(field),
+        message,
+    }
 }
 
 /// Turns a toml error into line/column plus the key written on that line.
@@ -487,9 +500,21 @@ timeoutSecs = 20
     #[test]
     fn rejects_bad_values() {
         for (from, to, field) in [
-            ("stopSignal = \"SIGINT\"", "stopSignal = \"TERM\"", "lifecycle.stopSignal"),
-            ("gracePeriodSecs = 5", "gracePeriodSecs = 99999", "lifecycle.gracePeriodSecs"),
-            ("image = \"localhost/web:1\"", "image = \"\"", "container.image"),
+            (
+                "stopSignal = \"SIGINT\"",
+                "stopSignal = \"TERM\"",
+                "lifecycle.stopSignal",
+            ),
+            (
+                "gracePeriodSecs = 5",
+                "gracePeriodSecs = 99999",
+                "lifecycle.gracePeriodSecs",
+            ),
+            (
+                "image = \"localhost/web:1\"",
+                "image = \"\"",
+                "container.image",
+            ),
             ("PORT = ", "\"1X\" = ", "container.env.1X"),
             ("timeoutSecs = 20", "timeoutSecs = 0", "init[1].timeoutSecs"),
             ("name = \"seed\"", "name = \"prepare\"", "init[1].name"),
@@ -503,7 +528,13 @@ timeoutSecs = 20
 
     #[test]
     fn garbage_and_oversize_are_errors_not_panics() {
-        for src in ["\u{0}\u{1}garbage", "[[[", "name = ", "= 1", "apiVersion = 1"] {
+        for src in [
+            "\u{0}\u{1}garbage",
+            "[[[",
+            "name = ",
+            "= 1",
+            "apiVersion = 1",
+        ] {
             assert!(Deployment::from_toml_str(src).is_err());
             assert!(Deployment::from_json_slice(src.as_bytes()).is_err());
         }

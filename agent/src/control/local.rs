@@ -1,0 +1,271 @@
+//! The local control plane: one deployment manifest per `*.toml` file in `deployments.d/`,
+//! watched with inotify. Adds, edits and deletions become full desired-state updates, the
+//! same stream the network planes produce. A bad file marks only its own deployment Failed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fleet_contract::{DecodeError, Deployment, MAX_MANIFEST_BYTES};
+use fleet_module_api::{CancellationToken, DesiredDeployment, DesiredState};
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::{mpsc, watch};
+
+use super::{ControlError, ControlPlane, DesiredUpdate};
+use crate::store::DesiredRecord;
+
+/// Events arriving this close together are handled as one rescan.
+const DEBOUNCE: Duration = Duration::from_millis(150);
+/// A full rescan also runs this often, in case an inotify event was lost.
+const RESCAN_EVERY: Duration = Duration::from_secs(30);
+
+/// Manifest directory source.
+#[derive(Debug, Clone)]
+pub struct LocalPlane {
+    dir: PathBuf,
+}
+
+impl LocalPlane {
+    /// A plane reading `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// Reads every manifest in the directory now.
+    pub fn scan(&self) -> Result<DesiredUpdate, ControlError> {
+        scan_dir(&self.dir)
+    }
+}
+
+#[async_trait]
+impl ControlPlane for LocalPlane {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn check(&self) -> Result<String, ControlError> {
+        let update = self.scan()?;
+        Ok(format!(
+            "{}: {} manifest(s)",
+            self.dir.display(),
+            update.records.len()
+        ))
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        tx: watch::Sender<DesiredUpdate>,
+        shutdown: CancellationToken,
+    ) -> Result<(), ControlError> {
+        let setup = |message: String| ControlError::Setup {
+            plane: "local",
+            message,
+        };
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| setup(format!("cannot create {}: {e}", self.dir.display())))?;
+        let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<()>();
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Err(e) = &res {
+                tracing::warn!(error = %e, "manifest watcher error; rescanning");
+            }
+            let _ = ev_tx.send(());
+        })
+        .map_err(|e| setup(format!("cannot start inotify watcher: {e}")))?;
+        watcher
+            .watch(&self.dir, RecursiveMode::NonRecursive)
+            .map_err(|e| setup(format!("cannot watch {}: {e}", self.dir.display())))?;
+        tracing::info!(dir = %self.dir.display(), "watching deployment manifests");
+
+        let mut last: Option<Arc<DesiredState>> = None;
+        loop {
+            match self.scan() {
+                Ok(update) => {
+                    if last.as_ref() != Some(&update.state) {
+                        last = Some(update.state.clone());
+                        log_update(&update);
+                        tx.send_replace(update);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "manifest scan failed; keeping last state"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                ev = ev_rx.recv() => {
+                    if ev.is_none() {
+                        return Err(setup("watcher stopped".into()));
+                    }
+                    // Debounce: editors write a file in several steps.
+                    tokio::time::sleep(DEBOUNCE).await;
+                    while ev_rx.try_recv().is_ok() {}
+                }
+                () = tokio::time::sleep(RESCAN_EVERY) => {}
+            }
+        }
+    }
+}
+
+fn log_update(update: &DesiredUpdate) {
+    for (name, d) in &update.state.deployments {
+        match d {
+            DesiredDeployment::Valid(dep) => {
+                tracing::info!(deployment = %name, revision = dep.revision, "desired")
+            }
+            DesiredDeployment::Invalid { error, .. } => {
+                tracing::warn!(deployment = %name, error = %error, "manifest rejected")
+            }
+        }
+    }
+}
+
+/// Is this a manifest file (not an editor backup, temp or hidden file)?
+fn is_manifest(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    !name.starts_with('.') && name.ends_with(".toml")
+}
+
+fn scan_dir(dir: &Path) -> Result<DesiredUpdate, ControlError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(DesiredUpdate::default());
+        }
+        Err(e) => {
+            return Err(ControlError::Setup {
+                plane: "local",
+                message: format!("cannot read {}: {e}", dir.display()),
+            })
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| is_manifest(p) && p.is_file())
+        .collect();
+    files.sort();
+
+    let mut deployments: BTreeMap<String, DesiredDeployment> = BTreeMap::new();
+    let mut sources: BTreeMap<String, String> = BTreeMap::new();
+    let mut records = Vec::new();
+    for path in files {
+        let source = path.display().to_string();
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("invalid")
+            .to_owned();
+        let bytes = match read_capped(&path) {
+            Ok(b) => b,
+            Err(e) => {
+                // Vanished between listing and reading (deleted or renamed): skip.
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    continue;
+                }
+                let error = plain_error(format!("cannot read: {e}")).with_source(&source);
+                deployments.insert(stem, DesiredDeployment::Invalid { source_name: source, error });
+                continue;
+            }
+        };
+        let decoded = std::str::from_utf8(&bytes)
+            .map_err(|e| plain_error(format!("not UTF-8 text: {e}")))
+            .and_then(Deployment::from_toml_str)
+            .map_err(|e| e.with_source(&source));
+        let (name, entry, revision) = match decoded {
+            Ok(d) => (d.name.clone(), DesiredDeployment::Valid(d.clone()), Some(d.revision)),
+            Err(error) => (stem, DesiredDeployment::Invalid { source_name: source.clone(), error }, None),
+        };
+        if let Some(first) = sources.get(&name) {
+            let error = plain_error(format!(
+                "deployment name {name:?} is already defined in {first}"
+            ))
+            .with_source(&source);
+            // Keep the first definition; report the duplicate under its own file stem.
+            let dup_key = format!("{name}@{}", path.file_name().and_then(|n| n.to_str()).unwrap_or(""));
+            deployments.insert(dup_key, DesiredDeployment::Invalid { source_name: source, error });
+            continue;
+        }
+        sources.insert(name.clone(), source.clone());
+        records.push(DesiredRecord {
+            key: format!("deploy.{name}"),
+            source,
+            revision,
+            body: bytes,
+        });
+        deployments.insert(name, entry);
+    }
+    Ok(DesiredUpdate {
+        state: Arc::new(DesiredState { deployments }),
+        records,
+    })
+}
+
+fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let f = std::fs::File::open(path)?;
+    let mut buf = Vec::new();
+    f.take(MAX_MANIFEST_BYTES as u64 + 1).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+fn plain_error(message: String) -> DecodeError {
+    DecodeError {
+        source_name: None,
+        line: None,
+        column: None,
+        field: None,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M: &str = "apiVersion = \"fleet/v1\"\nname = \"NAME\"\nrevision = 1\n[container]\nimage = \"busybox\"\n";
+
+    #[test]
+    fn scans_valid_invalid_and_ignores_other_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.toml"), M.replace("NAME", "alpha")).unwrap();
+        std::fs::write(dir.path().join("b.toml"), "apiVersion = \"fleet/v1\"\nname = 5\n").unwrap();
+        std::fs::write(dir.path().join(".a.toml.swp"), "x").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "x").unwrap();
+        std::fs::write(dir.path().join("c.toml"), M.replace("NAME", "alpha")).unwrap();
+        let u = scan_dir(dir.path()).unwrap();
+        let names: Vec<_> = u.state.deployments.keys().cloned().collect();
+        assert_eq!(names, ["alpha", "alpha@c.toml", "b"]);
+        assert!(matches!(u.state.deployments["alpha"], DesiredDeployment::Valid(_)));
+        match &u.state.deployments["b"] {
+            DesiredDeployment::Invalid { error, .. } => {
+                assert_eq!((error.line, error.field.as_deref()), (Some(2), Some("name")), "{error}");
+                assert!(error.to_string().contains("b.toml: line 2"), "{error}");
+            }
+            other => panic!("{other:?}"),
+        }
+        match &u.state.deployments["alpha@c.toml"] {
+            DesiredDeployment::Invalid { error, .. } => {
+                assert!(error.message.contains("already defined in"), "{error}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(u.records.len(), 2, "alpha and b are cached; the duplicate is not");
+    }
+
+    #[test]
+    fn missing_dir_is_empty_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = scan_dir(&dir.path().join("nope")).unwrap();
+        assert!(u.state.deployments.is_empty());
+    }
+
+    #[test]
+    fn binary_garbage_is_an_invalid_deployment() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("g.toml"), [0xff, 0xfe, 0x00, 0x01]).unwrap();
+        let u = scan_dir(dir.path()).unwrap();
+        assert!(matches!(u.state.deployments["g"], DesiredDeployment::Invalid { .. }));
+    }
+}

@@ -1,0 +1,28 @@
+//! fleet-agent: the runtime that hosts the compiled-in modules, its config, store and
+//! control-plane adapters. `main.rs` is a thin shell over [`cli::main`]; tests drive
+//! [`Agent::builder`] directly to plug in their own modules.
+
+pub mod cli;
+pub mod config;
+pub mod control;
+mod heartbeat;
+pub mod logging;
+pub mod modules;
+pub mod notify;
+mod router;
+mod runtime;
+pub mod status;
+pub mod store;
+mod supervisor;
+
+pub use heartbeat::{Heartbeat, ModuleReport};
+pub use runtime::{Agent, AgentBuilder, AgentError};
+pub use supervisor::RestartPolicy;
+
+/// The agent's version, as reported in heartbeats and `fleet-agent version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[cfg(panic = "abort")]
+compile_error!(
+    "fleet-agent must be built with panic = \"unwind\": the supervisor contains a module's panic"
+);
