@@ -1,0 +1,124 @@
+//! Shared helpers for tests that run the real `fleet-agent` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use fleet_testkit::{wait_until, NotifySocket, TempRoot};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_fleet-agent");
+
+/// Writes a config pointing every path into `root`.
+pub fn write_config(root: &TempRoot, extra: &str) -> PathBuf {
+    root.write_config(&format!(
+        "device_id = \"test-dev\"\nstate_dir = {:?}\nrun_dir = {:?}\nheartbeat_interval_secs = 1\n{extra}\n[control]\ndeployments_dir = {:?}\n",
+        root.state(),
+        root.run(),
+        root.deployments()
+    ))
+}
+
+pub fn manifest(name: &str, revision: u64) -> String {
+    format!(
+        "apiVersion = \"fleet/v1\"\nname = \"{name}\"\nrevision = {revision}\n\n[container]\nimage = \"localhost/fleet-test/busybox:1\"\ncommand = [\"sleep\", \"3600\"]\n"
+    )
+}
+
+/// A running agent process; killed on drop if still running.
+pub struct AgentProc {
+    pub child: Child,
+}
+
+impl AgentProc {
+    pub fn spawn(config: &Path, notify: Option<&NotifySocket>) -> Self {
+        // The agent's log goes next to its config (kept with FLEET_KEEP_TEMP=1).
+        let log_path = config.with_file_name("agent.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("open agent log");
+        let mut cmd = Command::new(BIN);
+        cmd.stderr(log).arg("--config")
+            .arg(config)
+            .arg("run")
+            .env("RUST_LOG", "info")
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null());
+        if let Some(n) = notify {
+            cmd.env("NOTIFY_SOCKET", n.path());
+        } else {
+            cmd.env_remove("NOTIFY_SOCKET");
+        }
+        let child = cmd.spawn().expect("spawn fleet-agent");
+        Self { child }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the exit.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<(ExitStatus, Duration)> {
+        let started = Instant::now();
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -TERM failed");
+        while started.elapsed() < timeout {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                return Some((st, started.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `fleet-agent <args>` to completion.
+pub fn agent(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .expect("run fleet-agent")
+}
+
+/// `fleet-agent status --json`, parsed; `None` while the store does not exist yet.
+pub fn status(config: &Path) -> Option<serde_json::Value> {
+    let out = agent(&["--config", config.to_str().expect("utf-8 path"), "status", "--json"]);
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// Polls status until `pred` holds (10 s), returning the matching document.
+pub fn wait_status(
+    config: &Path,
+    what: &str,
+    mut pred: impl FnMut(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    wait_until(Duration::from_secs(10), what, || {
+        status(config).filter(|s| pred(s))
+    })
+    .unwrap_or_else(|e| panic!("{e}; last status: {:#?}", status(config)))
+}
+
+/// The status entry of deployment `name`, if present.
+pub fn deployment<'a>(st: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    st["deployments"]
+        .as_array()?
+        .iter()
+        .find(|d| d["name"] == name)
+}

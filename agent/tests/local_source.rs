@@ -1,0 +1,75 @@
+//! The real binary against a real manifest directory: add, edit, delete, garbage.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use fleet_testkit::{NotifySocket, TempRoot};
+
+#[test]
+fn manifest_lifecycle_is_reflected_in_status() {
+    let root = TempRoot::new().unwrap();
+    let config = write_config(&root, "");
+    let notify = NotifySocket::new().unwrap();
+    let _agent = AgentProc::spawn(&config, Some(&notify));
+    notify.wait_for("READY=1", Duration::from_secs(15)).unwrap();
+
+    // Add.
+    std::fs::write(root.deployments().join("web.toml"), manifest("web", 1)).unwrap();
+    let st = wait_status(&config, "web at revision 1", |s| {
+        deployment(s, "web").is_some_and(|d| d["revision"] == 1)
+    });
+    assert_eq!(deployment(&st, "web").unwrap()["phase"], "Pending");
+    assert_eq!(st["running"], true);
+    assert_eq!(st["device"], "test-dev");
+
+    // Edit.
+    std::fs::write(root.deployments().join("web.toml"), manifest("web", 2)).unwrap();
+    wait_status(&config, "web at revision 2", |s| {
+        deployment(s, "web").is_some_and(|d| d["revision"] == 2)
+    });
+
+    // Garbage in another file fails only that deployment, naming the line.
+    std::fs::write(
+        root.deployments().join("broken.toml"),
+        "apiVersion = \"fleet/v1\"\nname = \"broken\"\nrevision = \"two\"\n",
+    )
+    .unwrap();
+    let st = wait_status(&config, "broken failed", |s| {
+        deployment(s, "broken").is_some_and(|d| d["phase"] == "Failed")
+    });
+    let msg = deployment(&st, "broken").unwrap()["message"].as_str().unwrap().to_owned();
+    assert!(msg.contains("broken.toml: line 3"), "{msg}");
+    assert!(msg.contains("field `revision`"), "{msg}");
+    assert_eq!(deployment(&st, "web").unwrap()["revision"], 2, "web unaffected");
+
+    // Delete.
+    std::fs::remove_file(root.deployments().join("web.toml")).unwrap();
+    std::fs::remove_file(root.deployments().join("broken.toml")).unwrap();
+    wait_status(&config, "both removed", |s| {
+        s["deployments"].as_array().is_some_and(|a| a.is_empty())
+    });
+}
+
+#[test]
+fn deletion_while_stopped_is_noticed_on_restart() {
+    let root = TempRoot::new().unwrap();
+    let config = write_config(&root, "");
+    std::fs::write(root.deployments().join("a.toml"), manifest("a", 1)).unwrap();
+    std::fs::write(root.deployments().join("b.toml"), manifest("b", 4)).unwrap();
+    let notify = NotifySocket::new().unwrap();
+    let mut agent = AgentProc::spawn(&config, Some(&notify));
+    notify.wait_for("READY=1", Duration::from_secs(15)).unwrap();
+    wait_status(&config, "a and b", |s| {
+        deployment(s, "a").is_some() && deployment(s, "b").is_some()
+    });
+    agent.terminate(Duration::from_secs(10)).expect("exits");
+
+    std::fs::remove_file(root.deployments().join("a.toml")).unwrap();
+    let _agent = AgentProc::spawn(&config, None);
+    let st = wait_status(&config, "a gone after restart", |s| {
+        s["running"] == true && deployment(s, "a").is_none()
+    });
+    assert_eq!(deployment(&st, "b").unwrap()["revision"], 4);
+}
