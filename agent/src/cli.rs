@@ -188,13 +188,22 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
                 println!("fleet-agent {VERSION}");
                 println!(
                     "modules: {}",
-                    if mods.is_empty() { "(none)".to_owned() } else { mods.join(", ") }
+                    if mods.is_empty() {
+                        "(none)".to_owned()
+                    } else {
+                        mods.join(", ")
+                    }
                 );
             }
             Ok(0)
         }
         Cmd::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "fleet-agent", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "fleet-agent",
+                &mut std::io::stdout(),
+            );
             Ok(0)
         }
         Cmd::Internals(i) => internals(cli.config.as_deref(), i),
@@ -285,9 +294,10 @@ fn self_test(config: Option<&Path>, json: bool) -> Result<u8, Failure> {
                 // that hangs is (it is reported as unavailable with "did not answer").
                 let (ok, detail) = match probe {
                     fleet_module_api::Probe::Available { detail } => (true, detail),
-                    fleet_module_api::Probe::Unavailable { reason } => {
-                        (!reason.contains("did not answer"), format!("unavailable: {reason}"))
-                    }
+                    fleet_module_api::Probe::Unavailable { reason } => (
+                        !reason.contains("did not answer"),
+                        format!("unavailable: {reason}"),
+                    ),
                 };
                 checks.push(Check {
                     check: format!("module {name}"),
@@ -315,7 +325,12 @@ fn self_test(config: Option<&Path>, json: bool) -> Result<u8, Failure> {
         print_json(&serde_json::json!({ "ok": all_ok, "checks": checks }))?;
     } else {
         for c in &checks {
-            println!("{:<4} {:<14} {}", if c.ok { "ok" } else { "FAIL" }, c.check, c.detail);
+            println!(
+                "{:<4} {:<14} {}",
+                if c.ok { "ok" } else { "FAIL" },
+                c.check,
+                c.detail
+            );
         }
     }
     Ok(if all_ok { 0 } else { 1 })
@@ -334,7 +349,8 @@ fn store_on_copy(cfg: &Config, tmp: &Path) -> Check {
                 std::fs::copy(&wal, tmp.join("state.db-wal"))?;
             }
         }
-        let (store, report) = Store::open(&copy, Duration::from_secs(5), cfg.store.audit_max_entries)?;
+        let (store, report) =
+            Store::open(&copy, Duration::from_secs(5), cfg.store.audit_max_entries)?;
         let integrity = store.integrity()?;
         drop(store);
         anyhow::ensure!(report.recovered_from.is_none(), "the store copy is corrupt");
@@ -362,13 +378,17 @@ fn internals(config: Option<&Path>, cmd: Internals) -> Result<u8, Failure> {
     let busy = Duration::from_millis(cfg.store.busy_timeout_ms);
     match cmd {
         Internals::StoreStress { key, count } => {
-            let (store, _) =
-                Store::open(&cfg.state_db(), busy, cfg.store.audit_max_entries).map_err(runtime_error)?;
+            let (store, _) = Store::open(&cfg.state_db(), busy, cfg.store.audit_max_entries)
+                .map_err(runtime_error)?;
             let mut out = std::io::stdout().lock();
             let mut done = 0u64;
             while count.is_none_or(|c| done < c) {
-                let n = store.kv_increment("internals", &key, 1).map_err(runtime_error)?;
-                writeln!(out, "committed {n}").and_then(|()| out.flush()).map_err(runtime_error)?;
+                let n = store
+                    .kv_increment("internals", &key, 1)
+                    .map_err(runtime_error)?;
+                writeln!(out, "committed {n}")
+                    .and_then(|()| out.flush())
+                    .map_err(runtime_error)?;
                 done += 1;
             }
             Ok(0)

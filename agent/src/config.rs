@@ -165,7 +165,8 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&src).map_err(|e| ConfigError::Invalid(e.with_source(path.display().to_string())))
+        Self::parse(&src)
+            .map_err(|e| ConfigError::Invalid(e.with_source(path.display().to_string())))
     }
 
     /// Parses and validates config text.
@@ -198,7 +199,10 @@ impl Config {
         if self.store.audit_max_entries < 100 {
             return Err((
                 "store.audit_max_entries".into(),
-                format!("{} is below the minimum of 100", self.store.audit_max_entries),
+                format!(
+                    "{} is below the minimum of 100",
+                    self.store.audit_max_entries
+                ),
             ));
         }
         for (name, value) in &self.modules {
@@ -266,7 +270,11 @@ mod tests {
     #[test]
     fn errors_name_line_and_key() {
         let e = Config::parse("device_id = \"pi-1\"\n[store]\naudit_max = 5\n").unwrap_err();
-        assert_eq!((e.line, e.field.as_deref()), (Some(3), Some("audit_max")), "{e}");
+        assert_eq!(
+            (e.line, e.field.as_deref()),
+            (Some(3), Some("audit_max")),
+            "{e}"
+        );
         let e = Config::parse("[store]\naudit_max_entries = 5\n").unwrap_err();
         assert_eq!(e.field.as_deref(), Some("store.audit_max_entries"));
         assert_eq!(e.line, Some(2), "{e}");

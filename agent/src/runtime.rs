@@ -7,9 +7,8 @@ use std::time::{Duration, Instant};
 
 use fleet_contract::{Deployment, DeploymentStatus, DeviceId, Phase};
 use fleet_module_api::{
-    CancellationToken, Capability, Command, CommandError, Context, DesiredDeployment,
-    DesiredState, ExtensionKind, ExtensionsBuilder, Health, Paths, Probe, Reply, StatusSink,
-    SystemClock,
+    CancellationToken, Capability, Command, CommandError, Context, DesiredDeployment, DesiredState,
+    ExtensionKind, ExtensionsBuilder, Health, Paths, Probe, Reply, StatusSink, SystemClock,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -625,7 +624,10 @@ async fn apply_desired(
             }
         }
         // Remove what the runtime reported for deployments that are no longer desired.
-        for name in owned.iter().filter(|n| !update.state.deployments.contains_key(*n)) {
+        for name in owned
+            .iter()
+            .filter(|n| !update.state.deployments.contains_key(*n))
+        {
             shared.sink.deployment_removed(name);
         }
         owned = now_owned;

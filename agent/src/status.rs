@@ -82,7 +82,12 @@ pub fn read(db: &Path, busy: Duration) -> Result<StatusReport, StoreError> {
         .audit_recent(1000)?
         .into_iter()
         .filter(|e| e.action == "store-recovered")
-        .filter_map(|e| e.detail.get("moved_to").and_then(|v| v.as_str()).map(str::to_owned))
+        .filter_map(|e| {
+            e.detail
+                .get("moved_to")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        })
         .collect();
     Ok(StatusReport {
         device: hb.as_ref().map(|h| h.device.clone()),
@@ -109,7 +114,11 @@ pub fn read(db: &Path, busy: Duration) -> Result<StatusReport, StoreError> {
 fn system_uptime() -> u64 {
     std::fs::read_to_string("/proc/uptime")
         .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|f| f.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|f| f.parse::<f64>().ok())
+        })
         .map_or(0, |f| f as u64)
 }
 
@@ -126,7 +135,11 @@ pub fn render(r: &StatusReport) -> String {
         r.pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
     );
     if let Some(age) = r.heartbeat_age_secs {
-        let _ = writeln!(out, "last heartbeat {age} s ago, plane {}", r.control_plane.as_deref().unwrap_or("?"));
+        let _ = writeln!(
+            out,
+            "last heartbeat {age} s ago, plane {}",
+            r.control_plane.as_deref().unwrap_or("?")
+        );
     }
     let _ = writeln!(out, "\nMODULES");
     if r.modules.is_empty() {

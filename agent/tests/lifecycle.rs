@@ -1,4 +1,5 @@
 //! Process-level contract with systemd: READY/STOPPING, SIGTERM, exit codes, corrupt store.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 
@@ -23,7 +24,9 @@ fn sigterm_exits_zero_within_ten_seconds_after_ready_then_stopping() {
         .expect("agent must exit within 10 s of SIGTERM");
     assert!(exit.success(), "exit status {exit:?}");
     assert!(took < Duration::from_secs(10));
-    let after = notify.wait_for("STOPPING=1", Duration::from_secs(2)).unwrap();
+    let after = notify
+        .wait_for("STOPPING=1", Duration::from_secs(2))
+        .unwrap();
     assert!(after.iter().any(|l| l == "STOPPING=1"), "{after:?}");
 
     let st = status(&config).expect("status readable after stop");
@@ -45,7 +48,8 @@ fn corrupt_state_db_is_moved_aside_and_agent_starts() {
     let db = root.state().join("state.db");
     let mut f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
     f.seek(SeekFrom::Start(0)).unwrap();
-    f.write_all(b"this is not an SQLite header, it is garbage....").unwrap();
+    f.write_all(b"this is not an SQLite header, it is garbage....")
+        .unwrap();
     f.seek(SeekFrom::Start(5000)).unwrap();
     f.write_all(&[0xEE; 2000]).unwrap();
     drop(f);
@@ -61,7 +65,9 @@ fn corrupt_state_db_is_moved_aside_and_agent_starts() {
     assert_eq!(recoveries.len(), 1, "{st:#}");
     let aside = std::path::PathBuf::from(recoveries[0].as_str().unwrap());
     assert!(aside.exists(), "corrupt file kept at {}", aside.display());
-    assert!(std::fs::read(&aside).unwrap().starts_with(b"this is not an SQLite"));
+    assert!(std::fs::read(&aside)
+        .unwrap()
+        .starts_with(b"this is not an SQLite"));
     assert_eq!(st["store"]["integrity"], "ok");
 }
 
@@ -96,11 +102,19 @@ fn good_config_checks_and_self_test_passes() {
     let config = write_config(&root, "");
     let c = config.to_str().unwrap();
     let out = agent(&["--config", c, "check-config"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("OK (device test-dev"));
 
     let out = agent(&["--config", c, "self-test", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["ok"], true);
     let names: Vec<_> = doc["checks"]

@@ -1,4 +1,5 @@
 //! The real binary against a real manifest directory: add, edit, delete, garbage.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 
@@ -39,10 +40,17 @@ fn manifest_lifecycle_is_reflected_in_status() {
     let st = wait_status(&config, "broken failed", |s| {
         deployment(s, "broken").is_some_and(|d| d["phase"] == "Failed")
     });
-    let msg = deployment(&st, "broken").unwrap()["message"].as_str().unwrap().to_owned();
+    let msg = deployment(&st, "broken").unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert!(msg.contains("broken.toml: line 3"), "{msg}");
     assert!(msg.contains("field `revision`"), "{msg}");
-    assert_eq!(deployment(&st, "web").unwrap()["revision"], 2, "web unaffected");
+    assert_eq!(
+        deployment(&st, "web").unwrap()["revision"],
+        2,
+        "web unaffected"
+    );
 
     // Delete.
     std::fs::remove_file(root.deployments().join("web.toml")).unwrap();

@@ -335,7 +335,7 @@ fn toml_error(src: &str, e: &toml::de::Error) -> DecodeError {
         }
         None => (None, None),
     };
-    let message = e.message().trim().to_owned();
+    let message = e.message().trim().replace('\n', "; ");
     let field = unknown_or_missing_field(&message).or_else(|| {
         line.and_then(|l| src.lines().nth(l - 1))
             .and_then(key_on_line)

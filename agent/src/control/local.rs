@@ -165,7 +165,13 @@ fn scan_dir(dir: &Path) -> Result<DesiredUpdate, ControlError> {
                     continue;
                 }
                 let error = plain_error(format!("cannot read: {e}")).with_source(&source);
-                deployments.insert(stem, DesiredDeployment::Invalid { source_name: source, error });
+                deployments.insert(
+                    stem,
+                    DesiredDeployment::Invalid {
+                        source_name: source,
+                        error,
+                    },
+                );
                 continue;
             }
         };
@@ -174,8 +180,19 @@ fn scan_dir(dir: &Path) -> Result<DesiredUpdate, ControlError> {
             .and_then(Deployment::from_toml_str)
             .map_err(|e| e.with_source(&source));
         let (name, entry, revision) = match decoded {
-            Ok(d) => (d.name.clone(), DesiredDeployment::Valid(d.clone()), Some(d.revision)),
-            Err(error) => (stem, DesiredDeployment::Invalid { source_name: source.clone(), error }, None),
+            Ok(d) => (
+                d.name.clone(),
+                DesiredDeployment::Valid(d.clone()),
+                Some(d.revision),
+            ),
+            Err(error) => (
+                stem,
+                DesiredDeployment::Invalid {
+                    source_name: source.clone(),
+                    error,
+                },
+                None,
+            ),
         };
         if let Some(first) = sources.get(&name) {
             let error = plain_error(format!(
@@ -183,8 +200,17 @@ fn scan_dir(dir: &Path) -> Result<DesiredUpdate, ControlError> {
             ))
             .with_source(&source);
             // Keep the first definition; report the duplicate under its own file stem.
-            let dup_key = format!("{name}@{}", path.file_name().and_then(|n| n.to_str()).unwrap_or(""));
-            deployments.insert(dup_key, DesiredDeployment::Invalid { source_name: source, error });
+            let dup_key = format!(
+                "{name}@{}",
+                path.file_name().and_then(|n| n.to_str()).unwrap_or("")
+            );
+            deployments.insert(
+                dup_key,
+                DesiredDeployment::Invalid {
+                    source_name: source,
+                    error,
+                },
+            );
             continue;
         }
         sources.insert(name.clone(), source.clone());
@@ -206,7 +232,8 @@ fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let f = std::fs::File::open(path)?;
     let mut buf = Vec::new();
-    f.take(MAX_MANIFEST_BYTES as u64 + 1).read_to_end(&mut buf)?;
+    f.take(MAX_MANIFEST_BYTES as u64 + 1)
+        .read_to_end(&mut buf)?;
     Ok(buf)
 }
 
@@ -230,17 +257,28 @@ mod tests {
     fn scans_valid_invalid_and_ignores_other_files() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.toml"), M.replace("NAME", "alpha")).unwrap();
-        std::fs::write(dir.path().join("b.toml"), "apiVersion = \"fleet/v1\"\nname = 5\n").unwrap();
+        std::fs::write(
+            dir.path().join("b.toml"),
+            "apiVersion = \"fleet/v1\"\nname = 5\n",
+        )
+        .unwrap();
         std::fs::write(dir.path().join(".a.toml.swp"), "x").unwrap();
         std::fs::write(dir.path().join("notes.txt"), "x").unwrap();
         std::fs::write(dir.path().join("c.toml"), M.replace("NAME", "alpha")).unwrap();
         let u = scan_dir(dir.path()).unwrap();
         let names: Vec<_> = u.state.deployments.keys().cloned().collect();
         assert_eq!(names, ["alpha", "alpha@c.toml", "b"]);
-        assert!(matches!(u.state.deployments["alpha"], DesiredDeployment::Valid(_)));
+        assert!(matches!(
+            u.state.deployments["alpha"],
+            DesiredDeployment::Valid(_)
+        ));
         match &u.state.deployments["b"] {
             DesiredDeployment::Invalid { error, .. } => {
-                assert_eq!((error.line, error.field.as_deref()), (Some(2), Some("name")), "{error}");
+                assert_eq!(
+                    (error.line, error.field.as_deref()),
+                    (Some(2), Some("name")),
+                    "{error}"
+                );
                 assert!(error.to_string().contains("b.toml: line 2"), "{error}");
             }
             other => panic!("{other:?}"),
@@ -251,7 +289,11 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(u.records.len(), 2, "alpha and b are cached; the duplicate is not");
+        assert_eq!(
+            u.records.len(),
+            2,
+            "alpha and b are cached; the duplicate is not"
+        );
     }
 
     #[test]
@@ -266,6 +308,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("g.toml"), [0xff, 0xfe, 0x00, 0x01]).unwrap();
         let u = scan_dir(dir.path()).unwrap();
-        assert!(matches!(u.state.deployments["g"], DesiredDeployment::Invalid { .. }));
+        assert!(matches!(
+            u.state.deployments["g"],
+            DesiredDeployment::Invalid { .. }
+        ));
     }
 }

@@ -242,7 +242,11 @@ impl Store {
             );
             return Ok(current);
         }
-        for (i, sql) in migrations::MIGRATIONS.iter().enumerate().skip(current as usize) {
+        for (i, sql) in migrations::MIGRATIONS
+            .iter()
+            .enumerate()
+            .skip(current as usize)
+        {
             let tx = conn.transaction().map_err(self.err("begin migration"))?;
             tx.execute_batch(sql).map_err(self.err("apply migration"))?;
             tx.pragma_update(None, "user_version", (i + 1) as u32)

@@ -56,8 +56,14 @@ fn audit_retention_records_watermark() {
     let dir = tempfile::tempdir().unwrap();
     let (s, _) = open(dir.path(), 100);
     for i in 0..130 {
-        s.audit("op", "ping", "allowed", &format!("n{i}"), serde_json::json!({}))
-            .unwrap();
+        s.audit(
+            "op",
+            "ping",
+            "allowed",
+            &format!("n{i}"),
+            serde_json::json!({}),
+        )
+        .unwrap();
     }
     let recent = s.audit_recent(1000).unwrap();
     assert_eq!(recent.len(), 100);

@@ -40,7 +40,8 @@ impl AgentProc {
             .open(&log_path)
             .expect("open agent log");
         let mut cmd = Command::new(BIN);
-        cmd.stderr(log).arg("--config")
+        cmd.stderr(log)
+            .arg("--config")
             .arg(config)
             .arg("run")
             .env("RUST_LOG", "info")
@@ -96,7 +97,12 @@ pub fn agent(args: &[&str]) -> Output {
 
 /// `fleet-agent status --json`, parsed; `None` while the store does not exist yet.
 pub fn status(config: &Path) -> Option<serde_json::Value> {
-    let out = agent(&["--config", config.to_str().expect("utf-8 path"), "status", "--json"]);
+    let out = agent(&[
+        "--config",
+        config.to_str().expect("utf-8 path"),
+        "status",
+        "--json",
+    ]);
     if !out.status.success() {
         return None;
     }

@@ -47,6 +47,9 @@ pub trait Capability: Send + Sync + 'static {
     fn health(&self) -> Health;
 }
 
+/// Builds a module from its `[modules.<name>]` section (absent = defaults).
+pub type BuildFn = fn(section: Option<&toml::Value>) -> Result<Arc<dyn Capability>, ConfigError>;
+
 /// How a module is found and configured: exported by each module crate as `DESCRIPTOR`.
 #[derive(Clone, Copy)]
 pub struct Descriptor {
@@ -54,7 +57,7 @@ pub struct Descriptor {
     pub name: &'static str,
     /// Builds the module from its `[modules.<name>]` section (absent = defaults). Parse with
     /// `deny_unknown_fields` so a typo is an error naming the key.
-    pub build: fn(section: Option<&toml::Value>) -> Result<Arc<dyn Capability>, ConfigError>,
+    pub build: BuildFn,
 }
 
 impl std::fmt::Debug for Descriptor {

@@ -167,7 +167,11 @@ mod tests {
         b.provide::<dyn LifecycleHook>(Arc::new(Hook("init")));
         b.provide::<dyn LifecycleHook>(Arc::new(Hook("secrets")));
         let ext = b.build();
-        let names: Vec<_> = ext.all::<dyn LifecycleHook>().iter().map(|h| h.name()).collect();
+        let names: Vec<_> = ext
+            .all::<dyn LifecycleHook>()
+            .iter()
+            .map(|h| h.name())
+            .collect();
         assert_eq!(names, ["init", "secrets"]);
         assert!(ext.has(ExtensionKind::LifecycleHook));
         assert!(!ext.has(ExtensionKind::ContainerRuntime));

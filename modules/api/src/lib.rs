@@ -43,7 +43,7 @@ mod error;
 mod extensions;
 
 pub use async_trait::async_trait;
-pub use capability::{Capability, Descriptor, Health, Needs, Probe};
+pub use capability::{BuildFn, Capability, Descriptor, Health, Needs, Probe};
 pub use clock::{Clock, SystemClock};
 pub use command::{Command, Reply};
 pub use context::{

@@ -1,0 +1,232 @@
+//! The runtime as a library with test modules: panics are contained, verbs are routed,
+//! needs are checked before anything runs.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_agent::config::Config;
+use fleet_agent::{Agent, RestartPolicy};
+use fleet_module_api::{
+    async_trait, CancellationToken, Capability, Command, CommandError, Context, ExtensionKind,
+    Health, ModuleError, Needs, Probe, Reply,
+};
+use fleet_testkit::TempRoot;
+
+/// Panics every time it runs (counting the attempts).
+struct Panicker {
+    runs: AtomicU32,
+}
+
+#[async_trait]
+impl Capability for Panicker {
+    fn name(&self) -> &'static str {
+        "panicker"
+    }
+    async fn probe(&self, _ctx: &Context) -> Probe {
+        Probe::available("test module")
+    }
+    async fn run(self: Arc<Self>, _ctx: Context) -> Result<(), ModuleError> {
+        let n = self.runs.fetch_add(1, Ordering::SeqCst) + 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        panic!("deliberate test panic #{n}");
+    }
+    fn health(&self) -> Health {
+        Health::Healthy
+    }
+}
+
+/// Healthy; serves `count`, which increments and returns a counter; `boom` panics in handle.
+struct Counter {
+    n: AtomicU32,
+}
+
+#[async_trait]
+impl Capability for Counter {
+    fn name(&self) -> &'static str {
+        "counter"
+    }
+    async fn probe(&self, _ctx: &Context) -> Probe {
+        Probe::available("test module")
+    }
+    async fn run(self: Arc<Self>, ctx: Context) -> Result<(), ModuleError> {
+        ctx.shutdown.cancelled().await;
+        Ok(())
+    }
+    fn verbs(&self) -> &'static [&'static str] {
+        &["count", "boom"]
+    }
+    async fn handle(&self, cmd: Command, _ctx: &Context) -> Result<Reply, CommandError> {
+        if cmd.verb == "boom" {
+            panic!("handler panic");
+        }
+        let n = self.n.fetch_add(1, Ordering::SeqCst) + 1;
+        Ok(Reply::json(serde_json::json!({ "count": n })))
+    }
+    fn health(&self) -> Health {
+        Health::Healthy
+    }
+}
+
+/// Needs a container runtime nobody provides.
+struct Needy;
+
+#[async_trait]
+impl Capability for Needy {
+    fn name(&self) -> &'static str {
+        "needy"
+    }
+    fn needs(&self) -> Needs {
+        Needs::none().consumes(ExtensionKind::ContainerRuntime)
+    }
+    async fn probe(&self, _ctx: &Context) -> Probe {
+        panic!("must not be probed: its needs are unmet");
+    }
+    async fn run(self: Arc<Self>, _ctx: Context) -> Result<(), ModuleError> {
+        panic!("must not run: its needs are unmet");
+    }
+    fn health(&self) -> Health {
+        Health::Healthy
+    }
+}
+
+fn config(root: &TempRoot) -> Config {
+    let path = common::write_config(root, "");
+    Config::load(&path).unwrap()
+}
+
+fn cmd(verb: &str) -> Command {
+    Command {
+        id: format!("t-{verb}"),
+        verb: verb.into(),
+        args: serde_json::Value::Null,
+        actor: "test".into(),
+    }
+}
+
+fn module<'a>(hb: &'a fleet_agent::Heartbeat, name: &str) -> &'a fleet_agent::ModuleReport {
+    hb.modules.iter().find(|m| m.name == name).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panicking_module_is_restarted_and_reported_while_agent_serves() {
+    let root = TempRoot::new().unwrap();
+    let panicker = Arc::new(Panicker {
+        runs: AtomicU32::new(0),
+    });
+    let agent = Agent::builder(config(&root))
+        .without_compiled_in()
+        .module(panicker.clone())
+        .module(Arc::new(Counter {
+            n: AtomicU32::new(0),
+        }))
+        .module(Arc::new(Needy))
+        .restart_policy(RestartPolicy {
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(200),
+            window: Duration::from_secs(60),
+            max_restarts: 4,
+        })
+        .build()
+        .unwrap();
+    let handle = agent.handle();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(agent.run(stop.clone()));
+
+    // Restarted with backoff, reported unhealthy with the panic message...
+    let hb = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let hb = handle.heartbeat();
+            if module(&hb, "panicker").restarts >= 2 {
+                return hb;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("panicker restarted twice within 10 s");
+    let p = module(&hb, "panicker");
+    assert_ne!(p.health["state"], "healthy", "{p:?}");
+    assert!(
+        p.health["reason"]
+            .as_str()
+            .unwrap()
+            .contains("deliberate test panic"),
+        "{p:?}"
+    );
+
+    // ...while the rest of the agent keeps serving.
+    assert_eq!(module(&hb, "counter").health["state"], "healthy");
+    let r = handle.command(cmd("count")).await.unwrap();
+    assert_eq!(r.body["count"], 1);
+    let r = handle.command(cmd("ping")).await.unwrap();
+    assert_eq!(r.body["pong"], true);
+    let e = handle.command(cmd("boom")).await.unwrap_err();
+    assert!(
+        matches!(&e, CommandError::Failed(m) if m.contains("handler panic")),
+        "{e}"
+    );
+    let e = handle.command(cmd("nope")).await.unwrap_err();
+    assert_eq!(e.code(), "unsupported");
+
+    // Unmet needs: reported before anything runs, never probed.
+    let needy = module(&hb, "needy");
+    assert_eq!(needy.probe["state"], "unavailable");
+    assert!(needy.probe["reason"]
+        .as_str()
+        .unwrap()
+        .contains("container runtime"));
+
+    // After max_restarts within the window, it stays down and says so.
+    let hb = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let hb = handle.heartbeat();
+            if module(&hb, "panicker").health["state"] == "stopped" {
+                return hb;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("panicker given up");
+    let p = module(&hb, "panicker");
+    assert!(
+        p.health["reason"]
+            .as_str()
+            .unwrap()
+            .contains("gave up after 4 restarts"),
+        "{p:?}"
+    );
+    assert_eq!(
+        panicker.runs.load(Ordering::SeqCst),
+        5,
+        "1 start + 4 restarts"
+    );
+
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("shutdown within 10 s")
+        .unwrap()
+        .unwrap();
+}
+
+#[test]
+fn duplicate_verbs_are_a_wiring_error() {
+    let root = TempRoot::new().unwrap();
+    let err = Agent::builder(config(&root))
+        .without_compiled_in()
+        .module(Arc::new(Counter {
+            n: AtomicU32::new(0),
+        }))
+        .module(Arc::new(Counter {
+            n: AtomicU32::new(0),
+        }))
+        .build()
+        .err()
+        .expect("two modules named counter");
+    assert!(err.to_string().contains("two modules are named"), "{err}");
+}
