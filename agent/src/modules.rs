@@ -5,9 +5,10 @@ use fleet_module_api::Descriptor;
 
 /// Every module compiled into this build, in start order.
 pub fn compiled_in() -> Vec<Descriptor> {
-    // Module crates are added here as they land, one line each, e.g.
-    // #[cfg(feature = "containers")] fleet_mod_containers::DESCRIPTOR,
-    vec![]
+    vec![
+        #[cfg(feature = "watchdog")]
+        fleet_mod_watchdog::DESCRIPTOR,
+    ]
 }
 
 /// Names of the compiled-in modules (for `fleet-agent version`).

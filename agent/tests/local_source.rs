@@ -61,6 +61,34 @@ fn manifest_lifecycle_is_reflected_in_status() {
 }
 
 #[test]
+fn compiled_in_modules_report_probe_and_health() {
+    let root = TempRoot::new().unwrap();
+    // A directory laid out like /sys/class/watchdog with one armed device.
+    let sysfs = root.path().join("sys-class-watchdog");
+    let dev = sysfs.join("watchdog0");
+    std::fs::create_dir_all(&dev).unwrap();
+    std::fs::write(dev.join("identity"), "i6300ESB timer\n").unwrap();
+    std::fs::write(dev.join("state"), "active\n").unwrap();
+    std::fs::write(dev.join("timeout"), "10\n").unwrap();
+    let config = write_config(
+        &root,
+        &format!("[modules.watchdog]\nsysfs = {sysfs:?}\nrequire_armed = true\n"),
+    );
+    let notify = NotifySocket::new().unwrap();
+    let _agent = AgentProc::spawn(&config, Some(&notify));
+    notify.wait_for("READY=1", Duration::from_secs(15)).unwrap();
+    let st = wait_status(&config, "watchdog healthy", |s| {
+        s["modules"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["name"] == "watchdog"))
+            .is_some_and(|m| m["health"]["state"] == "healthy")
+    });
+    let m = &st["modules"][0];
+    assert_eq!(m["probe"]["state"], "available", "{m}");
+    assert!(m["probe"]["detail"].as_str().unwrap().contains("i6300ESB timer"), "{m}");
+}
+
+#[test]
 fn deletion_while_stopped_is_noticed_on_restart() {
     let root = TempRoot::new().unwrap();
     let config = write_config(&root, "");
