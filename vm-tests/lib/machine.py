@@ -1,0 +1,351 @@
+"""One emulated device: a copy-on-write overlay of the pristine image, the fake firmware
+run before every boot, and a hypervisor backend (libvirt via `virsh`, or plain QEMU).
+
+Every guest reboot and every watchdog reset ends the QEMU process (libvirt
+`on_reboot=destroy`, QEMU `-no-reboot`); the machine's supervisor thread then decides
+like a board would: a guest power-down leaves it off, anything else (reboot, watchdog
+reset, a kernel QEMU could not load) boots again through the fake firmware.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import socket
+import string
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from firmware import FatImage, FirmwareError, select_boot
+
+HERE = Path(__file__).resolve().parent
+
+
+class HarnessError(Exception):
+    """The harness itself could not do its job (as opposed to a scenario failing)."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(cmd: list[str], timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise HarnessError(f"{shlex.join(cmd)} failed ({p.returncode}): {p.stderr.strip()}")
+    return p
+
+
+# --- backends ---------------------------------------------------------------------------
+
+class QemuBackend:
+    """Plain qemu-system-x86_64, one process per guest boot."""
+
+    name = "qemu"
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, m: "Machine", boot: "Boot") -> None:
+        cmd = ["qemu-system-x86_64", "-name", m.name, "-accel", "tcg", "-cpu", "max",
+               "-machine", "pc", "-smp", "1", "-m", str(m.memory), "-nodefaults",
+               "-display", "none", "-monitor", "none", "-no-reboot", "-rtc", "base=utc",
+               "-kernel", str(boot.dir / "kernel"), "-append", boot.set.cmdline,
+               "-drive", f"file={m.disk},if=virtio,format=qcow2,cache=writeback",
+               "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{m.port}-:22",
+               "-device", "virtio-net-pci,netdev=n0",
+               "-device", "i6300esb", "-action", "watchdog=reset",
+               "-serial", f"file:{boot.serial}"]
+        if boot.set.initramfs:
+            cmd += ["-initrd", str(boot.dir / "initrd")]
+        (boot.dir / "qemu.cmd").write_text(shlex.join(cmd) + "\n")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                     stdout=open(boot.dir / "qemu.log", "wb"),
+                                     stderr=subprocess.STDOUT)
+
+    def wait(self) -> None:
+        assert self.proc is not None
+        self.proc.wait()
+
+    def destroy(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()  # SIGKILL: the power cord, not a shutdown
+
+
+class LibvirtBackend:
+    """libvirt (`virsh -c qemu:///system`), a transient domain per guest boot."""
+
+    name = "libvirt"
+    URI = "qemu:///system"
+    _lock = threading.Lock()
+    _ready = False
+
+    def __init__(self) -> None:
+        self.domain: str | None = None
+        self.ensure_daemons()
+
+    @classmethod
+    def virsh(cls, *args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run(["virsh", "-q", "-c", cls.URI, *args], timeout=timeout, check=check)
+
+    @classmethod
+    def ensure_daemons(cls) -> None:
+        """Start virtlogd and libvirtd by hand if they are not running (PID 1 may not be
+        systemd). Idempotent; says clearly when libvirt cannot work on this machine."""
+        with cls._lock:
+            if cls._ready:
+                return
+            if cls.virsh("version", timeout=20, check=False).returncode != 0:
+                for daemon, pidfile in (("virtlogd", "/run/virtlogd.pid"),
+                                        ("libvirtd", "/run/libvirtd.pid")):
+                    if not _pidfile_alive(pidfile):
+                        p = run([daemon, "-d"], check=False)
+                        if p.returncode != 0:
+                            raise HarnessError(f"libvirt is not usable here: `{daemon} -d` failed: "
+                                               f"{p.stderr.strip()} (use --qemu for plain QEMU)")
+                deadline = time.monotonic() + 30
+                while True:
+                    p = cls.virsh("version", timeout=20, check=False)
+                    if p.returncode == 0:
+                        break
+                    if time.monotonic() > deadline:
+                        raise HarnessError("libvirt is not usable here: `virsh version` fails: "
+                                           f"{p.stderr.strip()} (use --qemu for plain QEMU)")
+                    time.sleep(1)
+            cls._ready = True
+
+    def start(self, m: "Machine", boot: "Boot") -> None:
+        tpl = string.Template((HERE / "domain.xml").read_text())
+        initrd = f"<initrd>{boot.dir / 'initrd'}</initrd>" if boot.set.initramfs else ""
+        xml = tpl.substitute(name=m.name, memory=m.memory, kernel=boot.dir / "kernel",
+                             initrd_xml=initrd, cmdline=_xml_escape(boot.set.cmdline),
+                             disk=m.disk, serial=boot.serial, port=m.port)
+        path = boot.dir / "domain.xml"
+        path.write_text(xml)
+        self.domain = m.name
+        p = self.virsh("create", str(path), check=False, timeout=120)
+        if p.returncode != 0:
+            raise HarnessError(f"virsh create failed: {p.stderr.strip()} "
+                               "(libvirt unusable? try --qemu)")
+
+    def wait(self) -> None:
+        while True:
+            p = self.virsh("domstate", self.domain or "", check=False, timeout=30)
+            state = p.stdout.strip()
+            if p.returncode != 0 or state.startswith("shut off") or state.startswith("crashed"):
+                if p.returncode == 0:  # a transient domain normally vanishes; be sure
+                    self.virsh("destroy", self.domain or "", check=False)
+                return
+            time.sleep(1)
+
+    def destroy(self) -> None:
+        if self.domain:
+            self.virsh("destroy", self.domain, check=False, timeout=60)
+
+
+def _pidfile_alive(path: str) -> bool:
+    try:
+        pid = int(Path(path).read_text().strip())
+        os.kill(pid, 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _xml_escape(s: str) -> str:
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# --- the machine ------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Boot:
+    index: int
+    dir: Path
+    serial: Path
+    set: object  # firmware.BootSet
+    started: float
+    ended: float | None = None
+    end: str | None = None  # poweroff | reboot | reset | power-cut | no-boot
+
+
+class Machine:
+    def __init__(self, name: str, image: Path, rundir: Path, backend: str, memory: int,
+                 log) -> None:
+        self.name = name
+        self.image = Path(image)
+        self.rundir = Path(rundir)
+        self.memory = memory
+        self.log = log
+        self.port = free_port()
+        self.disk = self.rundir / "disk.qcow2"
+        self.boots: list[Boot] = []
+        self.events: list[tuple[float, str]] = []
+        self.powered = False
+        self._cut = False
+        self._lock = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self.backend_name = backend
+        self.backend = LibvirtBackend() if backend == "libvirt" else QemuBackend()
+        self.rundir.mkdir(parents=True, exist_ok=True)
+        run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
+             str(self.image / "disk.img"), str(self.disk)])
+        self.key = self.image / "id_ed25519"
+        self.known_hosts = self.rundir / "known_hosts"
+        host_key = (self.image / "host_key").read_text().split(None, 1)[1]
+        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {host_key}")
+
+    # power ----------------------------------------------------------------------------
+    def power_on(self) -> None:
+        with self._lock:
+            if self.powered:
+                raise HarnessError("power on: the machine is already on")
+            self.powered = True
+            self._cut = False
+        self._boot()
+        self._thread = threading.Thread(target=self._supervise, daemon=True)
+        self._thread.start()
+
+    def _boot(self) -> None:
+        idx = len(self.boots) + 1
+        bdir = self.rundir / f"boot-{idx}"
+        with FatImage(self.disk) as fat:
+            try:
+                bset = select_boot(fat, bdir)
+            finally:
+                fat.commit()
+        boot = Boot(idx, bdir, self.rundir / f"serial-boot-{idx}.log", bset, time.monotonic())
+        boot.serial.touch()
+        self.boots.append(boot)
+        self.log(f"fake firmware: boot {idx}: {bset.describe()}")
+        self.backend.start(self, boot)
+
+    def _supervise(self) -> None:
+        while True:
+            self.backend.wait()
+            boot = self.boots[-1]
+            boot.ended = time.monotonic()
+            tail = self.serial_tail(boot, 400)
+            with self._lock:
+                if self._cut:
+                    boot.end = "power-cut"
+                elif any("reboot: Power down" in line for line in tail):
+                    boot.end = "poweroff"
+                elif any("reboot: Restarting system" in line for line in tail):
+                    boot.end = "reboot"
+                else:
+                    boot.end = "reset"
+                self.events.append((boot.ended, boot.end))
+                stay_off = boot.end in ("power-cut", "poweroff")
+                if stay_off:
+                    self.powered = False
+                self._lock.notify_all()
+            self.log(f"boot {boot.index} ended: {boot.end} after {boot.ended - boot.started:.0f} s")
+            if stay_off:
+                return
+            try:
+                self._boot()
+            except (FirmwareError, HarnessError) as e:
+                self.log(f"cannot boot again: {e}")
+                with self._lock:
+                    self.powered = False
+                    self.events.append((time.monotonic(), "no-boot"))
+                    self._lock.notify_all()
+                return
+
+    def power_cut(self) -> None:
+        with self._lock:
+            if not self.powered:
+                return
+            self._cut = True
+        self.backend.destroy()
+        self.wait_off(60)
+
+    def wait_off(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self.powered:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._lock.wait(min(left, 1))
+        if self._thread:
+            self._thread.join(10)
+        return True
+
+    def resets(self) -> int:
+        return sum(1 for _, e in self.events if e in ("reset", "reboot"))
+
+    def wait_event(self, after: float, kinds: tuple[str, ...], timeout: float) -> str | None:
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                for t, e in self.events:
+                    if t >= after and e in kinds:
+                        return e
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._lock.wait(min(left, 1))
+
+    def close(self) -> None:
+        self.power_cut()
+
+    # serial -----------------------------------------------------------------------------
+    def serial_tail(self, boot: Boot | None = None, n: int = 50) -> list[str]:
+        boot = boot or (self.boots[-1] if self.boots else None)
+        if boot is None or not boot.serial.exists():
+            return []
+        data = boot.serial.read_bytes().decode("utf-8", "replace").replace("\r", "")
+        return data.splitlines()[-n:]
+
+    def last_serial_lines(self, n: int = 50) -> list[str]:
+        """The last n serial lines across boots, with a header per boot."""
+        out: list[str] = []
+        for b in reversed(self.boots):
+            lines = self.serial_tail(b, n)
+            out = [f"----- boot {b.index} ({b.set.mode} set) -----", *lines, *out]
+            if len(out) >= n:
+                break
+        return out[-n:]
+
+    def serial_text(self, boot: Boot) -> str:
+        return boot.serial.read_bytes().decode("utf-8", "replace") if boot.serial.exists() else ""
+
+    # ssh --------------------------------------------------------------------------------
+    def ssh_cmd(self, command: str, connect_timeout: int = 5) -> list[str]:
+        return ["ssh", "-q", "-i", str(self.key), "-p", str(self.port),
+                "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+                "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+                "-o", f"ConnectTimeout={connect_timeout}", "-o", "ServerAliveInterval=5",
+                "-o", "ServerAliveCountMax=3", "-o", "LogLevel=ERROR",
+                "root@127.0.0.1", command]
+
+    def ssh(self, command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        try:
+            return subprocess.run(self.ssh_cmd(command), capture_output=True, text=True,
+                                  timeout=timeout, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as e:
+            return subprocess.CompletedProcess(e.cmd, 124, _s(e.stdout),
+                                               _s(e.stderr) + f"\n(ssh timed out after {timeout:.0f} s)")
+
+    def wait_ssh(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.powered:
+                return False
+            if self.ssh("true", timeout=20).returncode == 0:
+                return True
+            time.sleep(2)
+        return False
+
+
+def _s(b: bytes | str | None) -> str:
+    if b is None:
+        return ""
+    return b if isinstance(b, str) else b.decode("utf-8", "replace")

@@ -1,0 +1,309 @@
+"""Scenario interpreter: a scenario is a TOML file of steps (see vm-tests/README.md).
+
+Steps act on one Machine. Whatever a step reads back from the guest is saved as a named
+*fact*; `assert` steps are jq expressions over the JSON object of all facts, evaluated
+by bin/fleet-assert. A scenario fails at its first failing step, with that step's own
+message and the last 50 serial lines.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import threading
+import time
+import tomllib
+from pathlib import Path
+
+from machine import HarnessError, Machine
+
+HERE = Path(__file__).resolve().parent
+ASSERT = HERE.parent / "bin" / "fleet-assert"
+
+
+class StepFailed(Exception):
+    def __init__(self, message: str, serial: bool = True):
+        super().__init__(message)
+        self.serial = serial
+
+
+class Stream:
+    """A command run over SSH in the background, its stdout kept in a host-side file."""
+
+    def __init__(self, m: Machine, name: str, command: str, pattern: str, path: Path):
+        self.name = name
+        self.pattern = re.compile(pattern)
+        self.path = path
+        self.out = open(path, "wb", buffering=0)
+        self.proc = subprocess.Popen(m.ssh_cmd(command), stdin=subprocess.DEVNULL,
+                                     stdout=self.out, stderr=subprocess.PIPE)
+
+    def matches(self) -> list[re.Match[str]]:
+        text = self.path.read_bytes().decode("utf-8", "replace")
+        # Only complete lines count: a line still being written was not seen yet.
+        lines = text.split("\n")[:-1]
+        return [mt for line in lines if (mt := self.pattern.search(line))]
+
+    def fact(self) -> dict:
+        ms = self.matches()
+        last = None
+        if ms and ms[-1].groups():
+            g = ms[-1].group(1)
+            last = int(g) if g.isdigit() else g
+        return {"matches": len(ms), "last": last, "running": self.proc.poll() is None,
+                "exit": self.proc.poll()}
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.out.close()
+
+
+def load(path: Path) -> dict:
+    with open(path, "rb") as f:
+        sc = tomllib.load(f)
+    sc.setdefault("name", path.stem)
+    steps = sc.get("steps")
+    if not isinstance(steps, list) or not steps:
+        raise HarnessError(f"{path}: no [[steps]]")
+    for i, st in enumerate(steps, 1):
+        if st.get("do") not in STEPS:
+            raise HarnessError(f"{path}: step {i}: unknown do = {st.get('do')!r} "
+                               f"(one of {', '.join(sorted(STEPS))})")
+    return sc
+
+
+class Run:
+    def __init__(self, sc: dict, machine: Machine, rundir: Path, log, scale: float):
+        self.sc = sc
+        self.m = machine
+        self.rundir = rundir
+        self.log = log
+        self.scale = scale
+        self.t0 = time.monotonic()
+        self.deadline = self.t0 + float(sc.get("timeout", 1800)) * scale
+        self.facts: dict = {"t": {}}
+        self.streams: dict[str, Stream] = {}
+        self.step_times: list[tuple[str, float]] = []
+        self._lock = threading.Lock()
+
+    def now(self) -> float:
+        return round(time.monotonic() - self.t0, 1)
+
+    def timeout(self, st: dict, default: float) -> float:
+        t = float(st.get("timeout", default)) * self.scale
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise StepFailed(f"scenario timeout ({self.sc.get('timeout', 1800)} s) exhausted")
+        return min(t, left)
+
+    def save(self, st: dict, value) -> None:
+        if st.get("save"):
+            self.facts[st["save"]] = value
+            self.facts["t"][st["save"]] = self.now()
+
+    def machine_facts(self) -> dict:
+        return {"boots": len(self.m.boots), "resets": self.m.resets(),
+                "powered": self.m.powered,
+                "boot_sets": [b.set.mode for b in self.m.boots],
+                "ends": [b.end for b in self.m.boots]}
+
+    def execute(self) -> None:
+        steps = self.sc["steps"]
+        try:
+            for i, st in enumerate(steps, 1):
+                label = st.get("name") or f"{st['do']}"
+                if st.get("mark"):
+                    self.facts["t"][st["mark"]] = self.now()
+                self.log(f"step {i}/{len(steps)} {label}")
+                t = time.monotonic()
+                STEPS[st["do"]](self, st)
+                self.step_times.append((label, time.monotonic() - t))
+        finally:
+            for s in self.streams.values():
+                s.stop()
+            self.facts["machine"] = self.machine_facts()
+            (self.rundir / "facts.json").write_text(json.dumps(self.facts, indent=2) + "\n")
+
+
+# --- steps ---------------------------------------------------------------------------------
+
+def step_boot(r: Run, st: dict) -> None:
+    """Power on (the fake firmware picks the boot set) and wait until SSH answers."""
+    if not r.m.powered:
+        r.m.power_on()
+    wait_ssh(r, st)
+
+
+def wait_ssh(r: Run, st: dict) -> None:
+    t = r.timeout(st, 600)
+    if not r.m.wait_ssh(t):
+        why = "the machine is off" if not r.m.powered else f"no SSH within {t:.0f} s"
+        raise StepFailed(st.get("message", "the guest did not come up") + f" ({why})")
+
+
+def step_wait_marker(r: Run, st: dict) -> None:
+    """Wait for a regex on the serial console of the current boot (or any later boot)."""
+    pat = re.compile(st["pattern"])
+    t = r.timeout(st, 300)
+    start_boot = len(r.m.boots)
+    deadline = time.monotonic() + t
+    while time.monotonic() < deadline:
+        for b in r.m.boots[max(start_boot - 1, 0):]:
+            mt = pat.search(r.m.serial_text(b))
+            if mt:
+                r.save(st, mt.group(0))
+                return
+        time.sleep(1)
+    raise StepFailed(st.get("message", f"marker /{st['pattern']}/ not seen") +
+                     f" (waited {t:.0f} s)")
+
+
+def _parse(st: dict, out: str):
+    kind = st.get("parse", "json" if st.get("save") else "text")
+    if kind == "json":
+        return json.loads(out)
+    if kind == "int":
+        return int(out.strip())
+    return out
+
+
+def step_ssh(r: Run, st: dict) -> None:
+    """Run a command in the guest; keep its stdout (parsed) as a fact.
+
+    `until` (jq over the parsed output) repeats the command until it holds or the step
+    times out; the last value is saved either way so an assert can name what was wrong."""
+    t = r.timeout(st, 120)
+    deadline = time.monotonic() + t
+    expect = st.get("expect_exit", 0)
+    while True:
+        p = r.m.ssh(st["run"], timeout=min(t, 120))
+        ok = expect == "any" or p.returncode == expect
+        value, err = None, None
+        if ok:
+            try:
+                value = _parse(st, p.stdout)
+            except (ValueError, json.JSONDecodeError) as e:
+                err = f"cannot parse output as {st.get('parse', 'json')}: {e}: {p.stdout[:300]!r}"
+        else:
+            err = (f"`{st['run']}` exited {p.returncode} (expected {expect}): "
+                   f"{(p.stderr or p.stdout).strip()[-500:]}")
+        if err is None and st.get("until"):
+            if _jq_true(st["until"], value):
+                break
+            err = f"`{st['until']}` still false on {json.dumps(value)[:600]}"
+        elif err is None:
+            break
+        if time.monotonic() >= deadline or not r.m.powered:
+            if err and value is not None:
+                r.save(st, value)
+            raise StepFailed(st.get("message", "ssh step failed") + f": {err}")
+        time.sleep(float(st.get("interval", 3)))
+    r.save(st, value)
+
+
+def step_ssh_detach(r: Run, st: dict) -> None:
+    """Run a command whose connection may die with the guest (may-disconnect)."""
+    p = r.m.ssh(st["run"], timeout=float(st.get("timeout", 30)))
+    r.log(f"  detached command ended with {p.returncode}")
+
+
+def step_ssh_stream(r: Run, st: dict) -> None:
+    name = st["save"]
+    r.streams[name] = Stream(r.m, name, st["run"], st.get("pattern", r"(.*)"),
+                             r.rundir / f"stream-{name}.log")
+
+
+def step_wait_stream(r: Run, st: dict) -> None:
+    s = r.streams[st["stream"]]
+    t = r.timeout(st, 120)
+    deadline = time.monotonic() + t
+    want = int(st.get("count", 1))
+    while time.monotonic() < deadline:
+        if len(s.matches()) >= want:
+            return
+        if s.proc.poll() is not None:
+            err = s.proc.stderr.read().decode("utf-8", "replace") if s.proc.stderr else ""
+            raise StepFailed(f"stream {s.name} ended ({s.proc.returncode}) after "
+                             f"{len(s.matches())} of {want} lines: {err.strip()[-500:]}")
+        time.sleep(0.5)
+    raise StepFailed(f"stream {s.name}: {len(s.matches())} of {want} matching lines in {t:.0f} s")
+
+
+def step_power_cut(r: Run, st: dict) -> None:
+    """Pull the plug: destroy the domain / SIGKILL QEMU. Streams are frozen as facts."""
+    r.m.power_cut()
+    for name, s in r.streams.items():
+        s.proc.wait(30)
+        r.facts[name] = s.fact()
+        r.log(f"  stream {name}: {r.facts[name]}")
+
+
+def step_poweroff(r: Run, st: dict) -> None:
+    r.m.ssh("systemctl poweroff", timeout=30)
+    t = r.timeout(st, 180)
+    if not r.m.wait_off(t):
+        raise StepFailed(f"the guest did not power off within {t:.0f} s")
+    if r.m.boots[-1].end != "poweroff":
+        raise StepFailed(f"expected a clean power-down, the boot ended with {r.m.boots[-1].end}")
+
+
+def step_wait_reset(r: Run, st: dict) -> None:
+    """Wait until the guest resets by itself (watchdog, reboot) after this step began."""
+    since = time.monotonic() - float(st.get("since_secs", 0))
+    t = r.timeout(st, 120)
+    ev = r.m.wait_event(since, ("reset", "reboot"), t)
+    if ev is None:
+        raise StepFailed(st.get("message", "the guest was not reset") + f" (waited {t:.0f} s)")
+    r.log(f"  guest {ev} seen; it boots again through the fake firmware")
+
+
+def step_fat(r: Run, st: dict) -> None:
+    """Read files from the FAT partition with mtools; the machine must be off."""
+    from firmware import FatImage
+    if r.m.powered:
+        raise StepFailed("fat: the machine is still on (power it off first)", serial=False)
+    with FatImage(r.m.disk) as fat:
+        files = fat.files()
+        value = {"files": files,
+                 "read": {f: fat.read_text(f) for f in st.get("read", [])}}
+    r.save(st, value)
+
+
+def step_assert(r: Run, st: dict) -> None:
+    r.facts["machine"] = r.machine_facts()
+    facts = r.rundir / "facts.json"
+    facts.write_text(json.dumps(r.facts, indent=2) + "\n")
+    p = subprocess.run([str(ASSERT), str(facts), st["that"], st.get("message", st["that"])],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        raise StepFailed((p.stdout + p.stderr).strip(), serial=False)
+    r.log(f"  ok: {st.get('message', st['that'])}")
+
+
+def step_sleep(r: Run, st: dict) -> None:
+    time.sleep(float(st["seconds"]))
+
+
+def _jq_true(expr: str, value) -> bool:
+    p = subprocess.run(["jq", "-e", expr], input=json.dumps(value), capture_output=True, text=True)
+    return p.returncode == 0
+
+
+STEPS = {
+    "boot": step_boot,
+    "wait-ssh": wait_ssh,
+    "wait-marker": step_wait_marker,
+    "ssh": step_ssh,
+    "ssh-detach": step_ssh_detach,
+    "ssh-stream": step_ssh_stream,
+    "wait-stream": step_wait_stream,
+    "power-cut": step_power_cut,
+    "poweroff": step_poweroff,
+    "wait-reset": step_wait_reset,
+    "fat": step_fat,
+    "assert": step_assert,
+    "sleep": step_sleep,
+}
