@@ -20,6 +20,8 @@
 //! # let _ = lines;
 //! ```
 
+#![warn(missing_docs)]
+
 mod daemon;
 mod error;
 mod mosquitto;
