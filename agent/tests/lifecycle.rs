@@ -35,6 +35,40 @@ fn sigterm_exits_zero_within_ten_seconds_after_ready_then_stopping() {
 }
 
 #[test]
+fn service_watchdog_is_petted_when_systemd_asks() {
+    let root = TempRoot::new().unwrap();
+    let config = write_config(&root, "");
+    let notify = NotifySocket::new().unwrap();
+    // systemd sets WATCHDOG_USEC and WATCHDOG_PID (AgentProc sets the pid via `sh -c exec`);
+    // the agent must pet at least every half interval.
+    let _agent = AgentProc::spawn_with_env(&config, Some(&notify), &[("WATCHDOG_USEC", "600000")]);
+    notify.wait_for("READY=1", Duration::from_secs(15)).unwrap();
+    let lines = notify
+        .wait_for("WATCHDOG=1", Duration::from_secs(2))
+        .unwrap();
+    assert!(lines.iter().any(|l| l == "WATCHDOG=1"), "{lines:?}");
+    // And keeps petting.
+    notify
+        .wait_for("WATCHDOG=1", Duration::from_secs(2))
+        .unwrap();
+}
+
+#[test]
+fn no_watchdog_pets_without_watchdog_usec() {
+    let root = TempRoot::new().unwrap();
+    let config = write_config(&root, "");
+    let notify = NotifySocket::new().unwrap();
+    let mut agent = AgentProc::spawn(&config, Some(&notify));
+    notify.wait_for("READY=1", Duration::from_secs(15)).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    agent.terminate(Duration::from_secs(10)).expect("exits");
+    let lines = notify
+        .wait_for("STOPPING=1", Duration::from_secs(2))
+        .unwrap();
+    assert!(!lines.iter().any(|l| l == "WATCHDOG=1"), "{lines:?}");
+}
+
+#[test]
 fn corrupt_state_db_is_moved_aside_and_agent_starts() {
     let root = TempRoot::new().unwrap();
     let config = write_config(&root, "");

@@ -85,7 +85,13 @@ fn compiled_in_modules_report_probe_and_health() {
     });
     let m = &st["modules"][0];
     assert_eq!(m["probe"]["state"], "available", "{m}");
-    assert!(m["probe"]["detail"].as_str().unwrap().contains("i6300ESB timer"), "{m}");
+    assert!(
+        m["probe"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("i6300ESB timer"),
+        "{m}"
+    );
 }
 
 #[test]

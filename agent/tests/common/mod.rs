@@ -32,6 +32,14 @@ pub struct AgentProc {
 
 impl AgentProc {
     pub fn spawn(config: &Path, notify: Option<&NotifySocket>) -> Self {
+        Self::spawn_with_env(config, notify, &[])
+    }
+
+    pub fn spawn_with_env(
+        config: &Path,
+        notify: Option<&NotifySocket>,
+        env: &[(&str, &str)],
+    ) -> Self {
         // The agent's log goes next to its config (kept with FLEET_KEEP_TEMP=1).
         let log_path = config.with_file_name("agent.log");
         let log = std::fs::OpenOptions::new()
@@ -39,7 +47,16 @@ impl AgentProc {
             .append(true)
             .open(&log_path)
             .expect("open agent log");
-        let mut cmd = Command::new(BIN);
+        // systemd sets WATCHDOG_PID to the service's pid; `sh -c 'exec'` keeps the pid, so
+        // the shell can name it before the agent starts.
+        let watchdog = env.iter().any(|(k, _)| *k == "WATCHDOG_USEC");
+        let mut cmd = if watchdog {
+            let mut c = Command::new("sh");
+            c.args(["-c", "export WATCHDOG_PID=$$; exec \"$0\" \"$@\"", BIN]);
+            c
+        } else {
+            Command::new(BIN)
+        };
         cmd.stderr(log)
             .arg("--config")
             .arg(config)
@@ -52,6 +69,8 @@ impl AgentProc {
         } else {
             cmd.env_remove("NOTIFY_SOCKET");
         }
+        cmd.env_remove("WATCHDOG_USEC").env_remove("WATCHDOG_PID");
+        cmd.envs(env.iter().copied());
         let child = cmd.spawn().expect("spawn fleet-agent");
         Self { child }
     }
