@@ -267,7 +267,8 @@ mod tests {
         let mut d = Daemon::new("sh", dir.path().join("log"));
         let script = format!("echo $$ > {}; exec sleep 300", pidfile.display());
         d.start_once(&["-c".into(), script.into()], "pid file", &mut |_| {
-            if pidfile.exists() {
+            // The shell creates the file before it writes the pid: wait for the full line.
+            if std::fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n')) {
                 Ready::Yes
             } else {
                 Ready::NotYet
