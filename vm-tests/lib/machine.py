@@ -24,6 +24,9 @@ from firmware import FatImage, FirmwareError, select_boot
 HERE = Path(__file__).resolve().parent
 
 
+LIVE: set["Machine"] = set()  # machines that may have a VM running (for signal cleanup)
+
+
 class HarnessError(Exception):
     """The harness itself could not do its job (as opposed to a scenario failing)."""
 
@@ -100,6 +103,7 @@ class LibvirtBackend:
         with cls._lock:
             if cls._ready:
                 return
+            _kvm_node_for_libvirt()
             if cls.virsh("version", timeout=20, check=False).returncode != 0:
                 for daemon, pidfile in (("virtlogd", "/run/virtlogd.pid"),
                                         ("libvirtd", "/run/libvirtd.pid")):
@@ -148,6 +152,23 @@ class LibvirtBackend:
             self.virsh("destroy", self.domain, check=False, timeout=60)
 
 
+def _kvm_node_for_libvirt() -> None:
+    """libvirt checks /dev/kvm as its qemu user when it validates its capability cache.
+    Where /dev/kvm is root-only (no udev in a container) that check fails, and libvirt
+    re-probes QEMU on every `virsh create` (about 40 s under TCG). Give the node the
+    group and mode Debian's udev rules give it. Guests still run under TCG (type='qemu')."""
+    import grp
+    import stat
+    try:
+        st = os.stat("/dev/kvm")
+        gid = grp.getgrnam("kvm").gr_gid
+    except (OSError, KeyError):
+        return
+    if st.st_gid != gid or stat.S_IMODE(st.st_mode) & 0o060 != 0o060:
+        os.chown("/dev/kvm", -1, gid)
+        os.chmod("/dev/kvm", 0o660)
+
+
 def _pidfile_alive(path: str) -> bool:
     try:
         pid = int(Path(path).read_text().strip())
@@ -178,7 +199,7 @@ class Machine:
     def __init__(self, name: str, image: Path, rundir: Path, backend: str, memory: int,
                  log) -> None:
         self.name = name
-        self.image = Path(image)
+        self.image = Path(image).resolve()
         self.rundir = Path(rundir)
         self.memory = memory
         self.log = log
@@ -193,6 +214,7 @@ class Machine:
         self.backend_name = backend
         self.backend = LibvirtBackend() if backend == "libvirt" else QemuBackend()
         self.rundir.mkdir(parents=True, exist_ok=True)
+        LIVE.add(self)
         run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
              str(self.image / "disk.img"), str(self.disk)])
         self.key = self.image / "id_ed25519"
@@ -207,7 +229,12 @@ class Machine:
                 raise HarnessError("power on: the machine is already on")
             self.powered = True
             self._cut = False
-        self._boot()
+        try:
+            self._boot()
+        except BaseException:
+            with self._lock:
+                self.powered = False
+            raise
         self._thread = threading.Thread(target=self._supervise, daemon=True)
         self._thread.start()
 
@@ -295,6 +322,7 @@ class Machine:
 
     def close(self) -> None:
         self.power_cut()
+        LIVE.discard(self)
 
     # serial -----------------------------------------------------------------------------
     def serial_tail(self, boot: Boot | None = None, n: int = 50) -> list[str]:

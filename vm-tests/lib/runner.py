@@ -1,0 +1,194 @@
+"""Run VM canary scenarios and report (JUnit XML + one-screen summary).
+
+Usage (normally through vm-tests/run, which installs host packages and builds the image):
+  runner.py --image DIR [--qemu] [-j N] [--keep] [scenario|path.toml ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import LIVE, HarnessError, Machine  # noqa: E402
+from scenario import Run, StepFailed, load  # noqa: E402
+
+VMT = Path(__file__).resolve().parent.parent
+PRINT = threading.Lock()
+T0 = time.monotonic()
+
+
+def say(msg: str) -> None:
+    with PRINT:
+        print(msg, flush=True)
+
+
+class Result:
+    def __init__(self, name: str):
+        self.name = name
+        self.status = "ERROR"
+        self.message = ""
+        self.wall = 0.0
+        self.boots = 0
+        self.resets = 0
+        self.log: list[str] = []
+        self.serial: list[str] = []
+        self.rundir: Path | None = None
+
+
+def resolve(arg: str) -> Path:
+    p = Path(arg)
+    if p.suffix == ".toml" and p.exists():
+        return p.resolve()
+    q = VMT / "scenarios" / f"{arg}.toml"
+    if q.exists():
+        return q
+    known = ", ".join(sorted(s.stem for s in (VMT / "scenarios").glob("*.toml")))
+    raise SystemExit(f"run: unknown scenario {arg!r} (known: {known})")
+
+
+def run_one(path: Path, args: argparse.Namespace, outdir: Path) -> Result:
+    sc = load(path)
+    name = sc["name"]
+    res = Result(name)
+    rundir = outdir / name
+    res.rundir = rundir
+    rundir.mkdir(parents=True, exist_ok=True)
+    logf = open(rundir / "scenario.log", "w")
+    t0 = time.monotonic()
+
+    def log(msg: str) -> None:
+        line = f"[{name:<12} {time.monotonic() - t0:6.1f}s] {msg}"
+        res.log.append(line)
+        logf.write(line + "\n")
+        logf.flush()
+        say(line)
+
+    machine = None
+    try:
+        vm = sc.get("vm", {})
+        machine = Machine(f"fleet-vm-{name}-{os.getpid()}", args.image, rundir,
+                          "qemu" if args.qemu else "libvirt", int(vm.get("memory", 512)), log)
+        log(f"{sc.get('description', '').strip()} [{machine.backend.name}, ssh port {machine.port}]")
+        r = Run(sc, machine, rundir, log, args.timeout_scale)
+        r.execute()
+        res.status = "PASS"
+    except StepFailed as e:
+        res.status = "FAIL"
+        res.message = str(e)
+        if e.serial and machine:
+            res.serial = machine.last_serial_lines(50)
+    except HarnessError as e:
+        res.status = "ERROR"
+        res.message = f"harness: {e}"
+    except Exception as e:  # a bug in the harness must still produce a report
+        res.status = "ERROR"
+        res.message = f"harness bug: {e!r}\n{traceback.format_exc()}"
+    finally:
+        if machine:
+            try:
+                machine.close()
+            except Exception as e:  # noqa: BLE001
+                log(f"cleanup: {e}")
+            res.boots = len(machine.boots)
+            res.resets = machine.resets()
+            if not args.keep:
+                machine.disk.unlink(missing_ok=True)
+        res.wall = time.monotonic() - t0
+        if res.status != "PASS":
+            for line in res.message.splitlines():
+                log(f"{res.status}: {line}")
+            if res.serial:
+                log("last 50 serial lines:")
+                for line in res.serial:
+                    log(f"  | {line}")
+        log(f"{res.status} in {res.wall:.0f} s")
+        logf.close()
+    return res
+
+
+def junit(results: list[Result], path: Path) -> None:
+    suite = ET.Element("testsuite", name="vm-tests", tests=str(len(results)),
+                       failures=str(sum(r.status == "FAIL" for r in results)),
+                       errors=str(sum(r.status == "ERROR" for r in results)),
+                       time=f"{sum(r.wall for r in results):.1f}")
+    for r in results:
+        tc = ET.SubElement(suite, "testcase", classname="vm-tests", name=r.name, time=f"{r.wall:.1f}")
+        if r.status == "FAIL":
+            f = ET.SubElement(tc, "failure", message=r.message.splitlines()[0] if r.message else "")
+            f.text = r.message + ("\n\nlast 50 serial lines:\n" + "\n".join(r.serial) if r.serial else "")
+        elif r.status == "ERROR":
+            e = ET.SubElement(tc, "error", message=r.message.splitlines()[0] if r.message else "")
+            e.text = r.message
+        out = ET.SubElement(tc, "system-out")
+        out.text = "\n".join(r.log)
+    ET.indent(suite)
+    ET.ElementTree(suite).write(path, encoding="unicode", xml_declaration=True)
+
+
+def summary(results: list[Result], wall: float, outdir: Path) -> str:
+    w = max([len(r.name) for r in results] + [8])
+    lines = [f"{'scenario':<{w}}  result  wall    boots  resets  detail",
+             f"{'-' * w}  ------  ------  -----  ------  ------"]
+    for r in results:
+        detail = r.message.splitlines()[0][:70] if r.message else ""
+        lines.append(f"{r.name:<{w}}  {r.status:<6}  {r.wall:5.0f}s  {r.boots:5d}  {r.resets:6d}  {detail}")
+    ok = sum(r.status == "PASS" for r in results)
+    lines.append(f"{ok}/{len(results)} passed in {wall:.0f} s wall; logs, serial consoles, "
+                 f"facts and junit.xml in {outdir}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="vm-tests/run", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("scenarios", nargs="*", help="scenario names or .toml paths (default: all)")
+    ap.add_argument("--image", required=True, type=Path, help="image dir from build-image")
+    ap.add_argument("--qemu", action="store_true", help="plain QEMU instead of libvirt")
+    ap.add_argument("-j", "--jobs", type=int, default=int(os.environ.get("FLEET_VM_JOBS", "2")),
+                    help="scenarios run at the same time (default 2)")
+    ap.add_argument("--keep", action="store_true", help="keep each scenario's disk overlay")
+    ap.add_argument("--timeout-scale", type=float,
+                    default=float(os.environ.get("FLEET_VM_TIMEOUT_SCALE", "1")))
+    ap.add_argument("--out", type=Path, help="report directory (default work/runs/<time>)")
+    args = ap.parse_args()
+    # SIGTERM (CI timeout, kill) unwinds like Ctrl-C so every VM is destroyed.
+    # On SIGTERM/SIGINT (CI timeout, Ctrl-C) pull every VM's plug before leaving.
+    def stop(signum, _frame):
+        say(f"vm-tests: signal {signum}: destroying {len(LIVE)} VM(s)")
+        for m in list(LIVE):
+            m.backend.destroy()
+        os._exit(128 + signum)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+    paths = [resolve(s) for s in args.scenarios] or sorted((VMT / "scenarios").glob("*.toml"))
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    outdir = args.out or Path(os.environ.get("FLEET_VM_WORK", VMT / "work")) / "runs" / stamp
+    outdir.mkdir(parents=True, exist_ok=True)
+    say(f"vm-tests: {len(paths)} scenario(s), {args.jobs} at a time, "
+        f"{'plain QEMU' if args.qemu else 'libvirt'}, image {Path(args.image).resolve().name}")
+
+    t0 = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as ex:
+        results = list(ex.map(lambda p: run_one(p, args, outdir), paths))
+    wall = time.monotonic() - t0
+    junit(results, outdir / "junit.xml")
+    table = summary(results, wall, outdir)
+    (outdir / "summary.txt").write_text(table + "\n")
+    say("\n" + table)
+    return 0 if all(r.status == "PASS" for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
