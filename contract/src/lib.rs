@@ -6,10 +6,17 @@
 
 #![warn(missing_docs)]
 
+mod command;
 mod device;
 mod manifest;
+pub mod names;
 mod status;
 
+pub use command::{
+    decode_public_key, generate_key_pkcs8, key_pair_from_b64, public_key_b64, CommandDecodeError,
+    CommandEnvelope, CommandReply, Role, SignedCommand, COMMAND_API_VERSION, MAX_COMMAND_BYTES,
+    SIGNING_DOMAIN,
+};
 pub use device::{DeviceId, DeviceIdError};
 pub use manifest::{
     decode_toml, located_error, ContainerSpec, DecodeError, Deployment, InitContainer, Lifecycle,
