@@ -41,6 +41,10 @@ pub struct RunSpec {
     pub labels: Vec<(String, String)>,
     /// Killed and reported as timed out after this long.
     pub timeout: Duration,
+    /// Run as part of this deployment: the runtime mounts the deployment's data volume (the
+    /// one its main container gets), labels the container as the deployment's and makes
+    /// `name` unique under the deployment's container name. `None`: a standalone container.
+    pub deployment: Option<String>,
 }
 
 /// How a [`RunSpec`] ended.
@@ -89,6 +93,15 @@ impl ExtensionsBuilder {
     /// An empty builder.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The first provider of `T` registered so far, i.e. by a module earlier in start order.
+    /// Lets a module that consumes an extension point (declared in its `needs`) take hold of
+    /// it while wiring, before any module runs.
+    pub fn get<T: ?Sized + Send + Sync + 'static>(&self) -> Option<Arc<T>> {
+        self.map
+            .get(&TypeId::of::<T>())
+            .and_then(|v| v.iter().find_map(|b| b.downcast_ref::<Arc<T>>().cloned()))
     }
 
     /// Registers an implementation of extension point `T` (e.g. `dyn ContainerRuntime`).
@@ -166,6 +179,8 @@ mod tests {
         let mut b = ExtensionsBuilder::new();
         b.provide::<dyn LifecycleHook>(Arc::new(Hook("init")));
         b.provide::<dyn LifecycleHook>(Arc::new(Hook("secrets")));
+        assert_eq!(b.get::<dyn LifecycleHook>().map(|h| h.name()), Some("init"));
+        assert!(b.get::<dyn ContainerRuntime>().is_none());
         let ext = b.build();
         let names: Vec<_> = ext
             .all::<dyn LifecycleHook>()
