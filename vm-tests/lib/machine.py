@@ -362,10 +362,18 @@ class Machine:
             return subprocess.CompletedProcess(e.cmd, 124, _s(e.stdout),
                                                _s(e.stderr) + f"\n(ssh timed out after {timeout:.0f} s)")
 
+    EMERGENCY = ("Cannot open access to console", "You are in emergency mode",
+                 "Give root password for maintenance")
+
+    def in_emergency(self) -> bool:
+        """systemd gave up booting: waiting longer for SSH is pointless."""
+        text = self.serial_text(self.boots[-1]) if self.boots else ""
+        return any(p in text for p in self.EMERGENCY)
+
     def wait_ssh(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self.powered:
+            if not self.powered or self.in_emergency():
                 return False
             if self.ssh("true", timeout=20).returncode == 0:
                 return True

@@ -47,9 +47,9 @@ class Result:
 
 
 def resolve(arg: str) -> Path:
-    p = Path(arg)
-    if p.suffix == ".toml" and p.exists():
-        return p.resolve()
+    for p in (Path(arg), VMT / arg):
+        if p.suffix == ".toml" and p.exists():
+            return p.resolve()
     q = VMT / "scenarios" / f"{arg}.toml"
     if q.exists():
         return q

@@ -140,7 +140,9 @@ def step_boot(r: Run, st: dict) -> None:
 def wait_ssh(r: Run, st: dict) -> None:
     t = r.timeout(st, 600)
     if not r.m.wait_ssh(t):
-        why = "the machine is off" if not r.m.powered else f"no SSH within {t:.0f} s"
+        why = ("the machine is off" if not r.m.powered else
+               "systemd dropped to emergency mode" if r.m.in_emergency() else
+               f"no SSH within {t:.0f} s")
         raise StepFailed(st.get("message", "the guest did not come up") + f" ({why})")
 
 
@@ -279,7 +281,8 @@ def step_assert(r: Run, st: dict) -> None:
     p = subprocess.run([str(ASSERT), str(facts), st["that"], st.get("message", st["that"])],
                        capture_output=True, text=True)
     if p.returncode != 0:
-        raise StepFailed((p.stdout + p.stderr).strip(), serial=False)
+        hint = f"\n  hint: {st['hint']}" if st.get("hint") else ""
+        raise StepFailed((p.stdout + p.stderr).strip() + hint, serial=False)
     r.log(f"  ok: {st.get('message', st['that'])}")
 
 

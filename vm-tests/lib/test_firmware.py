@@ -1,0 +1,97 @@
+"""Tests of the fake firmware's boot selection on a small real FAT image (mtools).
+
+Run: python3 -m unittest discover -s vm-tests/lib -p 'test_*.py'
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import unittest
+from pathlib import Path
+
+from firmware import FatImage, FirmwareError, parse_config, select_boot
+
+CONFIG = "[all]\nkernel=vmlinuz\ninitramfs initrd.img followkernel\ncmdline=cmdline.txt\n"
+
+
+def make_disk(d: Path, files: dict[str, str]) -> Path:
+    """A 6 MiB raw disk with a 4 MiB FAT at offset 1 MiB holding `files`."""
+    disk = d / "disk.img"
+    subprocess.run(["truncate", "-s", "6M", str(disk)], check=True)
+    subprocess.run(["mkfs.vfat", "-n", "FIRMWARE", "--offset", "2048", str(disk), "4096"],
+                   check=True, capture_output=True)
+    with FatImage(disk, 1, 4, "raw") as fat:
+        for path, text in files.items():
+            if "/" in path:
+                subprocess.run(["mmd", "-D", "s", "-i", str(fat.raw), "::/" + path.rsplit("/", 1)[0]],
+                               capture_output=True)
+            fat.write_text(path, text)
+        fat.commit()
+    return disk
+
+
+class SelectBoot(unittest.TestCase):
+    def setUp(self) -> None:
+        self.tmp = tempfile.TemporaryDirectory()
+        self.d = Path(self.tmp.name)
+
+    def tearDown(self) -> None:
+        self.tmp.cleanup()
+
+    def select(self, disk: Path):
+        with FatImage(disk, 1, 4, "raw") as fat:
+            try:
+                return select_boot(fat, self.d / "boot")
+            finally:
+                fat.commit()
+
+    def base(self) -> dict[str, str]:
+        return {"config.txt": CONFIG, "vmlinuz": "K-default", "initrd.img": "I-default",
+                "cmdline.txt": "root=/dev/vg0/root\n"}
+
+    def test_default_set_without_flag(self) -> None:
+        disk = make_disk(self.d, self.base())
+        b = self.select(disk)
+        self.assertEqual((b.mode, b.kernel, b.initramfs, b.cmdline),
+                         ("default", "vmlinuz", "initrd.img", "root=/dev/vg0/root"))
+        self.assertEqual((self.d / "boot" / "kernel").read_text(), "K-default")
+
+    def test_trial_set_exactly_once_then_default(self) -> None:
+        files = self.base() | {
+            "tryboot.flag": "", "tryboot.txt": CONFIG + "os_prefix=trial/\n",
+            "trial/vmlinuz": "K-trial", "trial/initrd.img": "I-trial",
+            "trial/cmdline.txt": "root=/dev/vg0/root trial\n"}
+        disk = make_disk(self.d, files)
+        first = self.select(disk)
+        self.assertEqual((first.mode, first.kernel, first.cmdline),
+                         ("trial", "trial/vmlinuz", "root=/dev/vg0/root trial"))
+        self.assertEqual((self.d / "boot" / "initrd").read_text(), "I-trial")
+        second = self.select(disk)  # the flag was consumed on the disk itself
+        self.assertEqual((second.mode, second.kernel), ("default", "vmlinuz"))
+        with FatImage(disk, 1, 4, "raw") as fat:
+            self.assertFalse(fat.has("tryboot.flag"))
+
+    def test_prefix_without_kernel_is_ignored(self) -> None:
+        files = self.base() | {"tryboot.flag": "", "tryboot.txt": CONFIG + "os_prefix=gone/\n"}
+        b = self.select(make_disk(self.d, files))
+        self.assertEqual((b.mode, b.kernel), ("trial", "vmlinuz"))
+        self.assertIn("ignored", b.describe())
+
+    def test_missing_kernel_cannot_boot(self) -> None:
+        files = self.base()
+        del files["vmlinuz"]
+        with self.assertRaises(FirmwareError):
+            self.select(make_disk(self.d, files))
+
+
+class ParseConfig(unittest.TestCase):
+    def test_sections(self) -> None:
+        text = "kernel=a\n[pi4]\nkernel=b\n[tryboot]\nos_prefix=t/\n[all]\ncmdline=c.txt # note\n"
+        self.assertEqual(parse_config(text, trial=False), {"kernel": "a", "cmdline": "c.txt"})
+        self.assertEqual(parse_config(text, trial=True),
+                         {"kernel": "a", "os_prefix": "t/", "cmdline": "c.txt"})
+
+
+if __name__ == "__main__":
+    unittest.main()
