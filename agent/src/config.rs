@@ -50,6 +50,12 @@ pub struct Config {
     /// Logging settings.
     #[serde(default)]
     pub log: LogConfig,
+    /// Command acceptance limits.
+    #[serde(default)]
+    pub commands: CommandsConfig,
+    /// Trusted operator keys.
+    #[serde(default)]
+    pub trust: TrustConfig,
     /// Per-module sections, parsed by each module's descriptor.
     #[serde(default)]
     pub modules: BTreeMap<String, toml::Value>,
@@ -59,12 +65,18 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlConfig {
-    /// `local` (manifest directory, the default).
+    /// `local` (manifest directory, the default), `nats` or `mqtt`.
     #[serde(default = "default_plane")]
     pub plane: String,
     /// Directory of deployment manifests for the local plane.
     #[serde(default = "default_deployments_dir")]
     pub deployments_dir: PathBuf,
+    /// NATS settings (plane = "nats").
+    #[serde(default)]
+    pub nats: NatsConfig,
+    /// MQTT 5 settings (plane = "mqtt").
+    #[serde(default)]
+    pub mqtt: MqttConfig,
 }
 
 impl Default for ControlConfig {
@@ -72,8 +84,134 @@ impl Default for ControlConfig {
         Self {
             plane: default_plane(),
             deployments_dir: default_deployments_dir(),
+            nats: NatsConfig::default(),
+            mqtt: MqttConfig::default(),
         }
     }
+}
+
+/// `[control.nats]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URLs (a cluster: list several); tried in order, reconnects anywhere.
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// `.creds` file (JWT + nkey seed) for authentication.
+    #[serde(default)]
+    pub creds_file: Option<PathBuf>,
+    /// CA bundle to verify the servers' TLS certificates (enables TLS).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate for mutual TLS.
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// Client key for mutual TLS.
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
+}
+
+/// `[control.mqtt]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Broker host.
+    #[serde(default = "default_mqtt_host")]
+    pub host: String,
+    /// Broker port.
+    #[serde(default = "default_mqtt_port")]
+    pub port: u16,
+    /// Client id; the device id when absent (a persistent session is keyed by it).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// User name.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File holding the password (root-only); never the password itself in config.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Keep-alive in seconds.
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_secs: u64,
+    /// How long the broker keeps the session (and queued QoS 1 messages) while offline.
+    #[serde(default = "default_session_expiry")]
+    pub session_expiry_secs: u32,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            host: default_mqtt_host(),
+            port: default_mqtt_port(),
+            client_id: None,
+            username: None,
+            password_file: None,
+            keep_alive_secs: default_keep_alive(),
+            session_expiry_secs: default_session_expiry(),
+        }
+    }
+}
+
+fn default_mqtt_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_mqtt_port() -> u16 {
+    1883
+}
+fn default_keep_alive() -> u64 {
+    30
+}
+fn default_session_expiry() -> u32 {
+    3600
+}
+
+/// `[commands]`: limits on signed commands.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandsConfig {
+    /// A command issued more than this far in the future is refused.
+    #[serde(default = "default_skew")]
+    pub max_clock_skew_secs: u64,
+    /// A command valid for longer than this is refused (bounds the replay journal).
+    #[serde(default = "default_lifetime")]
+    pub max_lifetime_secs: u64,
+}
+
+impl Default for CommandsConfig {
+    fn default() -> Self {
+        Self {
+            max_clock_skew_secs: default_skew(),
+            max_lifetime_secs: default_lifetime(),
+        }
+    }
+}
+
+fn default_skew() -> u64 {
+    60
+}
+fn default_lifetime() -> u64 {
+    86_400
+}
+
+/// `[trust]`: who may command this device. Empty = every command is denied.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustConfig {
+    /// Operator public keys with their roles.
+    #[serde(default)]
+    pub operators: Vec<OperatorKey>,
+}
+
+/// One `[[trust.operators]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorKey {
+    /// Name shown in the audit log.
+    pub name: String,
+    /// Base64 Ed25519 public key (`fleetctl keygen` prints it).
+    pub public_key: String,
+    /// `viewer`, `operator` or `admin`.
+    pub role: fleet_contract::Role,
 }
 
 /// `[store]`: SQLite state settings.
@@ -181,13 +319,60 @@ impl Config {
         if let Some(id) = &self.device_id {
             DeviceId::parse(id).map_err(|e| ("device_id".to_owned(), e.to_string()))?;
         }
-        if self.control.plane != "local" {
+        match self.control.plane.as_str() {
+            "local" => {}
+            "nats" => {
+                if self.control.nats.servers.is_empty() {
+                    return Err((
+                        "control.nats.servers".into(),
+                        "plane \"nats\" needs at least one server URL".into(),
+                    ));
+                }
+                for url in &self.control.nats.servers {
+                    if !(url.starts_with("nats://") || url.starts_with("tls://")) {
+                        return Err((
+                            "control.nats.servers".into(),
+                            format!("{url:?} is not a nats:// or tls:// URL"),
+                        ));
+                    }
+                }
+                if self.control.nats.tls_cert_file.is_some() != self.control.nats.tls_key_file.is_some() {
+                    return Err((
+                        "control.nats.tls_key_file".into(),
+                        "tls_cert_file and tls_key_file go together".into(),
+                    ));
+                }
+            }
+            "mqtt" => {
+                if self.control.mqtt.host.is_empty() {
+                    return Err(("control.mqtt.host".into(), "must not be empty".into()));
+                }
+                if self.control.mqtt.keep_alive_secs < 5 {
+                    return Err((
+                        "control.mqtt.keep_alive_secs".into(),
+                        "must be at least 5".into(),
+                    ));
+                }
+            }
+            other => {
+                return Err((
+                    "control.plane".into(),
+                    format!("unknown control plane {other:?}; use \"local\", \"nats\" or \"mqtt\""),
+                ))
+            }
+        }
+        for (i, op) in self.trust.operators.iter().enumerate() {
+            if let Err(e) = fleet_contract::decode_public_key(&op.public_key) {
+                return Err((format!("trust.operators[{i}].public_key"), e));
+            }
+            if op.name.is_empty() {
+                return Err((format!("trust.operators[{i}].name"), "must not be empty".into()));
+            }
+        }
+        if self.commands.max_lifetime_secs == 0 {
             return Err((
-                "control.plane".into(),
-                format!(
-                    "unknown control plane {:?}; this build supports \"local\"",
-                    self.control.plane
-                ),
+                "commands.max_lifetime_secs".into(),
+                "must be at least 1".into(),
             ));
         }
         if !(1..=3600).contains(&self.heartbeat_interval_secs) {

@@ -3,6 +3,7 @@
 //! [`Agent::builder`] directly to plug in their own modules.
 
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod control;
 mod heartbeat;
@@ -16,7 +17,7 @@ pub mod store;
 mod supervisor;
 
 pub use heartbeat::{Heartbeat, ModuleReport};
-pub use runtime::{Agent, AgentBuilder, AgentError};
+pub use runtime::{Agent, AgentBuilder, AgentError, AgentHandle};
 pub use supervisor::RestartPolicy;
 
 /// The agent's version, as reported in heartbeats and `fleet-agent version`.

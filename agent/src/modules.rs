@@ -8,6 +8,10 @@ pub fn compiled_in() -> Vec<Descriptor> {
     vec![
         #[cfg(feature = "watchdog")]
         fleet_mod_watchdog::DESCRIPTOR,
+        #[cfg(feature = "containers")]
+        fleet_mod_containers::DESCRIPTOR,
+        #[cfg(feature = "init-containers")]
+        fleet_mod_init_containers::DESCRIPTOR,
     ]
 }
 

@@ -10,7 +10,7 @@ use futures::FutureExt;
 use crate::supervisor::{panic_message, Slot};
 
 /// Verbs the runtime answers itself.
-pub(crate) const BUILTIN_VERBS: &[&str] = &["ping", "status"];
+pub(crate) const BUILTIN_VERBS: &[&str] = &["ping", "status", "reconcile-now"];
 
 /// Verb → module, built once at start; duplicate verbs are a wiring error.
 pub(crate) struct Router {

@@ -10,12 +10,15 @@ use fleet_module_api::{
     CancellationToken, Capability, Command, CommandError, Context, DesiredDeployment, DesiredState,
     ExtensionKind, ExtensionsBuilder, Health, Paths, Probe, Reply, StatusSink, SystemClock,
 };
-use tokio::sync::watch;
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::commands::CommandGate;
 use crate::control::local::LocalPlane;
-use crate::control::{ControlPlane, DesiredUpdate};
+use crate::control::mqtt::MqttPlane;
+use crate::control::nats::NatsPlane;
+use crate::control::{ControlPlane, DesiredUpdate, PlaneIo, StatusSnapshot};
 use crate::heartbeat::{boot_id, Heartbeat, ModuleReport};
 use crate::router::Router;
 use crate::store::{DesiredRecord, OpenReport, ScopedStore, Store, StoreError};
@@ -129,9 +132,19 @@ impl AgentBuilder {
 
         let cached = initial_desired(&store);
         let (desired_tx, desired_rx) = watch::channel(Arc::new(cached));
+        let snapshot = StatusSnapshot {
+            heartbeat: None,
+            deployments: store
+                .statuses()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|s| (s.name.clone(), s))
+                .collect(),
+        };
         let sink = Arc::new(RuntimeSink {
             store: store.clone(),
             details: Mutex::new(serde_json::Map::new()),
+            published: watch::channel(snapshot).0,
         });
         let shutdown = CancellationToken::new();
         let paths = Paths {
@@ -185,10 +198,24 @@ impl AgentBuilder {
             slots.push((slot, ctx));
         }
         let router = Router::new(&slots).map_err(AgentError::Wiring)?;
-        let plane: Arc<dyn ControlPlane> =
-            Arc::new(LocalPlane::new(self.config.control.deployments_dir.clone()));
+        let plane: Arc<dyn ControlPlane> = match self.config.control.plane.as_str() {
+            "nats" => Arc::new(NatsPlane::new(self.config.control.nats.clone(), device.clone())),
+            "mqtt" => Arc::new(MqttPlane::new(self.config.control.mqtt.clone(), device.clone())),
+            _ => Arc::new(LocalPlane::new(self.config.control.deployments_dir.clone())),
+        };
+        let (audit_tx, _) = broadcast::channel(256);
+        let gate = CommandGate::new(
+            device.clone(),
+            &self.config.trust,
+            self.config.commands.clone(),
+            store.clone(),
+            audit_tx.clone(),
+        );
         let shared = Arc::new(Shared {
             device,
+            gate,
+            audit_tx,
+            to_modules: desired_tx,
             store,
             slots,
             router,
@@ -203,7 +230,6 @@ impl AgentBuilder {
             config: self.config,
             shared,
             plane,
-            desired_tx,
             open_report,
             policy: self.policy,
             shutdown,
@@ -231,6 +257,10 @@ fn kind_name(k: ExtensionKind) -> &'static str {
 /// State shared by the runtime's tasks and [`AgentHandle`]s.
 struct Shared {
     device: DeviceId,
+    gate: CommandGate,
+    audit_tx: broadcast::Sender<serde_json::Value>,
+    /// Desired state as handed to modules (re-sent by `reconcile-now`).
+    to_modules: watch::Sender<Arc<DesiredState>>,
     store: Arc<Store>,
     slots: Vec<(Arc<Slot>, Context)>,
     router: Router,
@@ -275,6 +305,9 @@ impl Shared {
 
     fn write_heartbeat(&self, stopped: bool) -> Heartbeat {
         let hb = self.heartbeat(stopped);
+        self.sink
+            .published
+            .send_modify(|s| s.heartbeat = Some(hb.clone()));
         match serde_json::to_vec(&hb) {
             Ok(body) => {
                 if let Err(e) = self.store.kv_put("agent", "heartbeat", &body) {
@@ -291,9 +324,18 @@ impl Shared {
             "ping" => Ok(Reply::json(serde_json::json!({
                 "pong": true, "device": self.device, "version": VERSION
             }))),
-            "status" => serde_json::to_value(self.heartbeat(false))
-                .map(Reply::json)
-                .map_err(|e| CommandError::Failed(e.to_string())),
+            "status" => {
+                let deployments = self.store.statuses().unwrap_or_default();
+                Ok(Reply::json(serde_json::json!({
+                    "heartbeat": self.heartbeat(false),
+                    "deployments": deployments,
+                })))
+            }
+            "reconcile-now" => {
+                let current = self.to_modules.borrow().clone();
+                self.to_modules.send_replace(current);
+                Ok(Reply::json(serde_json::json!({ "reconciling": true })))
+            }
             _ => self.router.dispatch(cmd).await,
         }
     }
@@ -316,6 +358,18 @@ impl AgentHandle {
         self.shared.command(cmd).await
     }
 
+    /// Runs raw signed-command bytes through the gate (signature, device, expiry, role,
+    /// idempotency, audit) exactly as a control plane does.
+    pub async fn signed_command(&self, bytes: &[u8]) -> fleet_contract::CommandReply {
+        let shared = self.shared.clone();
+        self.shared
+            .gate
+            .process(bytes, SystemClock::unix_now(), |cmd| async move {
+                shared.command(cmd).await
+            })
+            .await
+    }
+
     /// Every verb this agent serves.
     pub fn verbs(&self) -> Vec<&'static str> {
         self.shared.router.verbs()
@@ -327,7 +381,6 @@ pub struct Agent {
     config: Config,
     shared: Arc<Shared>,
     plane: Arc<dyn ControlPlane>,
-    desired_tx: watch::Sender<Arc<DesiredState>>,
     open_report: OpenReport,
     policy: RestartPolicy,
     shutdown: CancellationToken,
@@ -383,11 +436,18 @@ impl Agent {
 
         // Desired state: control plane -> cache + runtime-owned statuses -> modules.
         let (plane_tx, plane_rx) = watch::channel(DesiredUpdate::default());
+        let (cmd_tx, mut cmd_rx) = mpsc::channel::<crate::control::CommandRequest>(64);
+        let io = PlaneIo {
+            desired: plane_tx,
+            status: shared.sink.published.subscribe(),
+            commands: cmd_tx,
+            audit: shared.audit_tx.subscribe(),
+        };
         let plane_task = {
             let plane = self.plane.clone();
             let token = self.shutdown.child_token();
             tokio::spawn(async move {
-                if let Err(e) = plane.run(plane_tx, token).await {
+                if let Err(e) = plane.run(io, token).await {
                     tracing::error!(error = %e, "control plane stopped; running from cached desired state");
                 }
             })
@@ -395,9 +455,18 @@ impl Agent {
         let desired_task = tokio::spawn(apply_desired(
             shared.clone(),
             plane_rx,
-            self.desired_tx,
             self.shutdown.child_token(),
         ));
+        // Commands are handled one at a time, so a repeated id can never run twice.
+        let command_task = {
+            let handle = self.handle();
+            tokio::spawn(async move {
+                while let Some(req) = cmd_rx.recv().await {
+                    let reply = handle.signed_command(&req.bytes).await;
+                    let _ = req.reply.send(serde_json::to_vec(&reply).unwrap_or_default());
+                }
+            })
+        };
 
         // Probe, then run every available module under the supervisor.
         let mut module_tasks: Vec<(&'static str, JoinHandle<()>)> = Vec::new();
@@ -466,7 +535,7 @@ impl Agent {
                 abort.abort();
             }
         }
-        for task in [plane_task, desired_task] {
+        for task in [plane_task, desired_task, command_task] {
             let abort = task.abort_handle();
             if tokio::time::timeout_at(deadline, task).await.is_err() {
                 abort.abort();
@@ -562,7 +631,6 @@ fn decode_cached(rec: &DesiredRecord) -> DesiredDeployment {
 async fn apply_desired(
     shared: Arc<Shared>,
     mut rx: watch::Receiver<DesiredUpdate>,
-    to_modules: watch::Sender<Arc<DesiredState>>,
     shutdown: CancellationToken,
 ) {
     // Statuses the runtime reported; after a restart without a deployment module, that is
@@ -631,7 +699,7 @@ async fn apply_desired(
             shared.sink.deployment_removed(name);
         }
         owned = now_owned;
-        to_modules.send_replace(update.state.clone());
+        shared.to_modules.send_replace(update.state.clone());
     }
 }
 
@@ -639,6 +707,8 @@ async fn apply_desired(
 struct RuntimeSink {
     store: Arc<Store>,
     details: Mutex<serde_json::Map<String, serde_json::Value>>,
+    /// What the control plane publishes.
+    published: watch::Sender<StatusSnapshot>,
 }
 
 impl StatusSink for RuntimeSink {
@@ -667,6 +737,9 @@ impl StatusSink for RuntimeSink {
         if let Err(e) = self.store.put_status(&status) {
             tracing::error!(error = %e, "cannot record deployment status");
         }
+        self.published.send_modify(|s| {
+            s.deployments.insert(status.name.clone(), status);
+        });
     }
 
     fn deployment_removed(&self, name: &str) {
@@ -674,6 +747,9 @@ impl StatusSink for RuntimeSink {
         if let Err(e) = self.store.delete_status(name) {
             tracing::error!(error = %e, "cannot delete deployment status");
         }
+        self.published.send_modify(|s| {
+            s.deployments.remove(name);
+        });
     }
 
     fn detail(&self, module: &'static str, detail: serde_json::Value) {

@@ -11,9 +11,9 @@ use async_trait::async_trait;
 use fleet_contract::{DecodeError, Deployment, MAX_MANIFEST_BYTES};
 use fleet_module_api::{CancellationToken, DesiredDeployment, DesiredState};
 use notify::{RecursiveMode, Watcher};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
-use super::{ControlError, ControlPlane, DesiredUpdate};
+use super::{ControlError, ControlPlane, DesiredUpdate, PlaneIo};
 use crate::store::DesiredRecord;
 
 /// Events arriving this close together are handled as one rescan.
@@ -54,11 +54,9 @@ impl ControlPlane for LocalPlane {
         ))
     }
 
-    async fn run(
-        self: Arc<Self>,
-        tx: watch::Sender<DesiredUpdate>,
-        shutdown: CancellationToken,
-    ) -> Result<(), ControlError> {
+    async fn run(self: Arc<Self>, io: PlaneIo, shutdown: CancellationToken) -> Result<(), ControlError> {
+        // Status stays in the store (`fleet-agent status`); commands arrive over the CLI.
+        let tx = io.desired;
         let setup = |message: String| ControlError::Setup {
             plane: "local",
             message,

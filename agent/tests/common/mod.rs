@@ -10,7 +10,17 @@ use fleet_testkit::{wait_until, NotifySocket, TempRoot};
 pub const BIN: &str = env!("CARGO_BIN_EXE_fleet-agent");
 
 /// Writes a config pointing every path into `root`.
+///
+/// Unless `extra` configures `[modules.containers]` itself, the containers module is turned
+/// off, so tests about manifests, the store or the control plane never start containers
+/// (the containers tests give each test its own podman namespace instead).
 pub fn write_config(root: &TempRoot, extra: &str) -> PathBuf {
+    let containers_off = if extra.contains("[modules.containers]") {
+        ""
+    } else {
+        "[modules.containers]\nenabled = false\n"
+    };
+    let extra = format!("{extra}\n{containers_off}");
     root.write_config(&format!(
         "device_id = \"test-dev\"\nstate_dir = {:?}\nrun_dir = {:?}\nheartbeat_interval_secs = 1\n{extra}\n[control]\ndeployments_dir = {:?}\n",
         root.state(),

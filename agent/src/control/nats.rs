@@ -1,0 +1,349 @@
+//! The NATS control plane (async-nats): desired state from KV `fleet-desired` (watched with
+//! history, so every (re)connect replays everything), status into KV `fleet-status`,
+//! heartbeats on `fleet.<device>.hb`, signed commands as request/reply on
+//! `fleet.<device>.cmd`, audit on `fleet.audit.<device>`. The buckets are created by
+//! `fleetctl init`, never by the agent. While disconnected the agent keeps running from its
+//! SQLite cache; after a reconnect it re-publishes the latest status.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use async_trait::async_trait;
+use fleet_contract::names::{self, DESIRED_BUCKET, STATUS_BUCKET};
+use fleet_contract::DeviceId;
+use fleet_module_api::CancellationToken;
+use futures::StreamExt;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use super::{
+    update_from_docs, Backoff, CommandRequest, ControlError, ControlPlane, DesiredUpdate, PlaneIo,
+    StatusSnapshot,
+};
+use crate::config::NatsConfig;
+
+/// NATS adapter.
+pub struct NatsPlane {
+    cfg: NatsConfig,
+    device: DeviceId,
+}
+
+/// Connects with the configured servers, credentials and TLS.
+pub async fn connect(cfg: &NatsConfig, name: &str) -> Result<async_nats::Client, String> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(Duration::from_secs(10)))
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Disconnected => tracing::warn!("NATS disconnected; reconnecting"),
+                async_nats::Event::Connected => tracing::info!("NATS connected"),
+                other => tracing::debug!(event = %other, "NATS event"),
+            }
+        });
+    if let Some(creds) = &cfg.creds_file {
+        opts = opts
+            .credentials_file(creds)
+            .await
+            .map_err(|e| format!("credentials {}: {e}", creds.display()))?;
+    }
+    if let Some(ca) = &cfg.tls_ca_file {
+        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&cfg.tls_cert_file, &cfg.tls_key_file) {
+        opts = opts.add_client_certificate(cert.clone(), key.clone());
+    }
+    let servers: Vec<async_nats::ServerAddr> = cfg
+        .servers
+        .iter()
+        .map(|s| s.parse().map_err(|e| format!("server URL {s:?}: {e}")))
+        .collect::<Result<_, String>>()?;
+    opts.connect(servers)
+        .await
+        .map_err(|e| format!("connect to {}: {e}", cfg.servers.join(", ")))
+}
+
+/// Downloads object `name` from the `fleet-artifacts` object store into `dest`, at most
+/// `max_bytes` (for self-upgrade staging).
+pub async fn download_artifact(
+    client: &async_nats::Client,
+    name: &str,
+    dest: &Path,
+    max_bytes: u64,
+) -> Result<u64, String> {
+    use tokio::io::AsyncWriteExt;
+    let js = jetstream::new(client.clone());
+    let store = js
+        .get_object_store(names::ARTIFACTS_BUCKET)
+        .await
+        .map_err(|e| format!("object store {}: {e}", names::ARTIFACTS_BUCKET))?;
+    let mut obj = store
+        .get(name)
+        .await
+        .map_err(|e| format!("artifact {name}: {e}"))?;
+    if obj.info().size as u64 > max_bytes {
+        return Err(format!(
+            "artifact {name} is {} bytes; the limit is {max_bytes}",
+            obj.info().size
+        ));
+    }
+    let mut file = tokio::fs::File::create(dest)
+        .await
+        .map_err(|e| format!("{}: {e}", dest.display()))?;
+    let mut written = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = tokio::io::AsyncReadExt::read(&mut obj, &mut buf)
+            .await
+            .map_err(|e| format!("artifact {name}: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        written += n as u64;
+        if written > max_bytes {
+            return Err(format!("artifact {name} exceeds {max_bytes} bytes"));
+        }
+        file.write_all(&buf[..n])
+            .await
+            .map_err(|e| format!("{}: {e}", dest.display()))?;
+    }
+    file.sync_all()
+        .await
+        .map_err(|e| format!("{}: {e}", dest.display()))?;
+    Ok(written)
+}
+
+impl NatsPlane {
+    /// A plane for `device`.
+    pub fn new(cfg: NatsConfig, device: DeviceId) -> Self {
+        Self { cfg, device }
+    }
+
+    /// One connected session; `Ok` only on shutdown.
+    async fn session(
+        &self,
+        io: &mut SessionIo<'_>,
+        backoff: &mut Backoff,
+        shutdown: &CancellationToken,
+    ) -> Result<(), String> {
+        let dev = self.device.as_str();
+        let client = connect(&self.cfg, &format!("fleet-agent {dev}")).await?;
+        let js = jetstream::new(client.clone());
+        let desired_kv = js.get_key_value(DESIRED_BUCKET).await.map_err(|e| {
+            format!("KV bucket {DESIRED_BUCKET}: {e} (buckets are created by `fleetctl init`)")
+        })?;
+        let status_kv = js
+            .get_key_value(STATUS_BUCKET)
+            .await
+            .map_err(|e| format!("KV bucket {STATUS_BUCKET}: {e}"))?;
+        let mut cmds = client
+            .subscribe(names::nats_cmd_subject(dev))
+            .await
+            .map_err(|e| format!("subscribe to commands: {e}"))?;
+
+        // Replay: count this device's subjects first, so an empty set is known to be
+        // complete and a partial replay is never handed to the modules.
+        let filter = names::kv_device_filter(dev);
+        let mut subjects = desired_kv
+            .stream
+            .info_with_subjects(format!("{}{filter}", desired_kv.prefix))
+            .await
+            .map_err(|e| format!("desired-state info: {e}"))?;
+        let mut n_subjects = 0usize;
+        while let Some(s) = subjects.next().await {
+            s.map_err(|e| format!("desired-state info: {e}"))?;
+            n_subjects += 1;
+        }
+        let mut watch = desired_kv
+            .watch_with_history(&filter)
+            .await
+            .map_err(|e| format!("watch desired state: {e}"))?;
+        tracing::info!(servers = %self.cfg.servers.join(","), keys = n_subjects, "NATS control plane connected");
+        backoff.reset();
+
+        let mut docs: BTreeMap<String, (String, Vec<u8>)> = BTreeMap::new();
+        let mut caught_up = n_subjects == 0;
+        if caught_up {
+            io.desired.send_replace(update_from_docs(&docs));
+        }
+        // Publish everything after every (re)connect.
+        let mut published = StatusSnapshot::default();
+        let snap = io.status.borrow_and_update().clone();
+        publish(&client, &status_kv, dev, &published, &snap).await?;
+        published = snap;
+
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                entry = watch.next() => {
+                    let entry = match entry {
+                        None => return Err("desired-state watch ended".into()),
+                        Some(Err(e)) => return Err(format!("desired-state watch: {e}")),
+                        Some(Ok(e)) => e,
+                    };
+                    match names::deploy_name_from_kv_key(dev, &entry.key) {
+                        Some(name) if fleet_contract::DeviceId::parse(name).is_ok() => match entry.operation {
+                            kv::Operation::Put => {
+                                let source = format!("nats:{DESIRED_BUCKET}/{}@{}", entry.key, entry.revision);
+                                docs.insert(name.to_owned(), (source, entry.value.to_vec()));
+                            }
+                            kv::Operation::Delete | kv::Operation::Purge => {
+                                docs.remove(name);
+                            }
+                        },
+                        _ => tracing::warn!(key = %entry.key, "ignoring desired-state key this agent does not understand"),
+                    }
+                    if !caught_up && entry.delta == 0 {
+                        caught_up = true;
+                    }
+                    if caught_up {
+                        io.desired.send_replace(update_from_docs(&docs));
+                    }
+                }
+                changed = io.status.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    let snap = io.status.borrow_and_update().clone();
+                    publish(&client, &status_kv, dev, &published, &snap).await?;
+                    published = snap;
+                }
+                msg = cmds.next() => {
+                    let Some(msg) = msg else {
+                        return Err("command subscription ended".into());
+                    };
+                    let Some(reply_to) = msg.reply.clone() else {
+                        tracing::warn!("command without a reply subject ignored");
+                        continue;
+                    };
+                    let (tx, rx) = oneshot::channel();
+                    if io.commands.send(CommandRequest { bytes: msg.payload.to_vec(), reply: tx }).await.is_err() {
+                        return Ok(());
+                    }
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        if let Ok(bytes) = rx.await {
+                            if let Err(e) = client.publish(reply_to, bytes.into()).await {
+                                tracing::warn!(error = %e, "cannot send command reply");
+                            }
+                        }
+                    });
+                }
+                event = io.audit.recv() => match event {
+                    Ok(v) => {
+                        let body = serde_json::to_vec(&v).unwrap_or_default();
+                        if let Err(e) = client.publish(names::nats_audit_subject(dev), body.into()).await {
+                            tracing::warn!(error = %e, "cannot publish audit record (kept in the store)");
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "audit stream lagged; records remain in the store");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                },
+            }
+        }
+    }
+}
+
+struct SessionIo<'a> {
+    desired: &'a watch::Sender<DesiredUpdate>,
+    status: &'a mut watch::Receiver<StatusSnapshot>,
+    commands: &'a mpsc::Sender<CommandRequest>,
+    audit: &'a mut broadcast::Receiver<serde_json::Value>,
+}
+
+/// Publishes what differs between `old` and `new`: info + heartbeat, changed deployment
+/// statuses, and deletes for removed ones.
+async fn publish(
+    client: &async_nats::Client,
+    kv: &kv::Store,
+    dev: &str,
+    old: &StatusSnapshot,
+    new: &StatusSnapshot,
+) -> Result<(), String> {
+    if let Some(hb) = &new.heartbeat {
+        if old.heartbeat.as_ref() != Some(hb) {
+            let body = bytes::Bytes::from(serde_json::to_vec(hb).unwrap_or_default());
+            kv.put(names::kv_info_key(dev), body.clone())
+                .await
+                .map_err(|e| format!("publish status info: {e}"))?;
+            client
+                .publish(names::nats_hb_subject(dev), body)
+                .await
+                .map_err(|e| format!("publish heartbeat: {e}"))?;
+        }
+    }
+    for (name, st) in &new.deployments {
+        if old.deployments.get(name) != Some(st) {
+            let body = serde_json::to_vec(st).unwrap_or_default();
+            kv.put(names::kv_deploy_key(dev, name), body.into())
+                .await
+                .map_err(|e| format!("publish status of {name}: {e}"))?;
+        }
+    }
+    for name in old.deployments.keys() {
+        if !new.deployments.contains_key(name) {
+            kv.delete(names::kv_deploy_key(dev, name))
+                .await
+                .map_err(|e| format!("delete status of {name}: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl ControlPlane for NatsPlane {
+    fn name(&self) -> &'static str {
+        "nats"
+    }
+
+    async fn check(&self) -> Result<String, ControlError> {
+        let setup = |message: String| ControlError::Setup {
+            plane: "nats",
+            message,
+        };
+        let client = connect(&self.cfg, "fleet-agent self-test")
+            .await
+            .map_err(setup)?;
+        let js = jetstream::new(client);
+        js.get_key_value(DESIRED_BUCKET)
+            .await
+            .map_err(|e| setup(format!("KV bucket {DESIRED_BUCKET}: {e}")))?;
+        Ok(format!(
+            "connected to {}; bucket {DESIRED_BUCKET} present",
+            self.cfg.servers.join(", ")
+        ))
+    }
+
+    async fn run(self: Arc<Self>, io: PlaneIo, shutdown: CancellationToken) -> Result<(), ControlError> {
+        let PlaneIo {
+            desired,
+            mut status,
+            commands,
+            mut audit,
+        } = io;
+        let mut sio = SessionIo {
+            desired: &desired,
+            status: &mut status,
+            commands: &commands,
+            audit: &mut audit,
+        };
+        let mut backoff = Backoff::default();
+        loop {
+            match self.session(&mut sio, &mut backoff, &shutdown).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "NATS session ended; running from cached state");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+}
