@@ -93,8 +93,8 @@ impl Env {
     }
 
     fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.config.with_file_name("agent.log"))
-            .unwrap_or_default();
+        let log =
+            std::fs::read_to_string(self.config.with_file_name("agent.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
@@ -132,8 +132,14 @@ fn roll_forward_v1_missing_v2_then_v3() {
     let Some(env) = Env::new(&format!("registries_conf = {conf:?}\n")) else {
         return;
     };
-    let v1 = env.scope.push_to(&registry, &env.image, "fleet/app:v1").unwrap();
-    let v3 = env.scope.push_to(&registry, &env.image, "fleet/app:v3").unwrap();
+    let v1 = env
+        .scope
+        .push_to(&registry, &env.image, "fleet/app:v1")
+        .unwrap();
+    let v3 = env
+        .scope
+        .push_to(&registry, &env.image, "fleet/app:v3")
+        .unwrap();
     let v2 = format!("{}/fleet/app:v2", registry.addr());
     let lifecycle = "[lifecycle]\ngracePeriodSecs = 5\n";
     let _agent = started_agent(&env);
@@ -176,15 +182,15 @@ fn a_container_ignoring_sigterm_is_killed_after_its_grace_period() {
     let stubborn = ["sh", "-c", "trap '' TERM; while :; do sleep 1; done"];
     let lifecycle = "[lifecycle]\nstopSignal = \"SIGTERM\"\ngracePeriodSecs = 3\n";
     let _agent = started_agent(&env);
-    env.write("stub", &manifest("stub", 1, &env.image, &stubborn, lifecycle));
+    env.write(
+        "stub",
+        &manifest("stub", 1, &env.image, &stubborn, lifecycle),
+    );
     env.wait_phase("stub", "Running", 1);
     let old = env.inspect("stub").unwrap();
 
     let started = Instant::now();
-    env.write(
-        "stub",
-        &manifest("stub", 2, &env.image, SERVE, lifecycle),
-    );
+    env.write("stub", &manifest("stub", 2, &env.image, SERVE, lifecycle));
     let (_, upgrading) = env.wait_for("stub upgrading", |d| d["phase"] == "Upgrading");
     let msg = upgrading["message"].as_str().unwrap().to_owned();
     assert!(msg.contains("SIGTERM, SIGKILL after 3 s"), "{msg}");
@@ -248,7 +254,7 @@ fn init_containers_run_in_order_and_failures_name_the_init_container() {
     // Init containers are removed once they completed.
     let names = env.scope.containers().unwrap();
     assert!(
-        names.iter().all(|n| !n.contains("-init-")),
+        names.iter().all(|n| !n.contains("-ordered-init-")),
         "left-over init containers: {names:?}"
     );
 }
@@ -307,10 +313,18 @@ fn an_offline_boot_converges_from_the_cached_desired_state() {
     let mut agent = started_agent(&env);
     env.write(
         "cached",
-        &manifest("cached", 4, &env.image, SERVE, "[lifecycle]\ngracePeriodSecs = 2\n"),
+        &manifest(
+            "cached",
+            4,
+            &env.image,
+            SERVE,
+            "[lifecycle]\ngracePeriodSecs = 2\n",
+        ),
     );
     env.wait_phase("cached", "Running", 4);
-    agent.terminate(Duration::from_secs(10)).expect("agent exits");
+    agent
+        .terminate(Duration::from_secs(10))
+        .expect("agent exits");
     // While the agent is down the device loses the container (think: a reboot that wiped
     // the container store); and the desired-state source cannot be reached at all.
     podman(&["rm", "-f", "-t", "0", &env.container("cached")]).unwrap();
@@ -341,7 +355,13 @@ fn twenty_deployments_converge_and_leave_nothing_behind_when_removed() {
     for n in &names {
         env.write(
             n,
-            &manifest(n, 1, &env.image, SERVE, "[lifecycle]\ngracePeriodSecs = 2\n"),
+            &manifest(
+                n,
+                1,
+                &env.image,
+                SERVE,
+                "[lifecycle]\ngracePeriodSecs = 2\n",
+            ),
         );
     }
     wait_until(Duration::from_secs(180), "20 deployments running", || {
@@ -376,26 +396,50 @@ fn unmanaged_containers_and_invalid_documents_are_left_alone() {
     // A container in our namespace label-wise, but not created by the agent.
     let stranger = env.scope.name("stranger");
     podman(&[
-        "run", "-d", "--name", &stranger, "--label", &env.scope.label(), "--label",
-        &format!("fleet.instance={}", env.scope.id()), &env.image, "sleep", "3600",
+        "run",
+        "-d",
+        "--name",
+        &stranger,
+        "--label",
+        &env.scope.label(),
+        "--label",
+        &format!("fleet.instance={}", env.scope.id()),
+        &env.image,
+        "sleep",
+        "3600",
     ])
     .unwrap();
     let _agent = started_agent(&env);
     env.write(
         "keep",
-        &manifest("keep", 1, &env.image, SERVE, "[lifecycle]\ngracePeriodSecs = 2\n"),
+        &manifest(
+            "keep",
+            1,
+            &env.image,
+            SERVE,
+            "[lifecycle]\ngracePeriodSecs = 2\n",
+        ),
     );
     env.wait_phase("keep", "Running", 1);
     let before = env.inspect("keep").unwrap();
     // The document turns invalid: the runtime reports it Failed, the container runs on.
-    env.write("keep", "apiVersion = \"fleet/v1\"\nname = \"keep\"\nrevision = \"x\"\n");
+    env.write(
+        "keep",
+        "apiVersion = \"fleet/v1\"\nname = \"keep\"\nrevision = \"x\"\n",
+    );
     env.wait_for("keep invalid", |d| {
-        d["phase"] == "Failed" && d["message"].as_str().is_some_and(|m| m.contains("revision"))
+        d["phase"] == "Failed"
+            && d["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("revision"))
     });
     std::thread::sleep(Duration::from_secs(3));
     let after = env.inspect("keep").unwrap();
     assert_eq!(after["Id"], before["Id"]);
     assert_eq!(after["State"]["Status"], "running");
     let out = podman(&["container", "inspect", &stranger]).unwrap();
-    assert!(out.contains("\"Status\": \"running\""), "stranger untouched");
+    assert!(
+        out.contains("\"Status\": \"running\""),
+        "stranger untouched"
+    );
 }

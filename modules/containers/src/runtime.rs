@@ -1,0 +1,115 @@
+//! [`ContainerRuntime`] over podman: what other modules (init-containers, logs-exec) may do
+//! with containers. Shares naming, labels and the data volume with the reconcile engine.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use fleet_module_api::{async_trait, ContainerRuntime, RunOutcome, RunSpec, RuntimeError};
+
+use crate::error::Error;
+use crate::podman::{CreateSpec, Podman};
+use crate::reconcile::Naming;
+
+/// Log lines kept from a one-shot container.
+const RUN_LOG_LINES: usize = 10;
+
+/// podman plus this instance's naming: the one object every podman-using path shares.
+#[derive(Debug)]
+pub struct PodmanRuntime {
+    /// The CLI.
+    pub podman: Podman,
+    /// Names and labels of this agent instance.
+    pub naming: Naming,
+    /// Where the deployment's data volume is mounted.
+    pub data_mount: String,
+}
+
+impl PodmanRuntime {
+    /// Pulls `image` unless it is present; `on_pull` runs first when a pull is needed.
+    pub async fn ensure_image(&self, image: &str, on_pull: impl FnOnce()) -> Result<(), Error> {
+        if self.podman.image_exists(image).await? {
+            return Ok(());
+        }
+        on_pull();
+        self.podman.pull(image).await
+    }
+
+    /// The deployment's data volume, created if missing; `(volume, mount point)`.
+    pub async fn data_volume(&self, deployment: &str) -> Result<(String, String), Error> {
+        let volume = self.naming.volume(deployment);
+        let mut labels = self.naming.base_labels();
+        labels.insert(
+            crate::reconcile::LABEL_DEPLOYMENT.into(),
+            deployment.to_owned(),
+        );
+        self.podman.volume_ensure(&volume, &labels).await?;
+        Ok((volume, self.data_mount.clone()))
+    }
+
+    async fn run_once(&self, spec: &RunSpec) -> Result<RunOutcome, Error> {
+        self.ensure_image(&spec.image, || {}).await?;
+        let (name, mut labels, volumes) = match &spec.deployment {
+            Some(d) => (
+                self.naming.run_container(d, &spec.name),
+                self.naming.labels(d, "init"),
+                vec![self.data_volume(d).await?],
+            ),
+            None => (
+                self.naming.run_container("run", &spec.name),
+                self.naming.base_labels(),
+                Vec::new(),
+            ),
+        };
+        labels.extend(spec.labels.iter().cloned());
+        // A left-over from an interrupted earlier run would block the name.
+        self.podman.rm(&name).await?;
+        let create = CreateSpec {
+            name: name.clone(),
+            image: spec.image.clone(),
+            command: spec.command.clone(),
+            env: BTreeMap::new(),
+            labels,
+            volumes,
+            stop_signal: "SIGKILL".into(),
+            stop_timeout: 0,
+        };
+        self.podman.create(&create).await?;
+        let result = async {
+            self.podman.start(&name).await?;
+            let code = self.podman.wait(&name, spec.timeout).await?;
+            let logs = self
+                .podman
+                .logs(&name, RUN_LOG_LINES)
+                .await
+                .unwrap_or_else(|e| vec![format!("(logs unavailable: {e})")]);
+            Ok(RunOutcome {
+                exit_code: code,
+                last_log_lines: logs,
+            })
+        }
+        .await;
+        let removed = self.podman.rm(&name).await;
+        let outcome = result?;
+        removed?;
+        Ok(outcome)
+    }
+}
+
+#[async_trait]
+impl ContainerRuntime for PodmanRuntime {
+    async fn run_to_completion(&self, spec: &RunSpec) -> Result<RunOutcome, RuntimeError> {
+        self.run_once(spec)
+            .await
+            .map_err(|e| RuntimeError(e.to_string()))
+    }
+
+    async fn logs(&self, container: &str, tail: usize) -> Result<Vec<String>, RuntimeError> {
+        self.podman
+            .logs(container, tail)
+            .await
+            .map_err(|e| RuntimeError(e.to_string()))
+    }
+}
+
+/// Shared handle type.
+pub type SharedRuntime = Arc<PodmanRuntime>;
