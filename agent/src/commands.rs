@@ -130,15 +130,23 @@ impl CommandGate {
             }
         };
         let id = Some(env.id.clone());
-        let denied = |code: &str, reason: String| deny(id.clone(), &who.name, &env.verb, code, reason);
+        let denied =
+            |code: &str, reason: String| deny(id.clone(), &who.name, &env.verb, code, reason);
         if env.device != self.device.as_str() {
             return denied(
                 "denied",
-                format!("addressed to device {:?}, this is {:?}", env.device, self.device.as_str()),
+                format!(
+                    "addressed to device {:?}, this is {:?}",
+                    env.device,
+                    self.device.as_str()
+                ),
             );
         }
         if now > env.expires_at {
-            return denied("denied", format!("expired at {} (now {now})", env.expires_at));
+            return denied(
+                "denied",
+                format!("expired at {} (now {now})", env.expires_at),
+            );
         }
         if env.issued_at > now + self.limits.max_clock_skew_secs {
             return denied(
@@ -175,7 +183,14 @@ impl CommandGate {
             Ok(Some(recorded)) => {
                 if let Ok(mut reply) = serde_json::from_str::<CommandReply>(&recorded) {
                     reply.replayed = true;
-                    self.record(&who.name, &env.verb, "allowed", "repeated id: recorded reply returned, not executed again", id.as_deref(), &reply.code);
+                    self.record(
+                        &who.name,
+                        &env.verb,
+                        "allowed",
+                        "repeated id: recorded reply returned, not executed again",
+                        id.as_deref(),
+                        &reply.code,
+                    );
                     return reply;
                 }
             }
@@ -209,28 +224,46 @@ impl CommandGate {
             },
         };
         let recorded = serde_json::to_string(&reply).unwrap_or_default();
-        if let Err(e) = self.store.journal_put(&env.id, &env.verb, &recorded, env.expires_at) {
+        if let Err(e) = self
+            .store
+            .journal_put(&env.id, &env.verb, &recorded, env.expires_at)
+        {
             tracing::error!(error = %e, id = %env.id, "cannot journal command reply");
         }
         self.record(
             &who.name,
             &env.verb,
             "allowed",
-            if reply.ok { "executed" } else { "executed with an error" },
+            if reply.ok {
+                "executed"
+            } else {
+                "executed with an error"
+            },
             id.as_deref(),
             &reply.code,
         );
         reply
     }
 
-    fn record(&self, actor: &str, verb: &str, decision: &str, reason: &str, id: Option<&str>, code: &str) {
+    fn record(
+        &self,
+        actor: &str,
+        verb: &str,
+        decision: &str,
+        reason: &str,
+        id: Option<&str>,
+        code: &str,
+    ) {
         let detail = serde_json::json!({ "id": id, "code": code, "device": self.device.as_str() });
         if decision == "denied" {
             tracing::warn!(%actor, %verb, %reason, "command denied");
         } else {
             tracing::info!(%actor, %verb, %reason, "command");
         }
-        if let Err(e) = self.store.audit(actor, verb, decision, reason, detail.clone()) {
+        if let Err(e) = self
+            .store
+            .audit(actor, verb, decision, reason, detail.clone())
+        {
             tracing::error!(error = %e, "cannot write audit entry");
         }
         let _ = self.audit.send(serde_json::json!({

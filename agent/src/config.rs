@@ -336,7 +336,9 @@ impl Config {
                         ));
                     }
                 }
-                if self.control.nats.tls_cert_file.is_some() != self.control.nats.tls_key_file.is_some() {
+                if self.control.nats.tls_cert_file.is_some()
+                    != self.control.nats.tls_key_file.is_some()
+                {
                     return Err((
                         "control.nats.tls_key_file".into(),
                         "tls_cert_file and tls_key_file go together".into(),
@@ -366,7 +368,10 @@ impl Config {
                 return Err((format!("trust.operators[{i}].public_key"), e));
             }
             if op.name.is_empty() {
-                return Err((format!("trust.operators[{i}].name"), "must not be empty".into()));
+                return Err((
+                    format!("trust.operators[{i}].name"),
+                    "must not be empty".into(),
+                ));
             }
         }
         if self.commands.max_lifetime_secs == 0 {

@@ -13,8 +13,8 @@ use fleet_module_api::{
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
 use crate::commands::CommandGate;
+use crate::config::Config;
 use crate::control::local::LocalPlane;
 use crate::control::mqtt::MqttPlane;
 use crate::control::nats::NatsPlane;
@@ -199,8 +199,14 @@ impl AgentBuilder {
         }
         let router = Router::new(&slots).map_err(AgentError::Wiring)?;
         let plane: Arc<dyn ControlPlane> = match self.config.control.plane.as_str() {
-            "nats" => Arc::new(NatsPlane::new(self.config.control.nats.clone(), device.clone())),
-            "mqtt" => Arc::new(MqttPlane::new(self.config.control.mqtt.clone(), device.clone())),
+            "nats" => Arc::new(NatsPlane::new(
+                self.config.control.nats.clone(),
+                device.clone(),
+            )),
+            "mqtt" => Arc::new(MqttPlane::new(
+                self.config.control.mqtt.clone(),
+                device.clone(),
+            )),
             _ => Arc::new(LocalPlane::new(self.config.control.deployments_dir.clone())),
         };
         let (audit_tx, _) = broadcast::channel(256);
@@ -463,7 +469,9 @@ impl Agent {
             tokio::spawn(async move {
                 while let Some(req) = cmd_rx.recv().await {
                     let reply = handle.signed_command(&req.bytes).await;
-                    let _ = req.reply.send(serde_json::to_vec(&reply).unwrap_or_default());
+                    let _ = req
+                        .reply
+                        .send(serde_json::to_vec(&reply).unwrap_or_default());
                 }
             })
         };

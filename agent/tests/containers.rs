@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
-use fleet_testkit::{busybox_image, podman, require, wait_until, PodmanScope, Registry, TempRoot};
+use fleet_testkit::{
+    busybox_image, free_port, podman, require, wait_until, PodmanScope, Registry, TempRoot,
+};
 use serde_json::Value;
 
 /// Generous: podman on a loaded 2-core CI machine takes seconds per container.
@@ -299,6 +301,12 @@ fn drift_is_repaired_and_an_agent_restart_adopts_without_recreating() {
     .unwrap();
     env.wait_phase("web", "Running", 1);
     std::thread::sleep(Duration::from_secs(2));
+    let st = status(&env.config).unwrap();
+    let d = deployment(&st, "web").unwrap();
+    assert!(
+        d["restarts"].as_u64() >= Some(1),
+        "the restart count survives the agent: {d}"
+    );
     let after = env.inspect("web").unwrap();
     assert_eq!(after["Id"], restarted["Id"], "no container recreated");
     assert_eq!(
@@ -326,14 +334,17 @@ fn an_offline_boot_converges_from_the_cached_desired_state() {
         .terminate(Duration::from_secs(10))
         .expect("agent exits");
     // While the agent is down the device loses the container (think: a reboot that wiped
-    // the container store); and the desired-state source cannot be reached at all.
+    // the container store), and the agent comes back configured for a broker that does not
+    // answer: it must converge from the desired state cached in its SQLite store.
     podman(&["rm", "-f", "-t", "0", &env.container("cached")]).unwrap();
-    let blocker = env.root.path().join("unreachable");
-    std::fs::write(&blocker, "a file where the manifest directory should be").unwrap();
     let text = std::fs::read_to_string(&env.config).unwrap();
-    let old_dir = format!("{:?}", env.root.deployments());
-    let new_dir = format!("{:?}", blocker.join("deployments.d"));
-    std::fs::write(&env.config, text.replace(&old_dir, &new_dir)).unwrap();
+    let control = text.find("[control]").unwrap();
+    let offline = format!(
+        "{}[control]\nplane = \"nats\"\n\n[control.nats]\nservers = [\"nats://127.0.0.1:{}\"]\n",
+        &text[..control],
+        free_port()
+    );
+    std::fs::write(&env.config, offline).unwrap();
 
     let _agent = started_agent(&env);
     let c = wait_until(CONVERGE, "cached container back", || {

@@ -164,12 +164,19 @@ impl Deployment {
     /// Decodes and validates a JSON manifest (the network format).
     pub fn from_json_slice(bytes: &[u8]) -> Result<Self, DecodeError> {
         check_size(bytes.len())?;
-        let d: Deployment = serde_json::from_slice(bytes).map_err(|e| DecodeError {
-            source_name: None,
-            line: Some(e.line()),
-            column: Some(e.column()),
-            field: None,
-            message: e.to_string(),
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let d: Deployment = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            DecodeError {
+                source_name: None,
+                line: Some(inner.line()),
+                column: Some(inner.column()),
+                // "." is serde_path_to_error's name for the document root.
+                field: unknown_or_missing_field(&inner.to_string())
+                    .or_else(|| (path != ".").then_some(path)),
+                message: inner.to_string(),
+            }
         })?;
         d.validate().map_err(|(field, message)| DecodeError {
             source_name: None,
@@ -454,6 +461,23 @@ timeoutSecs = 20
         assert_eq!(d.init.len(), 2);
         assert_eq!(d.init[1].timeout_secs, 20);
         assert_eq!(d.init[0].timeout_secs, 300);
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        let e = Deployment::from_json_slice(
+            br#"{"apiVersion":"fleet/v1","name":"a","revision":"x","container":{"image":"i"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("revision"), "{e}");
+        let e = Deployment::from_json_slice(
+            br#"{"apiVersion":"fleet/v1","name":"a","revision":1,"container":{"image":5}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("container.image"), "{e}");
+        let e =
+            Deployment::from_json_slice(br#"{"apiVersion":"fleet/v1","nmae":"a"}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("nmae"), "{e}");
     }
 
     #[test]

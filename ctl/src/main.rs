@@ -23,7 +23,7 @@ struct Cli {
     #[command(flatten)]
     conn: Conn,
     #[command(subcommand)]
-    command: Cmd,
+    command: Verb,
 }
 
 #[derive(Debug, Args)]
@@ -37,7 +37,7 @@ struct Conn {
 }
 
 #[derive(Debug, Subcommand)]
-enum Cmd {
+enum Verb {
     /// Create the KV buckets, object store and audit stream (NATS; run once per fleet).
     Init,
     /// Generate an operator (or release) Ed25519 key: writes the private key (mode 0600) and
@@ -163,8 +163,8 @@ fn now() -> u64 {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Cmd::Validate { files } => Ok(validate(&files)),
-        Cmd::Completions { shell } => {
+        Verb::Validate { files } => Ok(validate(&files)),
+        Verb::Completions { shell } => {
             clap_complete::generate(
                 shell,
                 &mut Cli::command(),
@@ -173,7 +173,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Keygen { out } => {
+        Verb::Keygen { out } => {
             let der = fleet_contract::generate_key_pkcs8().map_err(|e| anyhow!(e))?;
             let text = base64::engine::general_purpose::STANDARD.encode(&der);
             write_private(&out, &text)?;
@@ -185,14 +185,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Init => {
+        Verb::Init => {
             let t = transport(&cli.conn).await?;
             for what in t.init().await? {
                 println!("created {what}");
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Apply {
+        Verb::Apply {
             file,
             device,
             expect_revision,
@@ -216,13 +216,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Delete { name, device } => {
+        Verb::Delete { name, device } => {
             let t = transport(&cli.conn).await?;
             t.delete(&device, &name).await?;
             println!("deleted {name} from {device}");
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Status {
+        Verb::Status {
             device,
             json,
             watch,
@@ -242,7 +242,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 println!();
             }
         }
-        Cmd::Devices {
+        Verb::Devices {
             json,
             offline_after,
         } => {
@@ -297,7 +297,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Cmd {
+        Verb::Cmd {
             device,
             verb,
             args,

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream;
+
 use fleet_contract::names::{self, DESIRED_BUCKET, STATUS_BUCKET};
 use futures::StreamExt;
 use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
@@ -57,14 +58,23 @@ impl Transport {
         };
         let js = jetstream::new(client.clone());
         let mut done = Vec::new();
+        // The KV streams are created directly, in the layout KV clients expect, because the
+        // client's create_key_value first queries account info in a form only nats-server
+        // >= 2.10 sends (Debian 12 ships 2.9.10).
         for (bucket, history, what) in [
             (DESIRED_BUCKET, 10, "desired state"),
             (STATUS_BUCKET, 1, "status"),
         ] {
-            js.create_key_value(kv::Config {
-                bucket: bucket.to_owned(),
-                description: format!("fleet {what}"),
-                history,
+            js.get_or_create_stream(jetstream::stream::Config {
+                name: format!("KV_{bucket}"),
+                description: Some(format!("fleet {what}")),
+                subjects: vec![format!("$KV.{bucket}.>")],
+                max_messages_per_subject: history,
+                discard: jetstream::stream::DiscardPolicy::New,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                duplicate_window: Duration::from_secs(120),
                 ..Default::default()
             })
             .await

@@ -54,7 +54,11 @@ impl ControlPlane for LocalPlane {
         ))
     }
 
-    async fn run(self: Arc<Self>, io: PlaneIo, shutdown: CancellationToken) -> Result<(), ControlError> {
+    async fn run(
+        self: Arc<Self>,
+        io: PlaneIo,
+        shutdown: CancellationToken,
+    ) -> Result<(), ControlError> {
         // Status stays in the store (`fleet-agent status`); commands arrive over the CLI.
         let tx = io.desired;
         let setup = |message: String| ControlError::Setup {

@@ -161,5 +161,9 @@ pub trait ControlPlane: Send + Sync + 'static {
     /// full current state, so a restart replays everything), publishes status and audit, and
     /// passes commands to the runtime. Network planes reconnect by themselves and never
     /// return an error for a lost connection.
-    async fn run(self: Arc<Self>, io: PlaneIo, shutdown: CancellationToken) -> Result<(), ControlError>;
+    async fn run(
+        self: Arc<Self>,
+        io: PlaneIo,
+        shutdown: CancellationToken,
+    ) -> Result<(), ControlError>;
 }

@@ -23,7 +23,9 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::{update_from_docs, Backoff, CommandRequest, ControlError, ControlPlane, PlaneIo, StatusSnapshot};
+use super::{
+    update_from_docs, Backoff, CommandRequest, ControlError, ControlPlane, PlaneIo, StatusSnapshot,
+};
 use crate::config::MqttConfig;
 
 /// Quiet time after a subscribe before the retained replay counts as complete.
@@ -55,7 +57,11 @@ impl MqttPlane {
 
     fn options(&self) -> Result<MqttOptions, String> {
         let dev = self.device.as_str();
-        let id = self.cfg.client_id.clone().unwrap_or_else(|| format!("fleet-agent-{dev}"));
+        let id = self
+            .cfg
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("fleet-agent-{dev}"));
         let mut o = MqttOptions::new(id, self.cfg.host.clone(), self.cfg.port);
         o.set_keep_alive(Duration::from_secs(self.cfg.keep_alive_secs))
             .set_clean_start(false)
@@ -90,20 +96,27 @@ impl ControlPlane for MqttPlane {
 
     async fn check(&self) -> Result<String, ControlError> {
         let addr = format!("{}:{}", self.cfg.host, self.cfg.port);
-        tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(&addr))
-            .await
-            .map_err(|_| ControlError::Setup {
-                plane: "mqtt",
-                message: format!("{addr}: timed out"),
-            })?
-            .map_err(|e| ControlError::Setup {
-                plane: "mqtt",
-                message: format!("{addr}: {e}"),
-            })?;
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::net::TcpStream::connect(&addr),
+        )
+        .await
+        .map_err(|_| ControlError::Setup {
+            plane: "mqtt",
+            message: format!("{addr}: timed out"),
+        })?
+        .map_err(|e| ControlError::Setup {
+            plane: "mqtt",
+            message: format!("{addr}: {e}"),
+        })?;
         Ok(format!("broker {addr} reachable"))
     }
 
-    async fn run(self: Arc<Self>, io: PlaneIo, shutdown: CancellationToken) -> Result<(), ControlError> {
+    async fn run(
+        self: Arc<Self>,
+        io: PlaneIo,
+        shutdown: CancellationToken,
+    ) -> Result<(), ControlError> {
         let dev = self.device.as_str().to_owned();
         let opts = self.options().map_err(|message| ControlError::Setup {
             plane: "mqtt",
@@ -262,7 +275,9 @@ impl ControlPlane for MqttPlane {
             }
         };
         // Clean shutdown: say so instead of leaving it to the last will.
-        let _ = client.publish(names::mqtt_online(&dev), QoS::AtLeastOnce, true, "false").await;
+        let _ = client
+            .publish(names::mqtt_online(&dev), QoS::AtLeastOnce, true, "false")
+            .await;
         let _ = tokio::time::timeout(Duration::from_secs(1), client.disconnect()).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), poller).await;
         result
@@ -276,16 +291,28 @@ async fn publish(client: &AsyncClient, dev: &str, old: &StatusSnapshot, new: &St
         if old.heartbeat.as_ref() != Some(hb) {
             let body = serde_json::to_vec(hb).unwrap_or_default();
             let _ = client
-                .publish(names::mqtt_status_info(dev), QoS::AtLeastOnce, true, body.clone())
+                .publish(
+                    names::mqtt_status_info(dev),
+                    QoS::AtLeastOnce,
+                    true,
+                    body.clone(),
+                )
                 .await;
-            let _ = client.publish(names::mqtt_hb(dev), QoS::AtMostOnce, false, body).await;
+            let _ = client
+                .publish(names::mqtt_hb(dev), QoS::AtMostOnce, false, body)
+                .await;
         }
     }
     for (name, st) in &new.deployments {
         if old.deployments.get(name) != Some(st) {
             let body = serde_json::to_vec(st).unwrap_or_default();
             if let Err(e) = client
-                .publish(names::mqtt_status_deploy(dev, name), QoS::AtLeastOnce, true, body)
+                .publish(
+                    names::mqtt_status_deploy(dev, name),
+                    QoS::AtLeastOnce,
+                    true,
+                    body,
+                )
                 .await
             {
                 tracing::warn!(error = %e, deployment = %name, "cannot publish status");
@@ -295,7 +322,12 @@ async fn publish(client: &AsyncClient, dev: &str, old: &StatusSnapshot, new: &St
     for name in old.deployments.keys() {
         if !new.deployments.contains_key(name) {
             let _ = client
-                .publish(names::mqtt_status_deploy(dev, name), QoS::AtLeastOnce, true, Vec::<u8>::new())
+                .publish(
+                    names::mqtt_status_deploy(dev, name),
+                    QoS::AtLeastOnce,
+                    true,
+                    Vec::<u8>::new(),
+                )
                 .await;
         }
     }

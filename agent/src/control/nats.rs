@@ -38,7 +38,9 @@ pub async fn connect(cfg: &NatsConfig, name: &str) -> Result<async_nats::Client,
         .request_timeout(Some(Duration::from_secs(10)))
         .event_callback(|event| async move {
             match event {
-                async_nats::Event::Disconnected => tracing::warn!("NATS disconnected; reconnecting"),
+                async_nats::Event::Disconnected => {
+                    tracing::warn!("NATS disconnected; reconnecting")
+                }
                 async_nats::Event::Connected => tracing::info!("NATS connected"),
                 other => tracing::debug!(event = %other, "NATS event"),
             }
@@ -318,7 +320,11 @@ impl ControlPlane for NatsPlane {
         ))
     }
 
-    async fn run(self: Arc<Self>, io: PlaneIo, shutdown: CancellationToken) -> Result<(), ControlError> {
+    async fn run(
+        self: Arc<Self>,
+        io: PlaneIo,
+        shutdown: CancellationToken,
+    ) -> Result<(), ControlError> {
         let PlaneIo {
             desired,
             mut status,
