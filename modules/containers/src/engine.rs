@@ -25,6 +25,8 @@ use crate::runtime::SharedRuntime;
 const PUBLISHED_KEY: &str = "published";
 /// Store key prefix of the last manifest applied per deployment (for stop and after_stop).
 const APPLIED_PREFIX: &str = "applied/";
+/// Store key prefix of the restart count per deployment (survives agent restarts).
+const RESTARTS_PREFIX: &str = "restarts/";
 /// Quiet time collecting triggers into one pass.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 /// A container between states is looked at again after this.
@@ -240,11 +242,19 @@ impl Engine {
                         continue;
                     };
                     if never_started {
-                        Some(Job::Restart {
-                            deployment: (*d).clone(),
-                            container,
-                            count: false,
-                        })
+                        // Created but never started: start it, unless a start just failed.
+                        let due = self.tracks().get(&name).and_then(|t| t.restart_due);
+                        match due {
+                            Some(at) if at > now => {
+                                soon(at - now);
+                                None
+                            }
+                            _ => Some(Job::Restart {
+                                deployment: (*d).clone(),
+                                container,
+                                count: false,
+                            }),
+                        }
                     } else {
                         let due = self.restart_due(&name, exit_code, ran_secs, now);
                         if due > now {
@@ -333,6 +343,7 @@ impl Engine {
             if !desired.contains_key(&name) {
                 self.ctx.status.deployment_removed(&name);
                 self.tracks().remove(&name);
+                let _ = self.ctx.store.delete(&format!("{RESTARTS_PREFIX}{name}"));
             }
             self.unpublish(&name);
         }
@@ -343,7 +354,7 @@ impl Engine {
     fn restart_due(&self, name: &str, exit_code: i32, ran_secs: u64, now: Instant) -> Instant {
         let s = Duration::from_secs;
         let mut tracks = self.tracks();
-        let t = tracks.entry(name.to_owned()).or_default();
+        let t = self.entry(&mut tracks, name);
         t.last_exit = Some(exit_code);
         if let Some(due) = t.restart_due {
             return due;
@@ -362,7 +373,39 @@ impl Engine {
     }
 
     fn track(&self, name: &str, f: impl FnOnce(&mut Track)) {
-        f(self.tracks().entry(name.to_owned()).or_default());
+        let mut tracks = self.tracks();
+        f(self.entry(&mut tracks, name));
+    }
+
+    /// The deployment's track, created with the restart count recorded in the store.
+    fn entry<'a>(&self, tracks: &'a mut BTreeMap<String, Track>, name: &str) -> &'a mut Track {
+        tracks.entry(name.to_owned()).or_insert_with(|| Track {
+            restarts: self
+                .ctx
+                .store
+                .get(&format!("{RESTARTS_PREFIX}{name}"))
+                .ok()
+                .flatten()
+                .and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok())
+                .unwrap_or(0),
+            ..Track::default()
+        })
+    }
+
+    /// Counts one restart of the deployment's container, durably.
+    fn count_restart(&self, name: &str) {
+        let n = {
+            let mut tracks = self.tracks();
+            let t = self.entry(&mut tracks, name);
+            t.restarts += 1;
+            t.restarts
+        };
+        if let Err(e) = self.ctx.store.put(
+            &format!("{RESTARTS_PREFIX}{name}"),
+            n.to_string().as_bytes(),
+        ) {
+            tracing::warn!(deployment = %name, error = %e, "cannot record restart count");
+        }
     }
 
     /// Reports a running, matching container (adopted or just started).
@@ -431,12 +474,10 @@ impl Engine {
                 count,
             } => match self.rt.podman.start(&container).await {
                 Ok(()) => {
-                    self.track(&deployment.name, |t| {
-                        t.restart_due = None;
-                        if count {
-                            t.restarts += 1;
-                        }
-                    });
+                    self.track(&deployment.name, |t| t.restart_due = None);
+                    if count {
+                        self.count_restart(&deployment.name);
+                    }
                     self.publish(
                         &deployment,
                         Phase::Running,
@@ -445,9 +486,11 @@ impl Engine {
                 }
                 Err(e) => {
                     tracing::warn!(deployment = %deployment.name, error = %e, "restart failed");
-                    let backoff = Duration::from_secs(self.cfg.backoff_initial_secs);
+                    let initial = Duration::from_secs(self.cfg.backoff_initial_secs);
+                    let max = Duration::from_secs(self.cfg.backoff_max_secs);
                     self.track(&deployment.name, |t| {
-                        t.restart_due = Some(Instant::now() + backoff);
+                        t.crash_backoff = next_backoff(t.crash_backoff, initial, max);
+                        t.restart_due = Some(Instant::now() + t.crash_backoff);
                     });
                     self.publish(
                         &deployment,
@@ -473,7 +516,7 @@ impl Engine {
         let max = Duration::from_secs(self.cfg.backoff_max_secs);
         let backoff = {
             let mut tracks = self.tracks();
-            let t = tracks.entry(d.name.clone()).or_default();
+            let t = self.entry(&mut tracks, &d.name);
             let prev = t
                 .failure
                 .as_ref()
@@ -655,6 +698,7 @@ impl Engine {
             }
         }
         let _ = self.ctx.store.delete(&format!("{APPLIED_PREFIX}{name}"));
+        let _ = self.ctx.store.delete(&format!("{RESTARTS_PREFIX}{name}"));
         self.tracks().remove(name);
         // Still desired as an invalid document? Then the runtime owns its status now.
         let invalid = self.ctx.desired.borrow().deployments.contains_key(name);
@@ -694,10 +738,9 @@ impl Engine {
             return;
         }
         let (restarts, last_exit_code, image_digest) = {
-            let tracks = self.tracks();
-            tracks.get(&d.name).map_or((0, None, None), |t| {
-                (t.restarts, t.last_exit, t.digest.clone())
-            })
+            let mut tracks = self.tracks();
+            let t = self.entry(&mut tracks, &d.name);
+            (t.restarts, t.last_exit, t.digest.clone())
         };
         self.ctx.status.deployment(DeploymentStatus {
             name: d.name.clone(),
