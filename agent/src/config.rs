@@ -477,6 +477,41 @@ mod tests {
     }
 
     #[test]
+    fn control_plane_and_trust_errors_are_located() {
+        let e = Config::parse("[control]\nplane = \"nats\"\n").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("control.nats.servers"), "{e}");
+        let e = Config::parse(
+            "[control]\nplane = \"nats\"\n[control.nats]\nservers = [\"http://x\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.field.as_deref(), e.line),
+            (Some("control.nats.servers"), Some(4)),
+            "{e}"
+        );
+        let e = Config::parse("[control]\nplane = \"amqp\"\n").unwrap_err();
+        assert_eq!(
+            (e.field.as_deref(), e.line),
+            (Some("control.plane"), Some(2)),
+            "{e}"
+        );
+        let src = "[[trust.operators]]\nname = \"a\"\npublic_key = \"AAAA\"\nrole = \"admin\"\n";
+        let e = Config::parse(src).unwrap_err();
+        assert_eq!(
+            e.field.as_deref(),
+            Some("trust.operators[0].public_key"),
+            "{e}"
+        );
+        assert_eq!(e.line, Some(3), "{e}");
+        let e = Config::parse(&src.replace("admin", "root")).unwrap_err();
+        assert_eq!(e.line, Some(4), "unknown role is located: {e}");
+        assert!(
+            Config::parse("[control]\nplane = \"mqtt\"\n").is_ok(),
+            "mqtt defaults are usable"
+        );
+    }
+
+    #[test]
     fn device_id_derived_from_machine_id() {
         let dir = tempfile::tempdir().unwrap();
         let mid = dir.path().join("machine-id");
