@@ -427,6 +427,28 @@ async fn nats_commands_fail_closed_execute_once_and_are_audited() {
     let conn = vec!["--nats".to_owned(), url.clone()];
     wait_view(&conn, "agent online", 20, |v| v["info"].is_object()).await;
 
+    // Heartbeats on the subject, and `fleetctl devices` sees the device online.
+    let mut hb = client
+        .subscribe(fleet_contract::names::nats_hb_subject(DEV))
+        .await
+        .unwrap();
+    let beat = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut hb))
+        .await
+        .expect("a heartbeat within 5 s")
+        .unwrap();
+    let beat: serde_json::Value = serde_json::from_slice(&beat.payload).unwrap();
+    assert_eq!(beat["device"], DEV);
+    let out = ctl_async(vec![
+        "--nats".into(),
+        url.clone(),
+        "devices".into(),
+        "--json".into(),
+    ])
+    .await;
+    let devices: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(devices[0]["device"], DEV);
+    assert_eq!(devices[0]["online"], true, "{devices}");
+
     // fleetctl cmd: viewer may ping.
     let out = ctl_async(vec![
         "--nats".into(),
@@ -615,6 +637,49 @@ async fn mqtt_commands_reply_on_response_topic_once_per_id() {
         v["info"].is_object() && v["online"] == true
     })
     .await;
+    // Garbage on the topics the agent reads: logged and skipped, only that deployment fails.
+    {
+        use rumqttc::v5::mqttbytes::QoS;
+        let mut o = rumqttc::v5::MqttOptions::new("garbage-sender", "127.0.0.1", mq.port());
+        o.set_keep_alive(Duration::from_secs(10));
+        let (c, mut ev) = rumqttc::v5::AsyncClient::new(o, 16);
+        let junk = format!("fleet/{DEV}/desired/deploy/junk");
+        c.publish(junk, QoS::AtLeastOnce, true, b"\x00{{not json".to_vec())
+            .await
+            .unwrap();
+        c.publish(
+            format!("fleet/{DEV}/cmd"),
+            QoS::AtLeastOnce,
+            false,
+            b"\xffno response topic".to_vec(),
+        )
+        .await
+        .unwrap();
+        c.publish(
+            format!("fleet/{DEV}/desired/deploy/Bad.Name"),
+            QoS::AtLeastOnce,
+            true,
+            b"{}".to_vec(),
+        )
+        .await
+        .unwrap();
+        let mut acks = 0;
+        while acks < 3 {
+            if let rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::PubAck(_)) =
+                tokio::time::timeout(Duration::from_secs(5), ev.poll())
+                    .await
+                    .unwrap()
+                    .unwrap()
+            {
+                acks += 1;
+            }
+        }
+    }
+    let view = wait_view(&conn, "junk failed", 20, |v| {
+        v["deployments"]["junk"]["phase"] == "Failed"
+    })
+    .await;
+    assert!(view["deployments"].get("Bad.Name").is_none(), "{view:#}");
     let key = keys.admin.to_str().unwrap().to_owned();
     for _ in 0..2 {
         let mut args = conn.clone();
@@ -646,4 +711,36 @@ async fn mqtt_commands_reply_on_response_topic_once_per_id() {
     agent.stop().await;
     // Clean shutdown flips the retained online flag.
     wait_view(&conn, "offline after stop", 10, |v| v["online"] == false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_artifact_download_is_size_capped() {
+    if !require("nats-server") {
+        return;
+    }
+    let nats = NatsServer::start_jetstream().unwrap();
+    let url = nats.url();
+    assert!(ctl(&["--nats", &url, "init"]).status.success());
+    let client = async_nats::connect(&url).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let store = js.get_object_store("fleet-artifacts").await.unwrap();
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let mut reader: &[u8] = &payload;
+    store.put("fleet-agent-v2", &mut reader).await.unwrap();
+    let dir = TempRoot::new().unwrap();
+    let dest = dir.path().join("artifact");
+    let n =
+        fleet_agent::control::nats::download_artifact(&client, "fleet-agent-v2", &dest, 1 << 20)
+            .await
+            .unwrap();
+    assert_eq!(n, payload.len() as u64);
+    assert_eq!(std::fs::read(&dest).unwrap(), payload);
+    let e = fleet_agent::control::nats::download_artifact(&client, "fleet-agent-v2", &dest, 1000)
+        .await
+        .unwrap_err();
+    assert!(e.contains("limit"), "{e}");
+    let e = fleet_agent::control::nats::download_artifact(&client, "missing", &dest, 1000)
+        .await
+        .unwrap_err();
+    assert!(e.contains("missing"), "{e}");
 }
