@@ -55,6 +55,8 @@ class QemuBackend:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, m: "Machine", boot: "Boot") -> None:
+        if m.stopping:
+            raise HarnessError("the runner is stopping")
         cmd = ["qemu-system-x86_64", "-name", m.name, "-accel", "tcg", "-cpu", "max",
                "-machine", "pc", "-smp", "1", "-m", str(m.memory), "-nodefaults",
                "-display", "none", "-monitor", "none", "-no-reboot", "-rtc", "base=utc",
@@ -122,8 +124,31 @@ class LibvirtBackend:
                                            f"{p.stderr.strip()} (use --qemu for plain QEMU)")
                     time.sleep(1)
             cls._ready = True
+        for name in cls.destroy_domains(None):
+            print(f"vm-tests: destroyed {name}, left behind by a runner that is gone", flush=True)
+
+    @classmethod
+    def destroy_domains(cls, owner_pid: int | None = None) -> list[str]:
+        """Destroy harness domains (`fleet-vm-<scenario>-<pid>`) of runner `owner_pid`,
+        or, with None, those whose runner is gone (left behind by a killed run)."""
+        p = cls.virsh("list", "--name", check=False, timeout=30)
+        gone = []
+        for name in p.stdout.split():
+            if not name.startswith("fleet-vm-"):
+                continue
+            pid = name.rsplit("-", 1)[-1]
+            if not pid.isdigit():
+                continue
+            mine = owner_pid is not None and int(pid) == owner_pid
+            stale = owner_pid is None and not _pid_alive(int(pid))
+            if mine or stale:
+                cls.virsh("destroy", name, check=False, timeout=60)
+                gone.append(name)
+        return gone
 
     def start(self, m: "Machine", boot: "Boot") -> None:
+        if m.stopping:
+            raise HarnessError("the runner is stopping")
         tpl = string.Template((HERE / "domain.xml").read_text())
         initrd = f"<initrd>{boot.dir / 'initrd'}</initrd>" if boot.set.initramfs else ""
         xml = tpl.substitute(name=m.name, memory=m.memory, kernel=boot.dir / "kernel",
@@ -171,10 +196,16 @@ def _kvm_node_for_libvirt() -> None:
 
 def _pidfile_alive(path: str) -> bool:
     try:
-        pid = int(Path(path).read_text().strip())
+        return _pid_alive(int(Path(path).read_text().strip()))
+    except (OSError, ValueError):
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
         os.kill(pid, 0)
         return True
-    except (OSError, ValueError):
+    except OSError:
         return False
 
 
@@ -208,6 +239,7 @@ class Machine:
         self.boots: list[Boot] = []
         self.events: list[tuple[float, str]] = []
         self.powered = False
+        self.stopping = False  # set on SIGTERM/SIGINT: no further boots
         self._cut = False
         self._lock = threading.Condition()
         self._thread: threading.Thread | None = None

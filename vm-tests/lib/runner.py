@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import LIVE, HarnessError, Machine  # noqa: E402
+from machine import LIVE, HarnessError, LibvirtBackend, Machine  # noqa: E402
 from scenario import Run, StepFailed, load  # noqa: E402
 
 VMT = Path(__file__).resolve().parent.parent
@@ -167,7 +167,11 @@ def main() -> int:
     def stop(signum, _frame):
         say(f"vm-tests: signal {signum}: destroying {len(LIVE)} VM(s)")
         for m in list(LIVE):
+            m.stopping = True
             m.backend.destroy()
+        if not args.qemu:  # a `virsh create` may have been in flight
+            time.sleep(2)
+            LibvirtBackend.destroy_domains(os.getpid())
         os._exit(128 + signum)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
