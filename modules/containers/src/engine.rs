@@ -557,21 +557,19 @@ impl Engine {
                 }
             }
         }
+        let mut digest = None;
         for image in images {
-            self.rt
+            let got = self
+                .rt
                 .ensure_image(image, || {
                     self.publish(d, Phase::Pulling, format!("pulling {image}"));
                 })
                 .await
                 .map_err(|e| e.to_string())?;
+            if image == d.container.image {
+                digest = got;
+            }
         }
-        let digest = self
-            .rt
-            .podman
-            .image_digest(&d.container.image)
-            .await
-            .ok()
-            .flatten();
         self.track(&d.name, |t| t.digest = digest);
 
         if let Some(old) = old {
@@ -654,7 +652,8 @@ impl Engine {
             stop_signal: d.lifecycle.stop_signal.clone(),
             stop_timeout: d.lifecycle.grace_period_secs,
         };
-        self.rt.podman.rm(&name).await.map_err(|e| e.to_string())?;
+        // No forced removal first: the plan creates only when none of our containers exists,
+        // and a stranger holding the name is not ours to remove (create fails, naming it).
         self.rt
             .podman
             .create(&spec)

@@ -26,12 +26,20 @@ pub struct PodmanRuntime {
 
 impl PodmanRuntime {
     /// Pulls `image` unless it is present; `on_pull` runs first when a pull is needed.
-    pub async fn ensure_image(&self, image: &str, on_pull: impl FnOnce()) -> Result<(), Error> {
-        if self.podman.image_exists(image).await? {
-            return Ok(());
+    /// Returns the image's repo digest, when it has one. One podman call when present.
+    pub async fn ensure_image(
+        &self,
+        image: &str,
+        on_pull: impl FnOnce(),
+    ) -> Result<Option<String>, Error> {
+        match self.podman.image_digest(image).await {
+            Ok(digest) => return Ok(digest),
+            Err(Error::Command { .. }) => {} // not present (podman says "no such image")
+            Err(e) => return Err(e),
         }
         on_pull();
-        self.podman.pull(image).await
+        self.podman.pull(image).await?;
+        self.podman.image_digest(image).await
     }
 
     /// The deployment's data volume, created if missing; `(volume, mount point)`.
@@ -47,7 +55,7 @@ impl PodmanRuntime {
     }
 
     async fn run_once(&self, spec: &RunSpec) -> Result<RunOutcome, Error> {
-        self.ensure_image(&spec.image, || {}).await?;
+        let _digest = self.ensure_image(&spec.image, || {}).await?;
         let (name, mut labels, volumes) = match &spec.deployment {
             Some(d) => (
                 self.naming.run_container(d, &spec.name),
