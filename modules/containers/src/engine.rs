@@ -316,6 +316,16 @@ impl Engine {
                 let me = self.clone();
                 let sem = sem.clone();
                 let handle = jobs.spawn(async move {
+                    if let (0, Job::Apply { deployment, .. }) = (sem.available_permits(), &job) {
+                        me.publish(
+                            deployment,
+                            Phase::Pending,
+                            format!(
+                                "queued: all {} workers are busy with other deployments",
+                                me.cfg.parallelism
+                            ),
+                        );
+                    }
                     let Ok(_permit) = sem.acquire_owned().await else {
                         return;
                     };
