@@ -12,8 +12,6 @@ use clap::{CommandFactory, Parser, Subcommand};
 use fleet_module_api::CancellationToken;
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
-use crate::control::local::LocalPlane;
-use crate::control::ControlPlane;
 use crate::runtime::{Agent, AgentError};
 use crate::store::Store;
 use crate::{logging, modules, status, VERSION};
@@ -313,8 +311,13 @@ fn self_test(config: Option<&Path>, json: bool) -> Result<u8, Failure> {
         }),
     }
     let _ = std::fs::remove_dir_all(&tmp);
-    let plane = LocalPlane::new(cfg.control.deployments_dir.clone());
-    let reach = rt.block_on(plane.check());
+    let reach = match cfg.device_id() {
+        Ok(dev) => rt.block_on(crate::runtime::plane_for(&cfg, &dev).check()),
+        Err(e) => Err(crate::control::ControlError::Setup {
+            plane: "any",
+            message: e,
+        }),
+    };
     checks.push(Check {
         check: "control-plane".into(),
         ok: reach.is_ok(),

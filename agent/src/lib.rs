@@ -17,7 +17,7 @@ pub mod store;
 mod supervisor;
 
 pub use heartbeat::{Heartbeat, ModuleReport};
-pub use runtime::{Agent, AgentBuilder, AgentError, AgentHandle};
+pub use runtime::{plane_for, Agent, AgentBuilder, AgentError, AgentHandle};
 pub use supervisor::RestartPolicy;
 
 /// The agent's version, as reported in heartbeats and `fleet-agent version`.

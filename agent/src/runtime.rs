@@ -198,17 +198,7 @@ impl AgentBuilder {
             slots.push((slot, ctx));
         }
         let router = Router::new(&slots).map_err(AgentError::Wiring)?;
-        let plane: Arc<dyn ControlPlane> = match self.config.control.plane.as_str() {
-            "nats" => Arc::new(NatsPlane::new(
-                self.config.control.nats.clone(),
-                device.clone(),
-            )),
-            "mqtt" => Arc::new(MqttPlane::new(
-                self.config.control.mqtt.clone(),
-                device.clone(),
-            )),
-            _ => Arc::new(LocalPlane::new(self.config.control.deployments_dir.clone())),
-        };
+        let plane = plane_for(&self.config, &device);
         let (audit_tx, _) = broadcast::channel(256);
         let gate = CommandGate::new(
             device.clone(),
@@ -250,6 +240,15 @@ impl UnixNow for SystemClock {
     fn unix_now() -> u64 {
         use fleet_module_api::Clock;
         SystemClock.unix_secs()
+    }
+}
+
+/// The control plane selected by `[control] plane`.
+pub fn plane_for(config: &Config, device: &DeviceId) -> Arc<dyn ControlPlane> {
+    match config.control.plane.as_str() {
+        "nats" => Arc::new(NatsPlane::new(config.control.nats.clone(), device.clone())),
+        "mqtt" => Arc::new(MqttPlane::new(config.control.mqtt.clone(), device.clone())),
+        _ => Arc::new(LocalPlane::new(config.control.deployments_dir.clone())),
     }
 }
 
