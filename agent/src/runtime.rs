@@ -125,7 +125,14 @@ impl AgentBuilder {
         let store = Arc::new(store);
 
         let mut ext = ExtensionsBuilder::new();
+        let mut runtime_providers = Vec::new();
         for m in &modules {
+            // Provided alone first, to learn which modules provide the container runtime.
+            let mut own = ExtensionsBuilder::new();
+            m.provide(&mut own);
+            if own.build().has(ExtensionKind::ContainerRuntime) {
+                runtime_providers.push(m.name());
+            }
             m.provide(&mut ext);
         }
         let ext = ext.build();
@@ -220,7 +227,13 @@ impl AgentBuilder {
             started_at: SystemClock::unix_now(),
             started: Instant::now(),
             boot_id: boot_id(),
-            handles_deployments: ext.has(ExtensionKind::ContainerRuntime),
+            deployments_blocked: Mutex::new(runtime_providers.is_empty().then(|| {
+                (
+                    Phase::Pending,
+                    "no container module is built into this agent".to_owned(),
+                )
+            })),
+            runtime_providers,
         });
         Ok(Agent {
             config: self.config,
@@ -274,8 +287,11 @@ struct Shared {
     started_at: u64,
     started: Instant,
     boot_id: String,
-    /// Some module provides a container runtime and owns deployment status.
-    handles_deployments: bool,
+    /// `None` while a module provides an available container runtime and owns the status of
+    /// valid deployments; otherwise the phase and reason the runtime reports for them.
+    deployments_blocked: Mutex<Option<(Phase, String)>>,
+    /// Modules providing the container runtime.
+    runtime_providers: Vec<&'static str>,
 }
 
 impl Shared {
@@ -439,6 +455,55 @@ impl Agent {
             "fleet-agent starting"
         );
 
+        // Probe, then run every available module under the supervisor.
+        let mut module_tasks: Vec<(&'static str, JoinHandle<()>)> = Vec::new();
+        for (slot, ctx) in &shared.slots {
+            if slot.state().probe.is_some() {
+                continue; // unmet needs, already reported
+            }
+            let probe = probe_module(slot, ctx).await;
+            let available = probe.is_available();
+            let reason = match &probe {
+                Probe::Unavailable { reason } => reason.clone(),
+                Probe::Available { .. } => String::new(),
+            };
+            slot.update(|s| {
+                s.probe = Some(probe);
+                if !available {
+                    s.health_override = Some(Health::Stopped {
+                        reason: format!("unavailable: {reason}"),
+                    });
+                }
+            });
+            if available {
+                module_tasks.push((
+                    slot.name(),
+                    tokio::spawn(supervise(slot.clone(), ctx.clone(), self.policy)),
+                ));
+            }
+        }
+        // Deployments need an available container runtime; say so when there is none.
+        let unavailable: Vec<String> = shared
+            .slots
+            .iter()
+            .filter(|(slot, _)| shared.runtime_providers.contains(&slot.name()))
+            .filter_map(|(slot, _)| match slot.state().probe {
+                Some(Probe::Unavailable { reason }) => Some(format!("{}: {reason}", slot.name())),
+                _ => None,
+            })
+            .collect();
+        if !shared.runtime_providers.is_empty()
+            && unavailable.len() == shared.runtime_providers.len()
+        {
+            *shared
+                .deployments_blocked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some((
+                Phase::Failed,
+                format!("cannot run containers: module {}", unavailable.join("; ")),
+            ));
+        }
+
         // Desired state: control plane -> cache + runtime-owned statuses -> modules.
         let (plane_tx, plane_rx) = watch::channel(DesiredUpdate::default());
         let (cmd_tx, mut cmd_rx) = mpsc::channel::<crate::control::CommandRequest>(64);
@@ -474,34 +539,6 @@ impl Agent {
                 }
             })
         };
-
-        // Probe, then run every available module under the supervisor.
-        let mut module_tasks: Vec<(&'static str, JoinHandle<()>)> = Vec::new();
-        for (slot, ctx) in &shared.slots {
-            if slot.state().probe.is_some() {
-                continue; // unmet needs, already reported
-            }
-            let probe = probe_module(slot, ctx).await;
-            let available = probe.is_available();
-            let reason = match &probe {
-                Probe::Unavailable { reason } => reason.clone(),
-                Probe::Available { .. } => String::new(),
-            };
-            slot.update(|s| {
-                s.probe = Some(probe);
-                if !available {
-                    s.health_override = Some(Health::Stopped {
-                        reason: format!("unavailable: {reason}"),
-                    });
-                }
-            });
-            if available {
-                module_tasks.push((
-                    slot.name(),
-                    tokio::spawn(supervise(slot.clone(), ctx.clone(), self.policy)),
-                ));
-            }
-        }
 
         let hb = shared.write_heartbeat(false);
         notify::ready(&status_line(&hb, &shared));
@@ -642,7 +679,12 @@ async fn apply_desired(
 ) {
     // Statuses the runtime reported; after a restart without a deployment module, that is
     // every stored one (so deployments deleted while the agent was down are cleaned up).
-    let mut owned: BTreeSet<String> = if shared.handles_deployments {
+    let blocked = shared
+        .deployments_blocked
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let mut owned: BTreeSet<String> = if blocked.is_none() {
         BTreeSet::new()
     } else {
         shared
@@ -676,15 +718,13 @@ async fn apply_desired(
                     image_digest: None,
                     updated_at: now,
                 }),
-                DesiredDeployment::Valid(dep) if !shared.handles_deployments => {
+                DesiredDeployment::Valid(dep) if blocked.is_some() => {
+                    let (phase, why) = blocked.clone().unwrap_or((Phase::Pending, String::new()));
                     Some(DeploymentStatus {
                         name: name.clone(),
                         revision: Some(dep.revision),
-                        phase: Phase::Pending,
-                        message: format!(
-                            "accepted revision {}; no container module is built into this agent",
-                            dep.revision
-                        ),
+                        phase,
+                        message: format!("accepted revision {}; {why}", dep.revision),
                         restarts: 0,
                         last_exit_code: None,
                         image_digest: None,

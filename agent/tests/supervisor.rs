@@ -230,3 +230,86 @@ fn duplicate_verbs_are_a_wiring_error() {
         .expect("two modules named counter");
     assert!(err.to_string().contains("two modules are named"), "{err}");
 }
+
+/// Provides a container runtime but cannot run here (like containers without podman).
+struct NoPodman;
+
+#[async_trait]
+impl fleet_module_api::ContainerRuntime for NoPodman {
+    async fn run_to_completion(
+        &self,
+        _spec: &fleet_module_api::RunSpec,
+    ) -> Result<fleet_module_api::RunOutcome, fleet_module_api::RuntimeError> {
+        Err(fleet_module_api::RuntimeError("unavailable".into()))
+    }
+    async fn logs(
+        &self,
+        _c: &str,
+        _tail: usize,
+    ) -> Result<Vec<String>, fleet_module_api::RuntimeError> {
+        Ok(Vec::new())
+    }
+}
+
+#[async_trait]
+impl Capability for NoPodman {
+    fn name(&self) -> &'static str {
+        "fakeruntime"
+    }
+    fn provide(&self, ext: &mut fleet_module_api::ExtensionsBuilder) {
+        ext.provide::<dyn fleet_module_api::ContainerRuntime>(Arc::new(NoPodman));
+    }
+    async fn probe(&self, _ctx: &Context) -> Probe {
+        Probe::unavailable("podman not found on PATH")
+    }
+    async fn run(self: Arc<Self>, _ctx: Context) -> Result<(), ModuleError> {
+        panic!("must not run: unavailable");
+    }
+    fn health(&self) -> Health {
+        Health::Healthy
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_fail_with_the_reason_when_the_runtime_module_is_unavailable() {
+    let root = TempRoot::new().unwrap();
+    std::fs::write(
+        root.deployments().join("web.toml"),
+        common::manifest("web", 3),
+    )
+    .unwrap();
+    let agent = Agent::builder(config(&root))
+        .without_compiled_in()
+        .module(Arc::new(NoPodman))
+        .build()
+        .unwrap();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(agent.run(stop.clone()));
+    let db = root.state().join("state.db");
+    let st = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(store) = fleet_agent::store::Store::open_existing(&db, Duration::from_secs(1))
+            {
+                if let Some(s) = store
+                    .statuses()
+                    .unwrap()
+                    .into_iter()
+                    .find(|s| s.name == "web")
+                {
+                    return s;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("web status within 10 s");
+    assert_eq!(st.phase, fleet_contract::Phase::Failed, "{st:?}");
+    assert_eq!(st.revision, Some(3));
+    assert!(
+        st.message.contains("fakeruntime: podman not found"),
+        "{st:?}"
+    );
+    stop.cancel();
+    running.await.unwrap().unwrap();
+}
