@@ -82,3 +82,24 @@ pub struct ConfigError {
     /// What is wrong, naming the key.
     pub message: String,
 }
+
+/// Parses a module's `[modules.<name>]` section into its config type (absent = defaults).
+/// Unknown keys are rejected when `T` uses `deny_unknown_fields`; the error names the key.
+pub fn parse_section<T>(
+    module: &'static str,
+    section: Option<&toml::Value>,
+) -> Result<T, ConfigError>
+where
+    T: serde::de::DeserializeOwned + Default,
+{
+    match section {
+        None => Ok(T::default()),
+        Some(v) => v
+            .clone()
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError {
+                module,
+                message: e.message().trim().to_owned(),
+            }),
+    }
+}

@@ -50,7 +50,7 @@ pub use context::{
     Context, DesiredDeployment, DesiredState, DesiredStream, ModuleStore, Paths, StatusSink,
     StoreError,
 };
-pub use error::{CommandError, ConfigError, ModuleError};
+pub use error::{parse_section, CommandError, ConfigError, ModuleError};
 pub use extensions::{
     ContainerRuntime, ExtensionKind, Extensions, ExtensionsBuilder, LifecycleHook, RunOutcome,
     RunSpec, RuntimeError,

@@ -89,16 +89,7 @@ pub const NAME: &str = "containers";
 pub const DESCRIPTOR: Descriptor = Descriptor { name: NAME, build };
 
 fn build(section: Option<&toml::Value>) -> Result<Arc<dyn Capability>, ConfigError> {
-    let config = match section {
-        None => Config::default(),
-        Some(v) => v
-            .clone()
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError {
-                module: NAME,
-                message: e.message().trim().to_owned(),
-            })?,
-    };
+    let config: Config = fleet_module_api::parse_section(NAME, section)?;
     config.validate().map_err(|message| ConfigError {
         module: NAME,
         message,

@@ -32,16 +32,7 @@ pub const NAME: &str = "init-containers";
 pub const DESCRIPTOR: Descriptor = Descriptor { name: NAME, build };
 
 fn build(section: Option<&toml::Value>) -> Result<Arc<dyn Capability>, ConfigError> {
-    let config: Config = match section {
-        None => Config::default(),
-        Some(v) => v
-            .clone()
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError {
-                module: NAME,
-                message: e.message().trim().to_owned(),
-            })?,
-    };
+    let config: Config = fleet_module_api::parse_section(NAME, section)?;
     if !(1..=50).contains(&config.log_lines) {
         return Err(ConfigError {
             module: NAME,

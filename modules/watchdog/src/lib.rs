@@ -24,16 +24,7 @@ pub const NAME: &str = "watchdog";
 pub const DESCRIPTOR: Descriptor = Descriptor { name: NAME, build };
 
 fn build(section: Option<&toml::Value>) -> Result<Arc<dyn Capability>, ConfigError> {
-    let config = match section {
-        None => Config::default(),
-        Some(v) => v
-            .clone()
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError {
-                module: NAME,
-                message: e.message().trim().to_owned(),
-            })?,
-    };
+    let config: Config = fleet_module_api::parse_section(NAME, section)?;
     if config.check_interval_secs == 0 {
         return Err(ConfigError {
             module: NAME,
