@@ -338,7 +338,12 @@ class Machine:
         return True
 
     def resets(self) -> int:
-        return sum(1 for _, e in self.events if e in ("reset", "reboot"))
+        """Boots that ended without the guest asking (watchdog, triple fault, ...)."""
+        return sum(1 for _, e in self.events if e == "reset")
+
+    def reboots(self) -> int:
+        """Boots the guest ended with a reboot of its own."""
+        return sum(1 for _, e in self.events if e == "reboot")
 
     def wait_event(self, after: float, kinds: tuple[str, ...], timeout: float) -> str | None:
         deadline = time.monotonic() + timeout

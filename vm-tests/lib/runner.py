@@ -41,6 +41,7 @@ class Result:
         self.wall = 0.0
         self.boots = 0
         self.resets = 0
+        self.reboots = 0
         self.log: list[str] = []
         self.serial: list[str] = []
         self.rundir: Path | None = None
@@ -102,6 +103,7 @@ def run_one(path: Path, args: argparse.Namespace, outdir: Path) -> Result:
                 log(f"cleanup: {e}")
             res.boots = len(machine.boots)
             res.resets = machine.resets()
+            res.reboots = machine.reboots()
             if not args.keep:
                 machine.disk.unlink(missing_ok=True)
         res.wall = time.monotonic() - t0
@@ -138,11 +140,12 @@ def junit(results: list[Result], path: Path) -> None:
 
 def summary(results: list[Result], wall: float, outdir: Path) -> str:
     w = max([len(r.name) for r in results] + [8])
-    lines = [f"{'scenario':<{w}}  result  wall    boots  resets  detail",
-             f"{'-' * w}  ------  ------  -----  ------  ------"]
+    lines = [f"{'scenario':<{w}}  result  wall    boots  reboots  resets  detail",
+             f"{'-' * w}  ------  ------  -----  -------  ------  ------"]
     for r in results:
         detail = r.message.splitlines()[0][:70] if r.message else ""
-        lines.append(f"{r.name:<{w}}  {r.status:<6}  {r.wall:5.0f}s  {r.boots:5d}  {r.resets:6d}  {detail}")
+        lines.append(f"{r.name:<{w}}  {r.status:<6}  {r.wall:5.0f}s  {r.boots:5d}  {r.reboots:7d}  "
+                     f"{r.resets:6d}  {detail}")
     ok = sum(r.status == "PASS" for r in results)
     lines.append(f"{ok}/{len(results)} passed in {wall:.0f} s wall; logs, serial consoles, "
                  f"facts and junit.xml in {outdir}")

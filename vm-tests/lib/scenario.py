@@ -106,6 +106,7 @@ class Run:
 
     def machine_facts(self) -> dict:
         return {"boots": len(self.m.boots), "resets": self.m.resets(),
+                "reboots": self.m.reboots(),
                 "powered": self.m.powered,
                 "boot_sets": [b.set.mode for b in self.m.boots],
                 "ends": [b.end for b in self.m.boots]}
