@@ -224,7 +224,7 @@ impl AgentBuilder {
             router,
             sink,
             plane_name: plane.name(),
-            started_at: SystemClock::unix_now(),
+            started_at: unix_now(),
             started: Instant::now(),
             boot_id: boot_id(),
             deployments_blocked: Mutex::new(runtime_providers.is_empty().then(|| {
@@ -246,14 +246,10 @@ impl AgentBuilder {
     }
 }
 
-trait UnixNow {
-    fn unix_now() -> u64;
-}
-impl UnixNow for SystemClock {
-    fn unix_now() -> u64 {
-        use fleet_module_api::Clock;
-        SystemClock.unix_secs()
-    }
+/// Current Unix time in seconds, from the same clock modules get.
+fn unix_now() -> u64 {
+    use fleet_module_api::Clock;
+    SystemClock.unix_secs()
 }
 
 /// The control plane selected by `[control] plane`.
@@ -310,7 +306,7 @@ impl Shared {
             pid: std::process::id(),
             boot_id: self.boot_id.clone(),
             started_at: self.started_at,
-            at: SystemClock::unix_now(),
+            at: unix_now(),
             agent_uptime_secs: self.started.elapsed().as_secs(),
             control_plane: self.plane_name.to_owned(),
             stopped,
@@ -385,9 +381,11 @@ impl AgentHandle {
         let shared = self.shared.clone();
         self.shared
             .gate
-            .process(bytes, SystemClock::unix_now(), |cmd| async move {
-                shared.command(cmd).await
-            })
+            .process(
+                bytes,
+                unix_now(),
+                |cmd| async move { shared.command(cmd).await },
+            )
             .await
     }
 
@@ -562,7 +560,7 @@ impl Agent {
                 next_heartbeat = Instant::now() + interval;
                 let _ = shared.write_heartbeat(false);
                 notify::status(&status_line(&hb, &shared));
-                if let Err(e) = shared.store.journal_prune(SystemClock::unix_now()) {
+                if let Err(e) = shared.store.journal_prune(unix_now()) {
                     tracing::warn!(error = %e, "cannot prune command journal");
                 }
             }
@@ -649,15 +647,7 @@ fn initial_desired(store: &Store) -> DesiredState {
 
 fn decode_cached(rec: &DesiredRecord) -> DesiredDeployment {
     let decoded = if rec.source.ends_with(".toml") {
-        std::str::from_utf8(&rec.body)
-            .map_err(|e| fleet_contract::DecodeError {
-                source_name: None,
-                line: None,
-                column: None,
-                field: None,
-                message: format!("not UTF-8: {e}"),
-            })
-            .and_then(Deployment::from_toml_str)
+        Deployment::from_toml_bytes(&rec.body)
     } else {
         Deployment::from_json_slice(&rec.body)
     };
@@ -704,7 +694,7 @@ async fn apply_desired(
         if let Err(e) = shared.store.replace_desired(&update.records) {
             tracing::error!(error = %e, "cannot cache desired state");
         }
-        let now = SystemClock::unix_now();
+        let now = unix_now();
         let mut now_owned = BTreeSet::new();
         for (name, d) in &update.state.deployments {
             let status = match d {

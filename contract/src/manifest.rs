@@ -141,6 +141,17 @@ impl fmt::Display for DecodeError {
 }
 
 impl DecodeError {
+    /// An error about the whole document (no line or field), e.g. "cannot read".
+    pub fn whole(message: impl Into<String>) -> Self {
+        Self {
+            source_name: None,
+            line: None,
+            column: None,
+            field: None,
+            message: message.into(),
+        }
+    }
+
     /// Attaches the file or key name the document came from.
     pub fn with_source(mut self, name: impl Into<String>) -> Self {
         self.source_name = Some(name.into());
@@ -152,6 +163,13 @@ impl DecodeError {
 pub const MAX_MANIFEST_BYTES: usize = 256 * 1024;
 
 impl Deployment {
+    /// Decodes raw file bytes as a TOML manifest (refusing non-UTF-8 text).
+    pub fn from_toml_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let src = std::str::from_utf8(bytes)
+            .map_err(|e| DecodeError::whole(format!("not UTF-8 text: {e}")))?;
+        Self::from_toml_str(src)
+    }
+
     /// Decodes and validates a TOML manifest (the local `deployments.d/` format).
     pub fn from_toml_str(src: &str) -> Result<Self, DecodeError> {
         check_size(src.len())?;
@@ -254,13 +272,9 @@ impl Deployment {
 
 fn check_size(len: usize) -> Result<(), DecodeError> {
     if len > MAX_MANIFEST_BYTES {
-        return Err(DecodeError {
-            source_name: None,
-            line: None,
-            column: None,
-            field: None,
-            message: format!("manifest is {len} bytes; the limit is {MAX_MANIFEST_BYTES}"),
-        });
+        return Err(DecodeError::whole(format!(
+            "manifest is {len} bytes; the limit is {MAX_MANIFEST_BYTES}"
+        )));
     }
     Ok(())
 }

@@ -166,7 +166,7 @@ fn scan_dir(dir: &Path) -> Result<DesiredUpdate, ControlError> {
                 if e.kind() == std::io::ErrorKind::NotFound {
                     continue;
                 }
-                let error = plain_error(format!("cannot read: {e}")).with_source(&source);
+                let error = DecodeError::whole(format!("cannot read: {e}")).with_source(&source);
                 deployments.insert(
                     stem,
                     DesiredDeployment::Invalid {
@@ -177,10 +177,7 @@ fn scan_dir(dir: &Path) -> Result<DesiredUpdate, ControlError> {
                 continue;
             }
         };
-        let decoded = std::str::from_utf8(&bytes)
-            .map_err(|e| plain_error(format!("not UTF-8 text: {e}")))
-            .and_then(Deployment::from_toml_str)
-            .map_err(|e| e.with_source(&source));
+        let decoded = Deployment::from_toml_bytes(&bytes).map_err(|e| e.with_source(&source));
         let (name, entry, revision) = match decoded {
             Ok(d) => (
                 d.name.clone(),
@@ -197,7 +194,7 @@ fn scan_dir(dir: &Path) -> Result<DesiredUpdate, ControlError> {
             ),
         };
         if let Some(first) = sources.get(&name) {
-            let error = plain_error(format!(
+            let error = DecodeError::whole(format!(
                 "deployment name {name:?} is already defined in {first}"
             ))
             .with_source(&source);
@@ -237,16 +234,6 @@ fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
     f.take(MAX_MANIFEST_BYTES as u64 + 1)
         .read_to_end(&mut buf)?;
     Ok(buf)
-}
-
-fn plain_error(message: String) -> DecodeError {
-    DecodeError {
-        source_name: None,
-        line: None,
-        column: None,
-        field: None,
-        message,
-    }
 }
 
 #[cfg(test)]
