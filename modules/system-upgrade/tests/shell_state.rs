@@ -114,7 +114,11 @@ fn shell_reads_what_rust_writes() {
     let dir = tempfile::tempdir().unwrap();
     let fleet = dir.path().join("fleet");
     std::fs::create_dir_all(&fleet).unwrap();
-    assert_eq!(sh_read(dir.path()), None, "no copy: fleet_state_read returns 1");
+    assert_eq!(
+        sh_read(dir.path()),
+        None,
+        "no copy: fleet_state_read returns 1"
+    );
     let files = StateFiles::new(&fleet);
     for (state, reason) in [
         (State::Upgrading, ""),
