@@ -17,8 +17,11 @@ use fleet_mod_system_upgrade::bootstate::{BootState, State, StateFiles};
 use fleet_mod_system_upgrade::fake_lvm::FakeLvm;
 use fleet_mod_system_upgrade::selector::VmSelector;
 use fleet_mod_system_upgrade::{Config as ModConfig, SelectorKind, SystemUpgradeModule};
-use fleet_module_api::{CancellationToken, Command};
+use fleet_module_api::{
+    async_trait, CancellationToken, Capability, Command, Context, Health, ModuleError, Probe,
+};
 use fleet_testkit::TempRoot;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::task::JoinHandle;
 
 const OLD_CONFIG: &str = "kernel=vmlinuz\ninitramfs initrd.img followkernel\n";
@@ -101,13 +104,20 @@ impl Device {
 
     /// One agent run (one "boot" of the device, or a restart within it).
     fn start(&self) -> Running {
+        self.start_with(None)
+    }
+
+    /// As [`start`], with one more module beside system-upgrade.
+    fn start_with(&self, extra: Option<Arc<dyn Capability>>) -> Running {
         let path = common::write_config(&self.root, "");
         let config = Config::load(&path).unwrap();
-        let agent = Agent::builder(config)
+        let mut builder = Agent::builder(config)
             .without_compiled_in()
-            .module(self.module())
-            .build()
-            .unwrap();
+            .module(self.module());
+        if let Some(m) = extra {
+            builder = builder.module(m);
+        }
+        let agent = builder.build().unwrap();
         let handle = agent.handle();
         let stop = CancellationToken::new();
         let task = tokio::spawn(agent.run(stop.clone()));
@@ -470,5 +480,103 @@ async fn the_verb_is_idempotent_by_id_and_refused_while_another_runs() {
     assert!(e.to_string().contains("field `id`"), "{e}");
     let d = run.wait_phase("Rebooting").await;
     assert_eq!(d["requestedBy"], "command:alice");
+    run.stop().await;
+}
+
+/// Healthy only while `healthy` is set: holds the check-in back.
+struct Gate {
+    healthy: AtomicBool,
+}
+
+#[async_trait]
+impl Capability for Gate {
+    fn name(&self) -> &'static str {
+        "gate"
+    }
+    async fn probe(&self, _ctx: &Context) -> Probe {
+        Probe::available("test module")
+    }
+    async fn run(self: Arc<Self>, ctx: Context) -> Result<(), ModuleError> {
+        ctx.shutdown.cancelled().await;
+        Ok(())
+    }
+    fn health(&self) -> Health {
+        if self.healthy.load(Ordering::SeqCst) {
+            Health::Healthy
+        } else {
+            Health::unhealthy("held back by the test")
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probation_waits_for_healthy_modules_and_a_deadline_rollback_wins_over_a_late_commit() {
+    let dev = Device::new("true");
+    let run = dev.start();
+    dev.request("u-late");
+    wait_file(&dev.p("reboots")).await;
+    run.wait_phase("Rebooting").await;
+    run.stop().await;
+
+    dev.reboot_into_trial(2, "u-late");
+    let gate = Arc::new(Gate {
+        healthy: AtomicBool::new(false),
+    });
+    let run = dev.start_with(Some(gate.clone()));
+    let d = run.wait_phase("Probation").await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let d2 = run.detail();
+    assert_eq!(
+        d2["phase"], "Probation",
+        "no commit while a module is unhealthy: {d2:#}"
+    );
+    assert!(
+        d2["message"].as_str().unwrap().contains("unhealthy: gate"),
+        "{d:#} {d2:#}"
+    );
+    // The deadline timer fires first (CONTRACT §5) ...
+    let mut st = dev.state().unwrap();
+    st.state = State::Rollback;
+    st.reason = "deadline: not committed within 300 s".into();
+    StateFiles::new(dev.boot().join("fleet"))
+        .write(&st)
+        .unwrap();
+    // ... then the agent checks in: the rollback wins, nothing is committed.
+    gate.healthy.store(true, Ordering::SeqCst);
+    let d = run.wait_phase("Rebooting").await;
+    assert!(
+        d["message"]
+            .as_str()
+            .unwrap()
+            .contains("rollback requested"),
+        "{d:#}"
+    );
+    assert_eq!(dev.state().unwrap().state, State::Rollback);
+    assert!(
+        dev.lvm.exists("vg0", "root_preupgrade"),
+        "the snapshot is kept for the merge"
+    );
+    assert!(dev.boot().join("fleet/preupgrade").is_dir());
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_that_is_not_ours_is_never_removed() {
+    use fleet_mod_system_upgrade::lvm::Lvm;
+    let dev = Device::new("true");
+    dev.lvm
+        .create_snapshot("vg0", "root", "root_preupgrade")
+        .await
+        .unwrap();
+    let run = dev.start();
+    dev.request("u-2");
+    let d = run.wait_phase("Failed").await;
+    assert!(
+        d["reason"].as_str().unwrap().contains("already exists"),
+        "{d:#}"
+    );
+    assert!(dev.lvm.exists("vg0", "root_preupgrade"), "left alone");
+    assert_eq!(dev.state(), None, "the boot partition was not touched");
+    assert_eq!(read(dev.boot().join("config.txt")), OLD_CONFIG);
     run.stop().await;
 }

@@ -115,6 +115,14 @@ impl BootDir {
         self.replace_file("config.txt", text.as_bytes())
     }
 
+    /// Does `config.txt` end with the `os_prefix` line [`Self::point_default_at_saved`] adds?
+    pub fn default_points_at_saved(&self) -> bool {
+        std::fs::read_to_string(self.root.join("config.txt")).is_ok_and(|c| {
+            c.trim_end()
+                .ends_with(&format!("os_prefix={SAVED_SET_PREFIX}"))
+        })
+    }
+
     /// `config.txt` back from `fleet/preupgrade/config.txt`; `false` when nothing is saved.
     pub fn restore_default_config(&self) -> std::io::Result<bool> {
         match std::fs::read(self.saved().join("config.txt")) {

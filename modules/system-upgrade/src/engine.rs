@@ -309,18 +309,19 @@ impl Engine {
         // Checking: nothing has changed yet.
         let found = match self.preflight().await {
             Ok(f) => f,
-            Err(reason) => return self.fail_clean(&mut rec, &reason).await,
+            Err(reason) => return self.fail_clean(&mut rec, &reason, false).await,
         };
         self.enter(&mut rec, Phase::Snapshotting, found);
         if let Err(reason) = self.write_state(&self.boot_state_for(&rec, State::Upgrading)) {
-            return self.fail_clean(&mut rec, &reason).await;
+            return self.fail_clean(&mut rec, &reason, false).await;
         }
         if let Err(e) = self
             .lvm
             .create_snapshot(&self.cfg.vg, &self.cfg.root_lv, &self.cfg.snapshot_lv)
             .await
         {
-            return self.fail_clean(&mut rec, &e.to_string()).await;
+            // lvcreate failed: whatever exists under the snapshot name is not ours.
+            return self.fail_clean(&mut rec, &e.to_string(), false).await;
         }
         self.enter(
             &mut rec,
@@ -335,7 +336,7 @@ impl Engine {
             Ok(s) => s,
             Err(e) => {
                 let reason = format!("cannot save the boot set: {e}");
-                return self.fail_clean(&mut rec, &reason).await;
+                return self.fail_clean(&mut rec, &reason, true).await;
             }
         };
         self.boot.log(
@@ -394,11 +395,15 @@ impl Engine {
         }
     }
 
-    /// A failure before root changed: back to how it was, `failed`.
-    async fn fail_clean(&self, rec: &mut Record, reason: &str) {
+    /// A failure before root changed: back to how it was, `failed`. `ours` = the snapshot
+    /// (if it exists) was created by this upgrade and is removed; otherwise it is left alone.
+    async fn fail_clean(&self, rec: &mut Record, reason: &str, ours: bool) {
         let mut problems = Vec::new();
-        if let Err(e) = self.boot.restore_default_config() {
-            problems.push(format!("restoring config.txt: {e}"));
+        // Only a config.txt this upgrade pointed at the saved set is put back.
+        if self.boot.default_points_at_saved() {
+            if let Err(e) = self.boot.restore_default_config() {
+                problems.push(format!("restoring config.txt: {e}"));
+            }
         }
         if let Err(e) = self.boot.remove_trial() {
             problems.push(format!("removing the trial set: {e}"));
@@ -410,12 +415,12 @@ impl Engine {
             problems.push(format!("removing the saved boot set: {e}"));
         }
         match self.snapshot_exists().await {
-            Ok(true) => {
+            Ok(true) if ours => {
                 if let Err(e) = self.lvm.remove(&self.cfg.vg, &self.cfg.snapshot_lv).await {
                     problems.push(e.to_string());
                 }
             }
-            Ok(false) => {}
+            Ok(_) => {}
             Err(e) => problems.push(e),
         }
         let mut full = reason.to_owned();
@@ -534,7 +539,7 @@ impl Engine {
             None => {
                 if rec.phase == Phase::Checking {
                     let reason = "the agent stopped during Checking; nothing was changed";
-                    self.fail_clean(&mut rec, reason).await;
+                    self.fail_clean(&mut rec, reason, false).await;
                 } else {
                     let reason = "the boot partition's state does not name this upgrade (lost or overwritten)";
                     rec.reason = Some(reason.into());
@@ -552,7 +557,9 @@ impl Engine {
                 p => {
                     let reason =
                         format!("the agent stopped during {p:?}, before the upgrade command ran");
-                    self.fail_clean(&mut rec, &reason).await;
+                    // Checking found no snapshot and `upgrading` was written before lvcreate:
+                    // a snapshot there now is this upgrade's.
+                    self.fail_clean(&mut rec, &reason, true).await;
                 }
             },
             State::Upgrading => {
@@ -666,8 +673,29 @@ impl Engine {
     async fn commit(&self, rec: &mut Record) {
         let mut st = match self.files.current() {
             Ok(Some(b)) if b.upgrade == rec.id => b,
-            _ => self.boot_state_for(rec, State::Trial),
+            Ok(other) => {
+                let found =
+                    other.map_or("none".to_owned(), |b| format!("{} {}", b.state, b.upgrade));
+                let reason = format!("cannot commit: the boot partition's state is {found}");
+                rec.reason = Some(reason.clone());
+                return self.enter(rec, Phase::Failed, reason);
+            }
+            Err(e) => return self.commit_problem(rec, &format!("reading the state: {e}")),
         };
+        match st.state {
+            State::Trial | State::Committing => {}
+            State::Rollback => {
+                // The deadline timer (or an operator) asked for a rollback first: it wins.
+                rec.reason = Some(st.reason.clone());
+                let text = format!("rollback requested ({}); not committing", st.reason);
+                return self.enter(rec, Phase::Rebooting, text);
+            }
+            other => {
+                let reason = format!("cannot commit: the boot partition's state is {other}");
+                rec.reason = Some(reason.clone());
+                return self.enter(rec, Phase::Failed, reason);
+            }
+        }
         if st.state != State::Committing {
             st.state = State::Committing;
             if let Err(e) = self.write_state(&st) {
