@@ -162,6 +162,24 @@ pub fn render(r: &StatusReport) -> String {
             m.name, probe, health, m.restarts
         );
     }
+    if let Some(u) = r
+        .details
+        .get("system-upgrade")
+        .filter(|u| u["phase"].is_string())
+    {
+        let _ = writeln!(out, "\nOS UPGRADE");
+        let boots = u["boots"]
+            .as_u64()
+            .map(|b| format!(" after {b} trial boot(s)"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  {} {}{boots}: {}",
+            u["id"].as_str().unwrap_or("?"),
+            u["phase"].as_str().unwrap_or("?"),
+            u["message"].as_str().unwrap_or("")
+        );
+    }
     let _ = writeln!(out, "\nDEPLOYMENTS");
     if r.deployments.is_empty() {
         let _ = writeln!(out, "  (none)");
