@@ -151,6 +151,23 @@ impl Device {
             "the trial was armed"
         );
         std::fs::remove_file(self.boot().join("tryboot.flag")).unwrap();
+        // The initramfs counts the trial boot and arms the trial again (CONTRACT §6 `count`).
+        let mut st = self.state().unwrap();
+        st.bootcount += 1;
+        StateFiles::new(self.boot().join("fleet"))
+            .write(&st)
+            .unwrap();
+        std::fs::write(self.boot().join("tryboot.flag"), "").unwrap();
+    }
+
+    /// What fleet-boot-good does once userspace is reached: arm, then bootcount=0.
+    fn good_boot(&self) {
+        std::fs::write(self.boot().join("tryboot.flag"), "").unwrap();
+        let mut st = self.state().unwrap();
+        st.bootcount = 0;
+        StateFiles::new(self.boot().join("fleet"))
+            .write(&st)
+            .unwrap();
     }
 
     /// What the initramfs leaves after a rollback (CONTRACT §6): old set back, merged.
@@ -308,6 +325,21 @@ async fn clean_upgrade_reboots_into_the_trial_and_commits_after_check_in() {
     // Boot 2: the trial. The agent checks in (local plane read, modules healthy): commit.
     dev.reboot_into_trial(2, "u-1");
     let run = dev.start();
+    // Checked in, but the boot is not marked good yet: no commit (it would race the unit).
+    let d = run.wait_phase("Probation").await;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !run.detail()["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("waiting for the boot to be marked good")
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("not waiting for the good-boot mark: {d:#}"));
+    assert_eq!(dev.state().unwrap().state, State::Trial);
+    dev.good_boot();
     let d = run.wait_phase("Committed").await;
     assert!(d["history"]
         .as_array()

@@ -18,6 +18,18 @@ use crate::selector::{on_trial, BootSelector};
 use crate::{tail, NAME};
 
 const CURRENT_KEY: &str = "current";
+/// No commit starts this close to the trial's deadline, so the commit never overlaps the
+/// deadline timer's rollback.
+const COMMIT_MARGIN_SECS: u64 = 30;
+
+fn boot_reason(files: &StateFiles) -> String {
+    files
+        .current()
+        .ok()
+        .flatten()
+        .map(|b| b.reason)
+        .unwrap_or_default()
+}
 const RECORD_PREFIX: &str = "upgrade.";
 
 /// Outcome of [`Engine::begin`].
@@ -637,35 +649,56 @@ impl Engine {
         let Some(mut rec) = self.current().filter(|r| r.phase == Phase::Probation) else {
             return true;
         };
-        if !checkin.ok() {
-            let why = if !checkin.plane_reached {
-                "control plane not reached yet".to_owned()
+        let boot = self.files.current().ok().flatten();
+        let wait = if !checkin.ok() {
+            Some(if !checkin.plane_reached {
+                "waiting for check-in: control plane not reached yet".to_owned()
             } else if checkin.unhealthy.is_empty() {
-                "modules not checked yet".to_owned()
+                "waiting for check-in: modules not checked yet".to_owned()
             } else {
-                format!("unhealthy: {}", checkin.unhealthy.join(", "))
-            };
-            let text = format!("waiting for check-in: {why}");
+                format!(
+                    "waiting for check-in: unhealthy: {}",
+                    checkin.unhealthy.join(", ")
+                )
+            })
+        } else if boot
+            .as_ref()
+            .is_some_and(|b| b.upgrade == rec.id && b.state == State::Trial && b.bootcount > 0)
+        {
+            // The good-boot unit arms the trial and then sets bootcount=0 (CONTRACT §5);
+            // committing before it ran would race its state write and its arming.
+            Some("checked in; waiting for the boot to be marked good (fleet-boot-good)".to_owned())
+        } else if self.uptime() + COMMIT_MARGIN_SECS >= rec.deadline_secs {
+            Some(format!(
+                "checked in too close to the deadline of {} s (uptime {} s); the deadline timer rolls back",
+                rec.deadline_secs,
+                self.uptime()
+            ))
+        } else {
+            None
+        };
+        if let Some(text) = wait {
             if rec.message != text {
                 rec.message = text;
                 rec.updated_at = self.now();
                 self.save(&rec);
             }
-            return false;
-        }
-        if self.uptime() >= rec.deadline_secs {
-            let text = format!(
-                "checked in after the deadline of {} s; the deadline timer rolls back",
-                rec.deadline_secs
-            );
-            if rec.message != text {
-                rec.message = text;
-                self.save(&rec);
-            }
-            return false;
+            return boot.is_some_and(|b| b.upgrade == rec.id && b.state == State::Rollback)
+                && self.rollback_seen(&mut rec, boot_reason(&self.files));
         }
         self.commit(&mut rec).await;
         rec.phase != Phase::Probation
+    }
+
+    /// The deadline timer asked for a rollback while in Probation: report it, stop waiting.
+    fn rollback_seen(&self, rec: &mut Record, reason: String) -> bool {
+        rec.reason = Some(reason.clone());
+        self.enter(
+            rec,
+            Phase::Rebooting,
+            format!("rollback requested ({reason}); not committing"),
+        );
+        true
     }
 
     /// Commit (CONTRACT §5): `committing` → default `config.txt` → disarm, remove the trial
