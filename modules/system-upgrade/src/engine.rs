@@ -41,6 +41,17 @@ pub enum Begin {
     Known(Record),
 }
 
+/// What is left after [`Engine::recover`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// Nothing to do until the next request.
+    Nothing,
+    /// On the trial: commit after check-in.
+    Probation,
+    /// An accepted upgrade that has not started changing anything: execute it.
+    Execute(Box<Record>),
+}
+
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -487,9 +498,8 @@ impl Engine {
 
     /// Works out where the last upgrade stands after a start (restart or reboot) and acts:
     /// resumes the reboot, enters Probation on the trial, reports what the initramfs did,
-    /// finishes a commit, and never runs the command again. Returns true when the caller
-    /// should try to commit (Probation).
-    pub async fn recover(&self) -> bool {
+    /// finishes a commit, and never runs the command again. Tells the caller what is left.
+    pub async fn recover(&self) -> Resume {
         let boot = match self.files.current() {
             Ok(b) => b,
             Err(e) => {
@@ -533,7 +543,7 @@ impl Engine {
                 }
             }
             self.publish();
-            return false;
+            return Resume::Nothing;
         };
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(rec.clone());
         if rec.phase.is_terminal() {
@@ -543,22 +553,19 @@ impl Engine {
                 }
             }
             self.publish();
-            return false;
+            return Resume::Nothing;
+        }
+        if rec.phase == Phase::Checking {
+            // Accepted, nothing changed yet (Checking only reads): carry it out now.
+            return Resume::Execute(Box::new(rec));
         }
         let same_boot = rec.boot_id == this_boot;
-        let b = match boot.filter(|b| b.upgrade == rec.id) {
-            Some(b) => b,
-            None => {
-                if rec.phase == Phase::Checking {
-                    let reason = "the agent stopped during Checking; nothing was changed";
-                    self.fail_clean(&mut rec, reason, false).await;
-                } else {
-                    let reason = "the boot partition's state does not name this upgrade (lost or overwritten)";
-                    rec.reason = Some(reason.into());
-                    self.enter(&mut rec, Phase::Failed, reason);
-                }
-                return false;
-            }
+        let Some(b) = boot.filter(|b| b.upgrade == rec.id) else {
+            let reason =
+                "the boot partition's state does not name this upgrade (lost or overwritten)";
+            rec.reason = Some(reason.into());
+            self.enter(&mut rec, Phase::Failed, reason);
+            return Resume::Nothing;
         };
         match b.state {
             State::Upgrading if same_boot => match rec.phase {
@@ -589,7 +596,7 @@ impl Engine {
                         b.max_boots
                     ),
                 );
-                return true;
+                return Resume::Probation;
             }
             State::Trial if same_boot && rec.phase == Phase::Rebooting => {
                 // The agent restarted before the reboot happened: arm and reboot again.
@@ -622,7 +629,7 @@ impl Engine {
                 self.enter(&mut rec, Phase::Failed, reason);
             }
         }
-        false
+        Resume::Nothing
     }
 
     /// Takes over an outcome written by the initramfs (or an earlier commit).
