@@ -612,3 +612,58 @@ async fn a_snapshot_that_is_not_ours_is_never_removed() {
     assert_eq!(read(dev.boot().join("config.txt")), OLD_CONFIG);
     run.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_accepted_but_not_started_is_carried_out_once_after_a_restart() {
+    use fleet_mod_system_upgrade::record::{Phase, Record};
+    let dev = Device::new("");
+    let dev = Device {
+        command: format!("echo ran >> {}", dev.p("ran").display()),
+        ..dev
+    };
+    // The store as an agent leaves it when it stopped right after accepting `u-q`.
+    let path = common::write_config(&dev.root, "");
+    let config = Config::load(&path).unwrap();
+    let (store, _) = fleet_agent::store::Store::open(
+        &config.state_db(),
+        Duration::from_secs(5),
+        config.store.audit_max_entries,
+    )
+    .unwrap();
+    let mut rec = Record {
+        id: "u-q".into(),
+        command: dev.command.clone(),
+        deadline_secs: 300,
+        max_boots: 2,
+        requested_by: "command:alice".into(),
+        phase: Phase::Checking,
+        message: String::new(),
+        reason: None,
+        boots: None,
+        boot_id: String::new(),
+        started_at: 1,
+        updated_at: 1,
+        history: Vec::new(),
+    };
+    rec.enter(Phase::Checking, "accepted", 1, "boot-1");
+    store
+        .kv_put(
+            "system-upgrade",
+            "upgrade.u-q",
+            &serde_json::to_vec(&rec).unwrap(),
+        )
+        .unwrap();
+    store.kv_put("system-upgrade", "current", b"u-q").unwrap();
+    drop(store);
+
+    let run = dev.start();
+    wait_file(&dev.p("reboots")).await;
+    let d = run.wait_phase("Rebooting").await;
+    assert_eq!(
+        (d["id"].as_str(), d["requestedBy"].as_str()),
+        (Some("u-q"), Some("command:alice"))
+    );
+    assert_eq!(dev.state().unwrap().state, State::Trial);
+    run.stop().await;
+    assert_eq!(dev.lines("ran"), 1);
+}
