@@ -28,6 +28,8 @@ use crate::{modules, notify, VERSION};
 
 /// How long a module's probe may take before it counts as unavailable.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest time between two refreshes of the modules' check-in signal.
+const CHECKIN_EVERY: Duration = Duration::from_secs(2);
 /// How long shutdown waits for modules before abandoning them (systemd allows 15 s).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 
@@ -152,6 +154,7 @@ impl AgentBuilder {
         let sink = Arc::new(RuntimeSink {
             store: store.clone(),
             details: Mutex::new(serde_json::Map::new()),
+            detail_changed: tokio::sync::Notify::new(),
             published: watch::channel(snapshot).0,
         });
         let shutdown = CancellationToken::new();
@@ -581,13 +584,25 @@ impl Agent {
 
         let interval = Duration::from_secs(self.config.heartbeat_interval_secs);
         let watchdog = notify::watchdog_interval();
-        let tick = watchdog.map_or(interval, |w| (w / 2).min(interval));
+        // The check-in signal (module health) is refreshed every tick, so at least every
+        // CHECKIN_EVERY whatever the heartbeat interval: upgrade commits wait on it.
+        let tick = watchdog
+            .map_or(interval, |w| (w / 2).min(interval))
+            .min(CHECKIN_EVERY);
         let mut next_heartbeat = Instant::now() + interval;
+        let mut next_tick = tokio::time::Instant::now() + tick;
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
-                () = tokio::time::sleep(tick) => {}
+                () = tokio::time::sleep_until(next_tick) => {}
+                // A module's detail changed (e.g. an upgrade phase): publish it now, not at
+                // the next interval. The tick keeps its own schedule (watchdog pets).
+                () = shared.sink.detail_changed.notified() => {
+                    let _ = shared.write_heartbeat(false);
+                    continue;
+                }
             }
+            next_tick = tokio::time::Instant::now() + tick;
             // Computing health polls every module: the pet proves the whole loop is alive.
             let hb = shared.heartbeat(false);
             shared.update_checkin(&hb);
@@ -789,6 +804,8 @@ async fn apply_desired(
 struct RuntimeSink {
     store: Arc<Store>,
     details: Mutex<serde_json::Map<String, serde_json::Value>>,
+    /// Wakes the main loop to write a heartbeat when a detail changed.
+    detail_changed: tokio::sync::Notify,
     /// What the control plane publishes.
     published: watch::Sender<StatusSnapshot>,
 }
@@ -835,9 +852,13 @@ impl StatusSink for RuntimeSink {
     }
 
     fn detail(&self, module: &'static str, detail: serde_json::Value) {
-        self.details
+        let old = self
+            .details
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(module.to_owned(), detail);
+            .insert(module.to_owned(), detail.clone());
+        if old.as_ref() != Some(&detail) {
+            self.detail_changed.notify_one();
+        }
     }
 }

@@ -109,7 +109,13 @@ impl Device {
 
     /// As [`start`], with one more module beside system-upgrade.
     fn start_with(&self, extra: Option<Arc<dyn Capability>>) -> Running {
-        let path = common::write_config(&self.root, "");
+        // Heartbeats only hourly: status must still show every phase change at once.
+        let path = self.root.write_config(&format!(
+            "device_id = \"test-dev\"\nstate_dir = {:?}\nrun_dir = {:?}\nheartbeat_interval_secs = 3600\n[control]\ndeployments_dir = {:?}\n",
+            self.root.state(),
+            self.root.run(),
+            self.root.deployments()
+        ));
         let config = Config::load(&path).unwrap();
         let mut builder = Agent::builder(config)
             .without_compiled_in()
@@ -362,6 +368,17 @@ async fn clean_upgrade_reboots_into_the_trial_and_commits_after_check_in() {
         "snapshot removed"
     );
     run.stop().await;
+
+    // `fleet-agent status --json` (the VM scenarios' oracle) shows it, read from the store.
+    let st = common::status(&dev.root.config_path()).unwrap();
+    assert_eq!(
+        st["details"]["system-upgrade"]["phase"], "Committed",
+        "{st:#}"
+    );
+    assert_eq!(
+        st["details"]["system-upgrade"]["bootState"]["state"],
+        "committed"
+    );
 
     // Boot 3, request still desired: idempotent by id, nothing runs again.
     std::fs::write(dev.p("boot_id"), "boot-3\n").unwrap();
