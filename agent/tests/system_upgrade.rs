@@ -684,3 +684,53 @@ async fn a_request_accepted_but_not_started_is_carried_out_once_after_a_restart(
     run.stop().await;
     assert_eq!(dev.lines("ran"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_desired_request_refused_during_an_upgrade_starts_when_it_ends() {
+    let dev = Device::new("");
+    let dev = Device {
+        command: format!("echo ran >> {}", dev.p("ran").display()),
+        ..dev
+    };
+    let run = dev.start();
+    dev.request("u-a");
+    wait_file(&dev.p("reboots")).await;
+    run.wait_phase("Rebooting").await;
+    run.stop().await;
+
+    dev.reboot_into_trial(2, "u-a");
+    let gate = Arc::new(Gate {
+        healthy: AtomicBool::new(false),
+    });
+    let run = dev.start_with(Some(gate.clone()));
+    run.wait_phase("Probation").await;
+    dev.request("u-b");
+    let d = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let d = run.detail();
+            if d["rejected"]
+                .as_str()
+                .is_some_and(|r| r.contains("u-a is in progress"))
+            {
+                return d;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("u-b not refused: {:#}", run.detail()));
+    assert_eq!(d["id"], "u-a");
+    // u-a commits; then u-b runs without any change to the desired state.
+    dev.good_boot();
+    gate.healthy.store(true, Ordering::SeqCst);
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !(run.detail()["id"] == "u-b" && run.detail()["phase"] == "Rebooting") {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("u-b did not run: {:#}", run.detail()));
+    assert_eq!(dev.lines("ran"), 2, "u-a once, u-b once");
+    assert_eq!(run.detail()["rejected"], serde_json::Value::Null);
+    run.stop().await;
+}

@@ -223,7 +223,16 @@ impl Capability for SystemUpgradeModule {
         let mut desired_open = true;
         let mut checkin_open = true;
         let mut desired_dirty = true;
+        let mut was_done = true;
         loop {
+            if probation {
+                let c = checkin.borrow_and_update().clone();
+                probation = !engine.try_commit(&c).await;
+            }
+            // An upgrade just ended: a desired request refused while it ran gets its turn.
+            let done = engine.current().is_none_or(|c| c.phase.is_terminal());
+            desired_dirty |= done && !was_done;
+            was_done = done;
             if desired_dirty {
                 desired_dirty = false;
                 let state = desired.borrow_and_update().clone();
@@ -231,10 +240,6 @@ impl Capability for SystemUpgradeModule {
                     engine.execute(rec, &ctx.shutdown).await;
                     continue;
                 }
-            }
-            if probation {
-                let c = checkin.borrow_and_update().clone();
-                probation = !engine.try_commit(&c).await;
             }
             tokio::select! {
                 () = ctx.shutdown.cancelled() => return Ok(()),
