@@ -734,3 +734,49 @@ async fn a_desired_request_refused_during_an_upgrade_starts_when_it_ends() {
     assert_eq!(run.detail()["rejected"], serde_json::Value::Null);
     run.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_cleanup_failed_is_finished_at_the_next_start() {
+    let dev = Device::new("true");
+    let run = dev.start();
+    dev.request("u-c");
+    wait_file(&dev.p("reboots")).await;
+    run.wait_phase("Rebooting").await;
+    run.stop().await;
+
+    dev.reboot_into_trial(2, "u-c");
+    dev.good_boot();
+    dev.lvm.fail_next("remove");
+    let run = dev.start();
+    let d = run.wait_phase("Committed").await;
+    assert!(
+        d["message"]
+            .as_str()
+            .unwrap()
+            .contains("cleanup incomplete"),
+        "{d:#}"
+    );
+    assert!(dev.lvm.exists("vg0", "root_preupgrade"));
+    assert_eq!(dev.state().unwrap().state, State::Committed);
+    run.stop().await;
+
+    std::fs::write(dev.p("boot_id"), "boot-3\n").unwrap();
+    let run = dev.start();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while dev.lvm.exists("vg0", "root_preupgrade") {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the snapshot is removed at the next start");
+    let d = run.wait_phase("Committed").await;
+    assert!(
+        d["message"]
+            .as_str()
+            .unwrap()
+            .contains("snapshot and saved boot set removed"),
+        "{d:#}"
+    );
+    assert!(!dev.boot().join("fleet/preupgrade").exists());
+    run.stop().await;
+}
