@@ -782,6 +782,10 @@ impl Engine {
         if let Err(e) = self.boot.remove_saved() {
             problems.push(format!("removing the saved boot set: {e}"));
         }
+        // Again, in case a good-boot unit re-armed the trial while the commit ran.
+        if let Err(e) = self.selector.disarm() {
+            problems.push(format!("disarming: {e}"));
+        }
         let text = if problems.is_empty() {
             "committed: the new system is the default; snapshot and saved boot set removed"
                 .to_owned()
