@@ -450,14 +450,16 @@ impl Engine {
         if !problems.is_empty() {
             full.push_str(&format!(" (cleanup: {})", problems.join("; ")));
         }
-        // Only an upgrade that reached the boot partition leaves `failed` there.
-        let ours = self
-            .files
-            .current()
-            .ok()
-            .flatten()
-            .is_some_and(|b| b.upgrade == rec.id);
-        if ours {
+        // Only an upgrade that reached the boot partition (past Checking) leaves `failed`
+        // there; a state naming this id from elsewhere (a lost store) is not touched.
+        let wrote_state = rec.phase != Phase::Checking
+            && self
+                .files
+                .current()
+                .ok()
+                .flatten()
+                .is_some_and(|b| b.upgrade == rec.id);
+        if wrote_state {
             let mut st = self.boot_state_for(rec, State::Failed);
             st.reason = full.clone();
             if let Err(e) = self.write_state(&st) {
