@@ -144,10 +144,7 @@ mod tests {
         assert!(s.verify(other_key.public_key().as_ref()).is_err());
         let mut garbage = s;
         garbage.signature = "!!".into();
-        assert_eq!(
-            garbage.verify(&pk),
-            Err(ReleaseError::BadSignatureEncoding)
-        );
+        assert_eq!(garbage.verify(&pk), Err(ReleaseError::BadSignatureEncoding));
     }
 
     #[test]

@@ -52,7 +52,7 @@ pub use context::{
 };
 pub use error::{parse_section, CommandError, ConfigError, ModuleError};
 pub use extensions::{
-    ContainerRuntime, ExtensionKind, Extensions, ExtensionsBuilder, LifecycleHook, RunOutcome,
-    RunSpec, RuntimeError,
+    AgentSelf, ContainerRuntime, ExtensionKind, Extensions, ExtensionsBuilder, LifecycleHook,
+    RunOutcome, RunSpec, RuntimeError,
 };
 pub use tokio_util::sync::CancellationToken;
