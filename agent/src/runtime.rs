@@ -1,8 +1,10 @@
 //! The agent runtime: wires modules, probes them, runs them under the supervisor, feeds them
 //! desired state, routes commands and writes heartbeats, until shutdown.
 
+mod agent_self;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use fleet_contract::{Deployment, DeploymentStatus, DeviceId, Phase};
@@ -42,6 +44,9 @@ pub enum AgentError {
     /// Modules could not be wired together (a build defect).
     #[error("wiring modules: {0}")]
     Wiring(String),
+    /// A module asked for a restart (self-upgrade cutover or missed deadline); exit code 3.
+    #[error("restart requested: {0}")]
+    Restart(String),
 }
 
 impl AgentError {
@@ -49,6 +54,7 @@ impl AgentError {
     pub fn exit_code(&self) -> u8 {
         match self {
             AgentError::Config(_) => 2,
+            AgentError::Restart(_) => 3,
             _ => 1,
         }
     }
@@ -125,6 +131,14 @@ impl AgentBuilder {
         let store = Arc::new(store);
 
         let mut ext = ExtensionsBuilder::new();
+        let agent_self = Arc::new(agent_self::RuntimeSelf {
+            shared: OnceLock::new(),
+            plane: OnceLock::new(),
+            nats: self.config.control.nats.clone(),
+            restart: CancellationToken::new(),
+            reason: Mutex::new(None),
+        });
+        ext.provide::<dyn fleet_module_api::AgentSelf>(agent_self.clone());
         let mut runtime_providers = Vec::new();
         for m in &modules {
             // Provided alone first, to learn which modules provide the container runtime.
@@ -206,6 +220,7 @@ impl AgentBuilder {
         }
         let router = Router::new(&slots).map_err(AgentError::Wiring)?;
         let plane = plane_for(&self.config, &device);
+        let _ = agent_self.plane.set(plane.clone());
         let (audit_tx, _) = broadcast::channel(256);
         let gate = CommandGate::new(
             device.clone(),
@@ -235,7 +250,9 @@ impl AgentBuilder {
             })),
             runtime_providers,
         });
+        let _ = agent_self.shared.set(Arc::downgrade(&shared));
         Ok(Agent {
+            agent_self,
             config: self.config,
             shared,
             plane,
@@ -265,6 +282,7 @@ fn kind_name(k: ExtensionKind) -> &'static str {
     match k {
         ExtensionKind::ContainerRuntime => "a container runtime",
         ExtensionKind::LifecycleHook => "a lifecycle hook",
+        ExtensionKind::AgentSelf => "the agent runtime",
     }
 }
 
@@ -397,6 +415,7 @@ impl AgentHandle {
 
 /// The agent, wired and ready to run.
 pub struct Agent {
+    agent_self: Arc<agent_self::RuntimeSelf>,
     config: Config,
     shared: Arc<Shared>,
     plane: Arc<dyn ControlPlane>,
@@ -549,6 +568,7 @@ impl Agent {
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
+                () = self.agent_self.restart.cancelled() => break,
                 () = tokio::time::sleep(tick) => {}
             }
             // Computing health polls every module: the pet proves the whole loop is alive.
@@ -585,7 +605,16 @@ impl Agent {
         }
         let _ = shared.write_heartbeat(true);
         tracing::info!("fleet-agent stopped");
-        Ok(())
+        let restart = self
+            .agent_self
+            .reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match restart {
+            Some(reason) => Err(AgentError::Restart(reason)),
+            None => Ok(()),
+        }
     }
 }
 

@@ -36,6 +36,8 @@ pub struct StatusReport {
     pub modules: Vec<ModuleReport>,
     /// Every deployment's status.
     pub deployments: Vec<DeploymentStatus>,
+    /// Module detail documents from the last heartbeat (e.g. `self-upgrade` phase).
+    pub details: serde_json::Map<String, serde_json::Value>,
     /// The store itself.
     pub store: StoreReport,
 }
@@ -99,6 +101,7 @@ pub fn read(db: &Path, busy: Duration) -> Result<StatusReport, StoreError> {
         agent_uptime_secs: hb.as_ref().map(|h| h.agent_uptime_secs),
         heartbeat_age_secs: hb.as_ref().map(|h| now.saturating_sub(h.at)),
         control_plane: hb.as_ref().map(|h| h.control_plane.clone()),
+        details: hb.as_ref().map(|h| h.details.clone()).unwrap_or_default(),
         modules: hb.map(|h| h.modules).unwrap_or_default(),
         deployments: store.statuses()?,
         store: StoreReport {

@@ -215,3 +215,29 @@ fn config_errors_name_the_key() {
     let e = config_from_section(Some(&v)).unwrap_err();
     assert!(e.message.contains("release_keys[0].public_key"), "{e}");
 }
+
+#[test]
+fn example_config_section_matches_defaults() {
+    let example = include_str!("../../../agent/config.example.toml");
+    let start = example
+        .find("# [modules.self-upgrade]")
+        .expect("config.example.toml documents [modules.self-upgrade]");
+    let section: String = example[start..]
+        .lines()
+        .skip(1)
+        .take_while(|l| l.starts_with('#'))
+        .map(|l| l.strip_prefix("# ").unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let cfg: Config = toml::from_str(&section).expect("the documented section parses");
+    let d = Config::default();
+    assert_eq!(cfg.install_root, d.install_root);
+    assert_eq!(cfg.current_link, d.current_link);
+    assert_eq!(cfg.config_path, d.config_path);
+    assert_eq!(cfg.probation_deadline_secs, d.probation_deadline_secs);
+    assert_eq!(cfg.max_attempts, d.max_attempts);
+    assert_eq!(cfg.max_artifact_bytes, d.max_artifact_bytes);
+    assert_eq!(cfg.self_test_timeout_secs, d.self_test_timeout_secs);
+    assert_eq!(cfg.keep_versions, d.keep_versions);
+    assert_eq!(cfg.release_keys.len(), 1);
+}
