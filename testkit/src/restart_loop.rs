@@ -80,7 +80,10 @@ impl SystemdRestartLoop {
 
     /// Every start so far.
     pub fn starts(&self) -> Vec<Start> {
-        self.starts.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.starts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Pid of the running main process.
@@ -147,7 +150,9 @@ fn run_loop(
                 return true;
             };
             let mut cmd = Command::new(bin);
-            cmd.args(args).envs(unit.env.iter().cloned()).stdin(Stdio::null());
+            cmd.args(args)
+                .envs(unit.env.iter().cloned())
+                .stdin(Stdio::null());
             if let (Some(o), Some(e)) = (log("pre"), log("pre")) {
                 cmd.stdout(o).stderr(e);
             }
@@ -183,7 +188,10 @@ fn run_loop(
                     s[idx].ended = Some(Instant::now());
                 }
                 Err(e) => {
-                    eprintln!("restart loop: cannot spawn {}: {e}", unit.exec_start.display());
+                    eprintln!(
+                        "restart loop: cannot spawn {}: {e}",
+                        unit.exec_start.display()
+                    );
                     let mut s = starts.lock().unwrap_or_else(|p| p.into_inner());
                     s[idx].ended = Some(Instant::now());
                 }
