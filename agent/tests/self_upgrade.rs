@@ -1,0 +1,286 @@
+//! Agent self-upgrade end to end (ARCHITECTURE §6): two builds of the real agent that differ
+//! in version (v1 = this build, v2 = `FLEET_AGENT_VERSION=2.0.0-test` + `test-faults`), a
+//! real nats-server, fleetctl, and the agent run under `SystemdRestartLoop` with the unit's
+//! `ExecStartPre` guard from the confirmed path. The first run builds v2 once
+//! (`target/self-upgrade-v2`).
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+#[path = "common/upgrade.rs"]
+mod upgrade;
+
+use std::time::{Duration, Instant};
+
+use fleet_testkit::require;
+use upgrade::{Device, Scenario, V1, V2};
+
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn reason(d: &serde_json::Value) -> String {
+    d["last"]["reason"].as_str().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn good_v2_is_confirmed() {
+    if !require("nats-server") {
+        return;
+    }
+    let dev = Device::start(&Scenario::default());
+    let artifact = dev.put_v2();
+    let sig = dev.sign(&upgrade::v2().agent, &dev.release_key, "release");
+    let started = Instant::now();
+    let (ok, reply) = dev.upgrade(&artifact, &sig);
+    assert!(ok, "{reply:#}");
+    let d = dev.wait_detail("v2 confirmed", UPGRADE_TIMEOUT, |d| {
+        d["phase"] == "confirmed" && d["version"] == V2
+    });
+    eprintln!(
+        "command -> Confirmed: {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(d["confirmed"], V2, "{d:#}");
+    assert_eq!(d["last"]["outcome"], "confirmed", "{d:#}");
+    assert_eq!(dev.link_version(&dev.current).as_deref(), Some(V2));
+    assert_eq!(
+        dev.link_version(&dev.install_root.join("confirmed"))
+            .as_deref(),
+        Some(V2)
+    );
+    assert!(!dev
+        .root
+        .state()
+        .join("self-upgrade/probation.json")
+        .exists());
+    // v1 stays installed (keep the last 3) and the v2 binary is the signed one.
+    assert!(dev.version_dir(V1).join("fleet-agent").exists());
+    assert_eq!(
+        upgrade::sha256_file(&dev.version_dir(V2).join("fleet-agent")),
+        dev.v2_sha
+    );
+    assert_eq!(dev.v2_starts(), 1, "v2 started once and confirmed");
+    dev.assert_consistent();
+}
+
+#[test]
+fn v2_that_exits_on_start_is_reverted_after_max_attempts() {
+    if !require("nats-server") {
+        return;
+    }
+    let sc = Scenario {
+        fault: Some("exit-on-start"),
+        max_attempts: 3,
+        ..Scenario::default()
+    };
+    let dev = Device::start(&sc);
+    let artifact = dev.put_v2();
+    let sig = dev.sign(&upgrade::v2().agent, &dev.release_key, "release");
+    let (ok, reply) = dev.upgrade(&artifact, &sig);
+    assert!(ok, "{reply:#}");
+    let d = dev.wait_detail("v1 back, reverted", UPGRADE_TIMEOUT, |d| {
+        d["phase"] == "reverted" && d["version"] == V1
+    });
+    assert!(reason(&d).contains("crash loop"), "{d:#}");
+    assert_eq!(d["last"]["from"], V1);
+    assert_eq!(d["last"]["to"], V2);
+    assert_eq!(dev.v2_starts(), 3, "exactly max_attempts starts of v2");
+    assert_eq!(dev.link_version(&dev.current).as_deref(), Some(V1));
+    assert_eq!(
+        dev.link_version(&dev.install_root.join("confirmed"))
+            .as_deref(),
+        Some(V1)
+    );
+    dev.assert_consistent();
+}
+
+#[test]
+fn v2_that_fails_self_test_is_never_cut_over() {
+    if !require("nats-server") {
+        return;
+    }
+    let sc = Scenario {
+        fault: Some("fail-self-test"),
+        ..Scenario::default()
+    };
+    let dev = Device::start(&sc);
+    let artifact = dev.put_v2();
+    let sig = dev.sign(&upgrade::v2().agent, &dev.release_key, "release");
+    let (ok, reply) = dev.upgrade(&artifact, &sig);
+    assert!(ok, "{reply:#}");
+    let d = dev.wait_detail("self-test failure reported", UPGRADE_TIMEOUT, |d| {
+        d["phase"] == "reverted"
+    });
+    assert!(reason(&d).contains("self-test"), "{d:#}");
+    assert!(reason(&d).contains("test-fault"), "{d:#}");
+    assert_eq!(dev.v2_starts(), 0, "v2 never started");
+    assert!(
+        !dev.version_dir(V2).exists(),
+        "the failed version is removed"
+    );
+    assert_eq!(dev.link_version(&dev.current).as_deref(), Some(V1));
+    dev.assert_consistent();
+}
+
+#[test]
+fn v2_that_cannot_reach_the_control_plane_is_reverted_at_the_deadline() {
+    if !require("nats-server") {
+        return;
+    }
+    let sc = Scenario {
+        v2_unreachable: true,
+        deadline_secs: 5,
+        max_attempts: 5,
+        ..Scenario::default()
+    };
+    let dev = Device::start(&sc);
+    let artifact = dev.put_v2();
+    let sig = dev.sign(&upgrade::v2().agent, &dev.release_key, "release");
+    let (ok, reply) = dev.upgrade(&artifact, &sig);
+    assert!(ok, "{reply:#}");
+    let d = dev.wait_detail("reverted at the deadline", UPGRADE_TIMEOUT, |d| {
+        d["phase"] == "reverted" && d["version"] == V1
+    });
+    assert!(reason(&d).contains("deadline"), "{d:#}");
+    assert!(dev.v2_starts() >= 1);
+    assert!(
+        dev.v2_starts() < 5,
+        "reverted by the deadline, not by attempts"
+    );
+    assert_eq!(dev.link_version(&dev.current).as_deref(), Some(V1));
+    dev.assert_consistent();
+}
+
+#[test]
+fn bad_artifacts_are_refused_before_install() {
+    if !require("nats-server") {
+        return;
+    }
+    let dev = Device::start(&Scenario::default());
+    let artifact = dev.put_v2();
+    let not_installed = |dev: &Device| {
+        assert!(!dev.version_dir(V2).exists());
+        assert_eq!(dev.link_version(&dev.current).as_deref(), Some(V1));
+        assert_eq!(dev.v2_starts(), 0);
+    };
+
+    // Unknown release key: refused by the command, nothing downloaded.
+    let sig = dev.sign(&upgrade::v2().agent, &dev.stranger_key, "stranger");
+    let (ok, reply) = dev.upgrade(&artifact, &sig);
+    assert!(!ok);
+    assert!(
+        reply.to_string().contains("unknown release key"),
+        "{reply:#}"
+    );
+    not_installed(&dev);
+
+    // A known key name with someone else's signature: bad signature.
+    let sig = dev.sign(&upgrade::v2().agent, &dev.stranger_key, "release");
+    let (ok, reply) = dev.upgrade(&artifact, &sig);
+    assert!(!ok);
+    assert!(reply.to_string().contains("does not verify"), "{reply:#}");
+    not_installed(&dev);
+
+    // Correctly signed, but for other bytes: the SHA-256 pin does not match the artifact.
+    let sig = dev.sign(
+        std::path::Path::new(upgrade::V1_BIN),
+        &dev.release_key,
+        "release",
+    );
+    let (ok, reply) = dev.upgrade(&artifact, &sig);
+    assert!(ok, "accepted, then refused in staging: {reply:#}");
+    let d = dev.wait_detail("sha mismatch reported", UPGRADE_TIMEOUT, |d| {
+        d["phase"] == "reverted"
+    });
+    assert!(reason(&d).contains("sha256 mismatch"), "{d:#}");
+    not_installed(&dev);
+    let staging = std::fs::read_dir(dev.install_root.join("versions"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".staging")
+        })
+        .count();
+    assert_eq!(staging, 0, "no partial download left behind");
+    dev.assert_consistent();
+}
+
+/// SIGKILL of the agent while an upgrade is in flight, at a spread of moments covering every
+/// phase (draining/staging/verifying are observed before the kill; cutover phases last
+/// microseconds, so the sweep also kills right around the exit): after the restart the state
+/// is consistent and converges (v2 confirmed or v1 running), with no human action.
+#[test]
+fn sigkill_at_every_phase_leaves_a_consistent_state() {
+    if !require("nats-server") {
+        return;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for delay_ms in [0u64, 30, 100, 250, 500, 900, 1500] {
+        let dev = Device::start(&Scenario::default());
+        let artifact = dev.put_v2();
+        let sig = dev.sign(&upgrade::v2().agent, &dev.release_key, "release");
+        let (ok, reply) = dev.upgrade(&artifact, &sig);
+        assert!(ok, "{reply:#}");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let phase = dev
+            .detail()
+            .and_then(|d| d["phase"].as_str().map(ToOwned::to_owned))
+            .unwrap_or_default();
+        dev.service.signal_main("KILL");
+        seen.insert(phase.clone());
+        let cur = dev.assert_consistent();
+        eprintln!("killed at +{delay_ms} ms (last reported phase {phase:?}), current {cur}");
+        // Converges by itself: either v2 confirmed, or v1 running with no probation.
+        let d = dev.wait_detail("converged", UPGRADE_TIMEOUT, |d| {
+            (d["phase"] == "confirmed" && d["version"] == V2)
+                || (d["version"] == V1 && d["phase"] != "probation" && {
+                    !dev.root
+                        .state()
+                        .join("self-upgrade/probation.json")
+                        .exists()
+                })
+        });
+        dev.assert_consistent();
+        eprintln!("  -> {} {}", d["version"], d["phase"]);
+    }
+    eprintln!("phases observed right before a kill: {seen:?}");
+}
+
+/// SIGKILL during probation: each kill is a start attempt; the guard reverts when they run
+/// out, and every intermediate state is consistent.
+#[test]
+fn sigkill_during_probation_counts_attempts_and_reverts() {
+    if !require("nats-server") {
+        return;
+    }
+    let sc = Scenario {
+        v2_unreachable: true,
+        deadline_secs: 120,
+        max_attempts: 2,
+        ..Scenario::default()
+    };
+    let dev = Device::start(&sc);
+    let artifact = dev.put_v2();
+    let sig = dev.sign(&upgrade::v2().agent, &dev.release_key, "release");
+    let (ok, reply) = dev.upgrade(&artifact, &sig);
+    assert!(ok, "{reply:#}");
+    for n in 1..=2 {
+        // The heartbeat of *this* start (a killed process leaves its last one behind).
+        fleet_testkit::wait_until(UPGRADE_TIMEOUT, "v2 on probation", || {
+            let st = dev.status()?;
+            let d = &st["details"]["self-upgrade"];
+            let this_start = dev.service.main_pid().is_some_and(|p| st["pid"] == p);
+            (this_start && d["phase"] == "probation" && d["version"] == V2).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", dev.log_tail()));
+        assert_eq!(dev.v2_starts(), n);
+        dev.service.signal_main("KILL");
+        dev.assert_consistent();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let d = dev.wait_detail("reverted after the kills", UPGRADE_TIMEOUT, |d| {
+        d["phase"] == "reverted" && d["version"] == V1
+    });
+    assert!(reason(&d).contains("crash loop"), "{d:#}");
+    dev.assert_consistent();
+}
