@@ -127,14 +127,20 @@ fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
     )
 }
 
-/// The guard line of `systemd/fleet-agent.service`, with this device's paths.
+/// The `ExecStartPre=` line of `systemd/fleet-agent.service` (the real unit file), with this
+/// device's install root and config path substituted.
 pub fn guard_argv(install_root: &Path, config: &Path) -> Vec<OsString> {
-    let confirmed = install_root.join("confirmed");
-    let script = format!(
-        "[ -e '{c}' ] || exit 0; exec '{c}/fleet-agent' guard --config '{cfg}'",
-        c = confirmed.display(),
-        cfg = config.display()
-    );
+    let unit = include_str!("../../../systemd/fleet-agent.service");
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStartPre="))
+        .expect("the unit has an ExecStartPre guard");
+    let script = line
+        .strip_prefix("/bin/sh -c '")
+        .and_then(|l| l.strip_suffix('\''))
+        .expect("ExecStartPre=/bin/sh -c '...'")
+        .replace("/usr/lib/fleet-agent", &install_root.to_string_lossy())
+        .replace("/etc/fleet-agent/config.toml", &config.to_string_lossy());
     vec!["/bin/sh".into(), "-c".into(), script.into()]
 }
 
