@@ -261,7 +261,7 @@ impl Layout {
                 Some((m, e.file_name().to_string_lossy().into_owned()))
             })
             .collect();
-        versions.sort_by(|a, b| b.0.cmp(&a.0));
+        versions.sort_by_key(|v| std::cmp::Reverse(v.0));
         let mut removed = Vec::new();
         for (_, v) in versions.into_iter().skip(keep) {
             if protect.iter().any(|p| p.as_deref() == Some(v.as_str())) {
