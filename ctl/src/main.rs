@@ -122,6 +122,7 @@ enum Verb {
     Artifacts(release::ArtifactsCmd),
     /// Upgrade a device's agent to a signed release (signed `agent-upgrade` command, admin);
     /// follow the phases with `fleetctl status`.
+    #[command(disable_version_flag = true)]
     AgentUpgrade {
         /// Target device id.
         device: String,

@@ -18,6 +18,7 @@ pub enum ReleaseCmd {
     /// Sign an agent binary with a release key: prints the signature document (JSON) that
     /// `agent-upgrade --signature` takes. Devices trust release keys in
     /// `[[modules.self-upgrade.release_keys]]`, not their operator keys.
+    #[command(disable_version_flag = true)]
     Sign {
         /// The agent binary.
         file: PathBuf,

@@ -10,8 +10,10 @@
 //!
 //! 1. **running** — idle.
 //! 2. **draining** — no other upgrade or probation may be in flight; new requests are refused.
-//! 3. **staging** — the artifact is downloaded into `versions/.staging-<v>/` (mode 0600, a
-//!    `file://` download resumes after a crash, `max_artifact_bytes` caps it), its SHA-256
+//! 3. **staging** — the artifact is downloaded into `versions/.staging-<v>/` (mode 0600;
+//!    `max_artifact_bytes` caps it; a partial `file://` download left by a crash or an I/O
+//!    error is resumed when the same version is requested again, while a `nats-object://`
+//!    download starts over because the object store client reads from the start), its SHA-256
 //!    compared with the pin and the Ed25519 release signature (over version + SHA-256, by a
 //!    key in `release_keys`, which are separate from operator keys) verified; only then is it
 //!    made executable and renamed to `versions/<v>/`. An unknown key or a bad signature is
@@ -295,7 +297,11 @@ impl SelfUpgrade {
             Ok(()) => {}
             Err(e) => {
                 let reason = e.to_string();
-                layout.clean_staging(None);
+                // A broken download is kept (mode 0600, never executable) so the same
+                // request resumes it; anything else starts over next time.
+                if !matches!(e, Error::Download(_)) {
+                    layout.clean_staging(None);
+                }
                 if layout.current_version().as_deref() != Some(v)
                     && layout.confirmed_version().as_deref() != Some(v)
                 {
@@ -561,7 +567,6 @@ impl Capability for SelfUpgrade {
                 Err(e) => return Err(ModuleError::external("adopting the install", e)),
             }
         }
-        layout.clean_staging(None);
         let last = layout
             .read_outcome()
             .map_err(|e| ModuleError::external("reading the last outcome", e))?;

@@ -244,3 +244,32 @@ fn example_config_section_matches_defaults() {
     assert_eq!(cfg.keep_versions, d.keep_versions);
     assert_eq!(cfg.release_keys.len(), 1);
 }
+
+#[tokio::test]
+async fn file_download_resumes_and_respects_the_cap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("release");
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&src, &body).unwrap();
+    let part = tmp.path().join("fleet-agent.part");
+    // A crash left the first 70 000 bytes.
+    std::fs::write(&part, &body[..70_000]).unwrap();
+    let loc = fetch::Location::parse(&format!("file://{}", src.display())).unwrap();
+    let n = fetch::fetch(&loc, &part, 1 << 20, None).await.unwrap();
+    assert_eq!(n, body.len() as u64);
+    assert_eq!(std::fs::read(&part).unwrap(), body);
+    assert_eq!(
+        fetch::sha256_file(&part).unwrap(),
+        fleet_contract::release::sha256_hex(&body)
+    );
+    std::fs::remove_file(&part).unwrap();
+    let e = fetch::fetch(&loc, &part, 1000, None).await.unwrap_err();
+    assert!(e.to_string().contains("max_artifact_bytes"), "{e}");
+    assert!(matches!(
+        fetch::Location::parse("https://example.invalid/x"),
+        Err(Error::BadRequest {
+            field: "artifact",
+            ..
+        })
+    ));
+}
