@@ -60,6 +60,51 @@ fn good_v2_is_confirmed() {
     dev.assert_consistent();
 }
 
+/// The desired-state path: `<device>.agent` in KV fleet-desired (no command) converges the
+/// device to v2; a reverted version is not retried while the desired state still names it.
+#[test]
+fn desired_state_agent_key_upgrades_and_a_reverted_version_is_not_retried() {
+    if !require("nats-server") {
+        return;
+    }
+    let dev = Device::start(&Scenario::default());
+    let artifact = dev.put_v2();
+    let sig = dev.sign(&upgrade::v2().agent, &dev.release_key, "release");
+    let out = dev.upgrade_desired(&artifact, &sig);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dev.wait_detail("v2 confirmed from desired state", UPGRADE_TIMEOUT, |d| {
+        d["phase"] == "confirmed" && d["version"] == V2
+    });
+    assert_eq!(dev.v2_starts(), 1);
+
+    let crashy = Device::start(&Scenario {
+        fault: Some("exit-on-start"),
+        max_attempts: 2,
+        ..Scenario::default()
+    });
+    let artifact = crashy.put_v2();
+    let sig = crashy.sign(&upgrade::v2().agent, &crashy.release_key, "release");
+    let out = crashy.upgrade_desired(&artifact, &sig);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = crashy.wait_detail("reverted", UPGRADE_TIMEOUT, |d| {
+        d["phase"] == "reverted" && d["version"] == V1
+    });
+    assert!(reason(&d).contains("crash loop"), "{d:#}");
+    // v1 keeps running with the same desired state and does not try v2 again.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(crashy.v2_starts(), 2);
+    assert_eq!(crashy.detail().unwrap()["phase"], "reverted");
+    crashy.assert_consistent();
+}
+
 #[test]
 fn v2_that_exits_on_start_is_reverted_after_max_attempts() {
     if !require("nats-server") {

@@ -20,6 +20,10 @@ pub fn kv_device_filter(device: &str) -> String {
 pub fn kv_deploy_key(device: &str, name: &str) -> String {
     format!("{device}.deploy.{name}")
 }
+/// KV key of the agent release a device should run (self-upgrade): `<device>.agent`.
+pub fn kv_agent_key(device: &str) -> String {
+    format!("{device}.agent")
+}
 /// KV status key of the device's info (heartbeat): `<device>.info`.
 pub fn kv_info_key(device: &str) -> String {
     format!("{device}.info")

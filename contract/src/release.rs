@@ -25,6 +25,53 @@ pub struct ReleaseSignature {
     pub signature: String,
 }
 
+/// The desired-state document `<device>.agent` (KV `fleet-desired`): the agent release this
+/// device should run. The same fields as the `agent-upgrade` command, plus `apiVersion`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AgentRelease {
+    /// Always [`crate::API_VERSION`].
+    pub api_version: String,
+    /// Target version.
+    pub version: String,
+    /// `nats-object://<name>` or `file:///<path>`.
+    pub artifact: String,
+    /// SHA-256 pin, lowercase hex.
+    pub sha256: String,
+    /// Release key name.
+    pub key: String,
+    /// Base64 Ed25519 signature over [`release_statement`].
+    pub signature: String,
+}
+
+impl AgentRelease {
+    /// Decodes the JSON document; the error names the field.
+    pub fn from_json_slice(bytes: &[u8]) -> Result<Self, String> {
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        let doc: Self = serde_path_to_error::deserialize(de)
+            .map_err(|e| format!("field `{}`: {}", e.path(), e.inner()))?;
+        if doc.api_version != crate::API_VERSION {
+            return Err(format!(
+                "field `apiVersion`: {:?} is not {:?}",
+                doc.api_version,
+                crate::API_VERSION
+            ));
+        }
+        Ok(doc)
+    }
+
+    /// The `agent-upgrade` command arguments with the same meaning.
+    pub fn command_args(&self) -> serde_json::Value {
+        serde_json::json!({
+            "version": self.version,
+            "artifact": self.artifact,
+            "sha256": self.sha256,
+            "key": self.key,
+            "signature": self.signature,
+        })
+    }
+}
+
 /// Why a release signature was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReleaseError {
@@ -145,6 +192,23 @@ mod tests {
         let mut garbage = s;
         garbage.signature = "!!".into();
         assert_eq!(garbage.verify(&pk), Err(ReleaseError::BadSignatureEncoding));
+    }
+
+    #[test]
+    fn agent_release_documents_name_bad_fields() {
+        let good = br#"{"apiVersion":"fleet/v1","version":"2","artifact":"file:///x","sha256":"ab","key":"k","signature":"s"}"#;
+        let d = AgentRelease::from_json_slice(good).unwrap();
+        assert_eq!(d.command_args()["version"], "2");
+        let e = AgentRelease::from_json_slice(br#"{"apiVersion":"fleet/v1","versoin":"2"}"#)
+            .unwrap_err();
+        assert!(e.contains("versoin"), "{e}");
+        let e = AgentRelease::from_json_slice(
+            &String::from_utf8_lossy(good)
+                .replace("fleet/v1", "v0")
+                .into_bytes(),
+        )
+        .unwrap_err();
+        assert!(e.contains("apiVersion"), "{e}");
     }
 
     #[test]

@@ -135,9 +135,13 @@ enum Verb {
         /// Signature document printed by `fleetctl release sign`.
         #[arg(long)]
         signature: PathBuf,
-        /// Operator private key (role admin on the device).
-        #[arg(long, env = "FLEETCTL_KEY")]
-        key: PathBuf,
+        /// Operator private key (role admin on the device); not needed with --desired.
+        #[arg(long, env = "FLEETCTL_KEY", required_unless_present = "desired")]
+        key: Option<PathBuf>,
+        /// Instead of a command, put the release into the device's desired state
+        /// (`<device>.agent` in KV fleet-desired); the agent converges to it.
+        #[arg(long)]
+        desired: bool,
         /// Actor name recorded in the audit log.
         #[arg(long, default_value = "operator")]
         actor: String,
@@ -249,6 +253,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             artifact,
             signature,
             key,
+            desired,
             actor,
             ttl,
             timeout,
@@ -261,6 +266,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 })?;
             let args = release::upgrade_args(&sig, &version, &artifact)?;
             let t = transport(&cli.conn).await?;
+            if desired {
+                let rev = release::put_desired(&t, &device, &args).await?;
+                println!("desired agent release of {device}: {version} (revision {rev})");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let key = key.ok_or_else(|| anyhow!("--key is required without --desired"))?;
             release::send(
                 &t,
                 &device,

@@ -104,6 +104,26 @@ pub fn upgrade_args(
     }))
 }
 
+/// Puts the desired agent release `<device>.agent` into KV `fleet-desired`; returns the
+/// revision.
+pub async fn put_desired(t: &Transport, device: &str, args: &serde_json::Value) -> Result<u64> {
+    let Transport::Nats(client) = t else {
+        bail!("--desired needs NATS (KV fleet-desired); over MQTT send the command instead");
+    };
+    let mut doc = args.clone();
+    doc["apiVersion"] = fleet_contract::API_VERSION.into();
+    let body = serde_json::to_vec(&doc)?;
+    // The agent decodes exactly this; refuse to publish what it would reject.
+    fleet_contract::release::AgentRelease::from_json_slice(&body).map_err(|e| anyhow!(e))?;
+    let kv = async_nats::jetstream::new(client.clone())
+        .get_key_value(fleet_contract::names::DESIRED_BUCKET)
+        .await
+        .context("KV bucket fleet-desired (run `fleetctl init`)")?;
+    kv.put(fleet_contract::names::kv_agent_key(device), body.into())
+        .await
+        .context("put")
+}
+
 /// Signs and sends one command; prints the reply.
 #[allow(clippy::too_many_arguments)]
 pub async fn send(

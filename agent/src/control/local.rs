@@ -222,7 +222,10 @@ fn scan_dir(dir: &Path) -> Result<DesiredUpdate, ControlError> {
         deployments.insert(name, entry);
     }
     Ok(DesiredUpdate {
-        state: Arc::new(DesiredState { deployments }),
+        state: Arc::new(DesiredState {
+            deployments,
+            ..DesiredState::default()
+        }),
         records,
     })
 }

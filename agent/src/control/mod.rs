@@ -123,9 +123,32 @@ pub(crate) fn update_from_docs(docs: &BTreeMap<String, (String, Vec<u8>)>) -> De
         deployments.insert(name.clone(), d);
     }
     DesiredUpdate {
-        state: Arc::new(DesiredState { deployments }),
+        state: Arc::new(DesiredState {
+            deployments,
+            ..DesiredState::default()
+        }),
         records,
     }
+}
+
+/// Adds the `<device>.agent` document (source, raw bytes), if any, to an update.
+pub(crate) fn with_agent(
+    mut update: DesiredUpdate,
+    doc: Option<&(String, Vec<u8>)>,
+) -> DesiredUpdate {
+    if let Some((source, bytes)) = doc {
+        let agent = match fleet_contract::release::AgentRelease::from_json_slice(bytes) {
+            Ok(rel) => fleet_module_api::DesiredAgent::Valid(rel),
+            Err(error) => fleet_module_api::DesiredAgent::Invalid {
+                source_name: source.clone(),
+                error,
+            },
+        };
+        let mut state = (*update.state).clone();
+        state.agent = Some(agent);
+        update.state = Arc::new(state);
+    }
+    update
 }
 
 /// One desired-state update: the merged state plus the raw documents to cache.

@@ -19,8 +19,8 @@ use futures::StreamExt;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::{
-    update_from_docs, Backoff, CommandRequest, ControlError, ControlPlane, DesiredUpdate, PlaneIo,
-    StatusSnapshot,
+    update_from_docs, with_agent, Backoff, CommandRequest, ControlError, ControlPlane,
+    DesiredUpdate, PlaneIo, StatusSnapshot,
 };
 use crate::config::NatsConfig;
 
@@ -166,6 +166,8 @@ impl NatsPlane {
         backoff.reset();
 
         let mut docs: BTreeMap<String, (String, Vec<u8>)> = BTreeMap::new();
+        let agent_key = names::kv_agent_key(dev);
+        let mut agent_doc: Option<(String, Vec<u8>)> = None;
         let mut caught_up = n_subjects == 0;
         if caught_up {
             io.desired.send_replace(update_from_docs(&docs));
@@ -186,6 +188,13 @@ impl NatsPlane {
                         Some(Ok(e)) => e,
                     };
                     match names::deploy_name_from_kv_key(dev, &entry.key) {
+                        _ if entry.key == agent_key => match entry.operation {
+                            kv::Operation::Put => {
+                                let source = format!("nats:{DESIRED_BUCKET}/{}@{}", entry.key, entry.revision);
+                                agent_doc = Some((source, entry.value.to_vec()));
+                            }
+                            kv::Operation::Delete | kv::Operation::Purge => agent_doc = None,
+                        },
                         Some(name) if fleet_contract::DeviceId::parse(name).is_ok() => match entry.operation {
                             kv::Operation::Put => {
                                 let source = format!("nats:{DESIRED_BUCKET}/{}@{}", entry.key, entry.revision);
@@ -201,7 +210,7 @@ impl NatsPlane {
                         caught_up = true;
                     }
                     if caught_up {
-                        io.desired.send_replace(update_from_docs(&docs));
+                        io.desired.send_replace(with_agent(update_from_docs(&docs), agent_doc.as_ref()));
                     }
                 }
                 changed = io.status.changed() => {

@@ -343,6 +343,23 @@ impl Device {
         (out.status.success(), reply)
     }
 
+    /// `fleetctl agent-upgrade --desired`: puts `<device>.agent` into the desired state.
+    pub fn upgrade_desired(&self, artifact: &str, signature: &Path) -> Output {
+        ctl(&[
+            "--nats",
+            &self.nats.url(),
+            "agent-upgrade",
+            DEV,
+            "--desired",
+            "--version",
+            V2,
+            "--artifact",
+            artifact,
+            "--signature",
+            signature.to_str().unwrap(),
+        ])
+    }
+
     pub fn version_dir(&self, v: &str) -> PathBuf {
         self.install_root.join("versions").join(v)
     }

@@ -49,6 +49,22 @@ pub type DesiredStream = watch::Receiver<Arc<DesiredState>>;
 pub struct DesiredState {
     /// Deployments by name.
     pub deployments: BTreeMap<String, DesiredDeployment>,
+    /// `<device>.agent`: the agent release this device should run (self-upgrade).
+    pub agent: Option<DesiredAgent>,
+}
+
+/// The desired agent release, or why its document could not be used.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DesiredAgent {
+    /// A decoded document (its signature is checked by the self-upgrade module).
+    Valid(fleet_contract::release::AgentRelease),
+    /// The document was rejected.
+    Invalid {
+        /// Where it came from (KV key and revision).
+        source_name: String,
+        /// Why, naming the field.
+        error: String,
+    },
 }
 
 /// One desired deployment, or the reason its document could not be used.

@@ -67,8 +67,8 @@ use std::time::Duration;
 
 use fleet_contract::release::{check_sha256, check_version, ReleaseSignature};
 use fleet_module_api::{
-    AgentSelf, Capability, Command, CommandError, ConfigError, Context, Descriptor, Health,
-    ModuleError, Probe, Reply,
+    AgentSelf, Capability, Command, CommandError, ConfigError, Context, Descriptor, DesiredAgent,
+    Health, ModuleError, Probe, Reply,
 };
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -481,6 +481,55 @@ impl SelfUpgrade {
     }
 }
 
+impl SelfUpgrade {
+    /// The upgrade the desired state `<device>.agent` asks for now, if any. Level-triggered:
+    /// nothing when the running version is the desired one, during probation, or when this
+    /// very version was already reverted (it is retried only after the desired state names
+    /// another version); a document that cannot be used is reported and not retried.
+    fn desired_request(
+        &self,
+        ctx: &Context,
+        layout: &Layout,
+        running: &str,
+        agent: Option<&DesiredAgent>,
+    ) -> Option<Request> {
+        let rel = match agent? {
+            DesiredAgent::Valid(rel) => rel,
+            DesiredAgent::Invalid { source_name, error } => {
+                let msg = format!("desired agent release {source_name} is invalid: {error}");
+                tracing::warn!(%msg);
+                self.lock().message = msg;
+                self.report(ctx);
+                return None;
+            }
+        };
+        if rel.version == running || layout.read_probation().ok().flatten().is_some() {
+            return None;
+        }
+        if let Ok(Some(Outcome::Reverted { to, .. })) = layout.read_outcome() {
+            if to == rel.version {
+                tracing::info!(version = %rel.version, "desired agent version was reverted before; not retried");
+                return None;
+            }
+        }
+        match self.check_request(&rel.command_args()) {
+            Ok(req) => {
+                tracing::info!(version = %rel.version, "desired state asks for another agent version");
+                Some(req)
+            }
+            Err(e) => {
+                let reason = format!("desired agent release refused: {e}");
+                tracing::warn!(%reason);
+                if let Ok((_, from)) = layout.check() {
+                    let _ = layout.revert(&from, &rel.version, &reason, ctx.clock.unix_secs());
+                }
+                self.set(ctx, Phase::Reverted, Some(&rel.version), reason);
+                None
+            }
+        }
+    }
+}
+
 fn signature_of(req: &Request) -> ReleaseSignature {
     ReleaseSignature {
         version: req.version.clone(),
@@ -606,26 +655,47 @@ impl Capability for SelfUpgrade {
                 tracing::warn!(to = %p.to, running = %version, "a probation record names another version; the guard resolves it at the next start");
             }
         }
+        let mut desired = ctx.desired.clone();
+        let mut desired_changed = true; // look at the current value once at start
         loop {
-            tokio::select! {
-                () = ctx.shutdown.cancelled() => return Ok(()),
-                job = jobs.recv() => {
-                    let Some(req) = job else { return Ok(()) };
-                    let v = req.version.clone();
-                    match self.upgrade(&ctx, req).await {
-                        Ok(()) if self.lock().phase == Phase::Stopping => {
-                            if let Some(a) = ctx.ext.get::<dyn AgentSelf>() {
-                                a.request_restart(format!("cutover to {v}"));
-                            }
-                            ctx.shutdown.cancelled().await;
+            let from_desired = if desired_changed {
+                desired_changed = false;
+                let agent = desired.borrow_and_update().agent.clone();
+                self.desired_request(&ctx, &layout, &version, agent.as_ref())
+            } else {
+                None
+            };
+            let job = match from_desired {
+                Some(req) => Some(req),
+                None => tokio::select! {
+                    () = ctx.shutdown.cancelled() => return Ok(()),
+                    changed = desired.changed() => {
+                        if changed.is_err() {
                             return Ok(());
                         }
-                        Ok(()) => {}
-                        Err(e) => {
-                            tracing::error!(version = %v, error = %e, "agent upgrade failed");
-                            self.set(&ctx, Phase::Reverted, Some(&v), e.to_string());
-                        }
+                        desired_changed = true;
+                        None
                     }
+                    job = jobs.recv() => match job {
+                        Some(j) => Some(j),
+                        None => return Ok(()),
+                    },
+                },
+            };
+            let Some(req) = job else { continue };
+            let v = req.version.clone();
+            match self.upgrade(&ctx, req).await {
+                Ok(()) if self.lock().phase == Phase::Stopping => {
+                    if let Some(a) = ctx.ext.get::<dyn AgentSelf>() {
+                        a.request_restart(format!("cutover to {v}"));
+                    }
+                    ctx.shutdown.cancelled().await;
+                    return Ok(());
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::error!(version = %v, error = %e, "agent upgrade failed");
+                    self.set(&ctx, Phase::Reverted, Some(&v), e.to_string());
                 }
             }
         }
