@@ -3,9 +3,23 @@
 //!
 //! # Protocol
 //!
-//! A signed `agent-upgrade` command (role `admin`) carries `version`, `artifact`
-//! (`nats-object://<name>` or `file:///<path>`), `sha256`, `signature` and `key`, exactly
-//! the fields `fleetctl release sign` prints. The phases, each shown in status under
+//! Two ways to ask for an upgrade, with the same fields (`version`, `artifact` as
+//! `nats-object://<name>` or `file:///<path>`, `sha256`, `signature`, `key`, as printed by
+//! `fleetctl release sign`):
+//!
+//! - a signed `agent-upgrade` command (role `admin`; `fleetctl agent-upgrade`);
+//! - the desired-state document `<device>.agent` in KV `fleet-desired` (with `apiVersion`;
+//!   `fleetctl agent-upgrade --desired`). Level-triggered: when it names another version than
+//!   the running one, the module upgrades; a version that was reverted is not retried until
+//!   the document names another one (no revert loops). The NATS plane delivers it; the MQTT
+//!   and local planes do not yet.
+//!
+//! Either way the release signature is what authorises the binary: release keys
+//! (`release_keys`) are separate from operator keys, so a compromised operator key or broker
+//! alone cannot install a binary that was never released. The desired-state document is not
+//! signed by an operator, though: whoever can write `fleet-desired` can ask for any *signed*
+//! release, older ones included (a downgrade). Fleets that care should restrict KV write
+//! access or use only the signed command. The phases, each shown in status under
 //! `details.self-upgrade.phase`:
 //!
 //! 1. **running** — idle.
