@@ -75,7 +75,7 @@ pub mod layout;
 #[cfg(test)]
 mod tests;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -602,6 +602,11 @@ impl Capability for SelfUpgrade {
 
     async fn probe(&self, ctx: &Context) -> Probe {
         let layout = Layout::new(&self.cfg, &ctx.paths.state_dir);
+        // Only an agent started through the current link can be upgraded (a cutover restarts
+        // the link), and only such an agent may adopt a plain file into the layout.
+        if let Err(reason) = runs_from_current(&layout) {
+            return Probe::unavailable(reason);
+        }
         match layout.check() {
             Ok((confirmed, current)) => {
                 Probe::available(format!("current {current}, confirmed {confirmed}"))
@@ -621,8 +626,8 @@ impl Capability for SelfUpgrade {
         let layout = Layout::new(&self.cfg, &ctx.paths.state_dir);
         let version = agent_version(&ctx);
         if layout.check().is_err() {
-            let exe = current_exe_path(&layout);
-            match layout.adopt(&version, &exe) {
+            runs_from_current(&layout).map_err(ModuleError::Fatal)?;
+            match layout.adopt(&version, &layout.current.clone()) {
                 Ok(true) => {
                     tracing::info!(%version, "adopted the running binary into the versions layout")
                 }
@@ -759,10 +764,20 @@ impl Capability for SelfUpgrade {
     }
 }
 
-/// The binary that is running, for adoption: the current link when it is a plain file.
-fn current_exe_path(layout: &Layout) -> PathBuf {
-    match std::fs::symlink_metadata(&layout.current) {
-        Ok(m) if m.file_type().is_file() => layout.current.clone(),
-        _ => std::env::current_exe().unwrap_or_else(|_| layout.current.clone()),
+/// Ok when this process runs the binary the current link names (or the plain file there).
+fn runs_from_current(layout: &Layout) -> Result<(), String> {
+    let exe = std::env::current_exe()
+        .and_then(std::fs::canonicalize)
+        .map_err(|e| format!("cannot tell which binary runs: {e}"))?;
+    let current = std::fs::canonicalize(&layout.current)
+        .map_err(|e| format!("current_link {}: {e}", layout.current.display()))?;
+    if exe == current {
+        Ok(())
+    } else {
+        Err(format!(
+            "this agent runs from {}, not from current_link {}",
+            exe.display(),
+            layout.current.display()
+        ))
     }
 }
