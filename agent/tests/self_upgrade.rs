@@ -58,6 +58,20 @@ fn good_v2_is_confirmed() {
     );
     assert_eq!(dev.v2_starts(), 1, "v2 started once and confirmed");
     dev.assert_consistent();
+    // The operator sees it in `fleetctl status` (the published heartbeat).
+    fleet_testkit::wait_until(Duration::from_secs(15), "fleetctl status", || {
+        let out = upgrade::ctl(&[
+            "--nats",
+            &dev.nats.url(),
+            "status",
+            "--device",
+            upgrade::DEV,
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.contains(&format!("agent upgrade: confirmed ({V2})"))
+            .then_some(())
+    })
+    .unwrap();
 }
 
 /// The desired-state path: `<device>.agent` in KV fleet-desired (no command) converges the

@@ -161,6 +161,14 @@ pub enum Phase {
     Reverted,
 }
 
+/// How [`SelfUpgrade::upgrade`] ended.
+enum Ended {
+    /// The link points at the new version; the agent must exit so systemd starts it.
+    CutOver,
+    /// Refused or failed before the cutover; reverted and reported.
+    Reverted,
+}
+
 #[derive(Debug, Clone, Serialize)]
 struct Report {
     phase: Phase,
@@ -295,8 +303,8 @@ impl SelfUpgrade {
     }
 
     /// Stages, verifies and cuts over; every failure before the cutover goes through the
-    /// revert path. Returns when the agent should exit.
-    async fn upgrade(&self, ctx: &Context, req: Request) -> Result<(), Error> {
+    /// revert path.
+    async fn upgrade(&self, ctx: &Context, req: Request) -> Result<Ended, Error> {
         let layout = Layout::new(&self.cfg, &ctx.paths.state_dir);
         let v = req.version.as_str();
         let (_, from) = layout.check()?;
@@ -323,7 +331,7 @@ impl SelfUpgrade {
                 }
                 layout.revert(&from, v, &reason, ctx.clock.unix_secs())?;
                 self.set(ctx, Phase::Reverted, Some(v), reason);
-                return Ok(());
+                return Ok(Ended::Reverted);
             }
         }
         self.set(
@@ -360,7 +368,7 @@ impl SelfUpgrade {
             Some(v),
             format!("cut over to {v}; restarting"),
         );
-        Ok(())
+        Ok(Ended::CutOver)
     }
 
     async fn stage_and_verify(
@@ -704,14 +712,14 @@ impl Capability for SelfUpgrade {
             let Some(req) = job else { continue };
             let v = req.version.clone();
             match self.upgrade(&ctx, req).await {
-                Ok(()) if self.lock().phase == Phase::Stopping => {
+                Ok(Ended::CutOver) => {
                     if let Some(a) = ctx.ext.get::<dyn AgentSelf>() {
                         a.request_restart(format!("cutover to {v}"));
                     }
                     ctx.shutdown.cancelled().await;
                     return Ok(());
                 }
-                Ok(()) => {}
+                Ok(Ended::Reverted) => {}
                 Err(e) => {
                     tracing::error!(version = %v, error = %e, "agent upgrade failed");
                     self.set(&ctx, Phase::Reverted, Some(&v), e.to_string());
