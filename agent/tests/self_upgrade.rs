@@ -386,3 +386,57 @@ fn sigkill_during_probation_counts_attempts_and_reverts() {
     assert!(reason(&d).contains("crash loop"), "{d:#}");
     dev.assert_consistent();
 }
+
+/// `fleet-agent guard` as `ExecStartPre` on a device with no probation: exit 0 quickly,
+/// touching nothing; a bad module section fails it (exit 2) instead of being ignored.
+#[test]
+fn guard_without_probation_is_a_fast_no_op_and_bad_config_fails_it() {
+    let root = fleet_testkit::TempRoot::new().unwrap();
+    let config = root.write_config(&format!(
+        "device_id = \"g\"\nstate_dir = {:?}\nrun_dir = {:?}\n[modules.self-upgrade]\ninstall_root = {:?}\ncurrent_link = {:?}\n",
+        root.state(),
+        root.run(),
+        root.path().join("lib"),
+        root.path().join("bin/fleet-agent"),
+    ));
+    let started = Instant::now();
+    let out = std::process::Command::new(upgrade::V1_BIN)
+        .args(["--config", config.to_str().unwrap(), "guard"])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !root.state().join("self-upgrade").exists(),
+        "nothing written"
+    );
+    assert!(!root.path().join("lib").exists());
+    eprintln!(
+        "guard without probation: {:.1} ms",
+        took.as_secs_f64() * 1000.0
+    );
+
+    let bad = root.write_config(&format!(
+        "device_id = \"g\"\nstate_dir = {:?}\n[modules.self-upgrade]\nmax_attempts = 0\n",
+        root.state()
+    ));
+    let out = std::process::Command::new(upgrade::V1_BIN)
+        .args(["--config", bad.to_str().unwrap(), "guard"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("max_attempts"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
