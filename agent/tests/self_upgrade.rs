@@ -119,6 +119,32 @@ fn desired_state_agent_key_upgrades_and_a_reverted_version_is_not_retried() {
     crashy.assert_consistent();
 }
 
+/// The same over MQTT 5 (retained `fleet/<device>/desired/agent`, a real mosquitto), with
+/// the release fetched from a local file (`file://`).
+#[test]
+fn desired_agent_release_over_mqtt_with_a_file_artifact_is_confirmed() {
+    if !require("nats-server") || !require("mosquitto") {
+        return;
+    }
+    let dev = Device::start(&Scenario {
+        mqtt: true,
+        ..Scenario::default()
+    });
+    let artifact = format!("file://{}", upgrade::v2().agent.display());
+    let sig = dev.sign(&upgrade::v2().agent, &dev.release_key, "release");
+    let out = dev.upgrade_desired(&artifact, &sig);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dev.wait_detail("v2 confirmed over MQTT", UPGRADE_TIMEOUT, |d| {
+        d["phase"] == "confirmed" && d["version"] == V2
+    });
+    assert_eq!(dev.status().unwrap()["control_plane"], "mqtt");
+    dev.assert_consistent();
+}
+
 #[test]
 fn v2_that_exits_on_start_is_reverted_after_max_attempts() {
     if !require("nats-server") {

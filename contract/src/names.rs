@@ -51,6 +51,10 @@ pub fn mqtt_prefix(device: &str) -> String {
 pub fn mqtt_desired_deploy(device: &str, name: &str) -> String {
     format!("fleet/{device}/desired/deploy/{name}")
 }
+/// MQTT retained desired-state topic of the agent release (self-upgrade).
+pub fn mqtt_desired_agent(device: &str) -> String {
+    format!("fleet/{device}/desired/agent")
+}
 /// MQTT filter for a device's desired state.
 pub fn mqtt_desired_filter(device: &str) -> String {
     format!("fleet/{device}/desired/#")

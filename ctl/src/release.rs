@@ -104,17 +104,23 @@ pub fn upgrade_args(
     }))
 }
 
-/// Puts the desired agent release `<device>.agent` into KV `fleet-desired`; returns the
-/// revision.
+/// Puts the desired agent release into the device's desired state: `<device>.agent` in KV
+/// `fleet-desired` (returns the revision) or retained `fleet/<device>/desired/agent` (0).
 pub async fn put_desired(t: &Transport, device: &str, args: &serde_json::Value) -> Result<u64> {
-    let Transport::Nats(client) = t else {
-        bail!("--desired needs NATS (KV fleet-desired); over MQTT send the command instead");
-    };
     let mut doc = args.clone();
     doc["apiVersion"] = fleet_contract::API_VERSION.into();
     let body = serde_json::to_vec(&doc)?;
     // The agent decodes exactly this; refuse to publish what it would reject.
     fleet_contract::release::AgentRelease::from_json_slice(&body).map_err(|e| anyhow!(e))?;
+    let Transport::Nats(client) = t else {
+        t.mqtt_publish(
+            &fleet_contract::names::mqtt_desired_agent(device),
+            body,
+            true,
+        )
+        .await?;
+        return Ok(0);
+    };
     let kv = async_nats::jetstream::new(client.clone())
         .get_key_value(fleet_contract::names::DESIRED_BUCKET)
         .await

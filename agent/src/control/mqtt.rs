@@ -24,7 +24,8 @@ use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
-    update_from_docs, Backoff, CommandRequest, ControlError, ControlPlane, PlaneIo, StatusSnapshot,
+    update_from_docs, with_agent, Backoff, CommandRequest, ControlError, ControlPlane, PlaneIo,
+    StatusSnapshot,
 };
 use crate::config::MqttConfig;
 
@@ -170,6 +171,8 @@ impl ControlPlane for MqttPlane {
             mut audit,
         } = io;
         let mut docs: BTreeMap<String, (String, Vec<u8>)> = BTreeMap::new();
+        let agent_topic = names::mqtt_desired_agent(&dev);
+        let mut agent_doc: Option<(String, Vec<u8>)> = None;
         // Some(deadline) while a retained replay is settling.
         let mut settling: Option<tokio::time::Instant> = None;
         let mut connected = false;
@@ -183,7 +186,7 @@ impl ControlPlane for MqttPlane {
                 () = tokio::time::sleep_until(settle_at), if settling.is_some() => {
                     settling = None;
                     tracing::info!(deployments = docs.len(), "MQTT desired state replayed");
-                    desired.send_replace(update_from_docs(&docs));
+                    desired.send_replace(with_agent(update_from_docs(&docs), agent_doc.as_ref()));
                 }
                 msg = in_rx.recv() => match msg {
                     None => break Ok(()),
@@ -197,6 +200,7 @@ impl ControlPlane for MqttPlane {
                             }
                         }
                         docs.clear();
+                        agent_doc = None;
                         settling = Some(tokio::time::Instant::now() + SETTLE * 3);
                         let _ = client.publish(names::mqtt_online(&dev), QoS::AtLeastOnce, true, "true").await;
                         // Re-publish everything after every (re)connect.
@@ -229,7 +233,13 @@ impl ControlPlane for MqttPlane {
                             }
                             match settling {
                                 Some(_) => settling = Some(tokio::time::Instant::now() + SETTLE),
-                                None => { desired.send_replace(update_from_docs(&docs)); }
+                                None => { desired.send_replace(with_agent(update_from_docs(&docs), agent_doc.as_ref())); }
+                            }
+                        } else if topic == agent_topic {
+                            agent_doc = (!payload.is_empty()).then(|| (format!("mqtt:{topic}"), payload.to_vec()));
+                            match settling {
+                                Some(_) => settling = Some(tokio::time::Instant::now() + SETTLE),
+                                None => { desired.send_replace(with_agent(update_from_docs(&docs), agent_doc.as_ref())); }
                             }
                         } else if topic == names::mqtt_cmd(&dev) {
                             let Some((reply_to, corr)) = props.and_then(|p| p.response_topic.map(|t| (t, p.correlation_data))) else {

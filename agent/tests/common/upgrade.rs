@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use fleet_testkit::{wait_until, NatsServer, SystemdRestartLoop, TempRoot, Unit};
+use fleet_testkit::{wait_until, Mosquitto, NatsServer, SystemdRestartLoop, TempRoot, Unit};
 
 /// The agent under test as built by this `cargo test` (v1).
 pub const V1_BIN: &str = env!("CARGO_BIN_EXE_fleet-agent");
@@ -82,6 +82,8 @@ pub struct Scenario {
     /// Give v2 a config whose NATS server is a closed port.
     pub v2_unreachable: bool,
     pub restart_sec: Duration,
+    /// Run the device on the MQTT 5 plane (a real mosquitto) instead of NATS.
+    pub mqtt: bool,
 }
 
 impl Default for Scenario {
@@ -92,6 +94,7 @@ impl Default for Scenario {
             max_attempts: 3,
             v2_unreachable: false,
             restart_sec: Duration::from_millis(200),
+            mqtt: false,
         }
     }
 }
@@ -99,6 +102,7 @@ impl Default for Scenario {
 /// A laid-out device running under the restart loop, with a fleet around it.
 pub struct Device {
     pub nats: NatsServer,
+    pub mqtt: Option<Mosquitto>,
     pub root: TempRoot,
     pub config: PathBuf,
     pub install_root: PathBuf,
@@ -156,6 +160,14 @@ impl Device {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let mqtt = sc.mqtt.then(|| Mosquitto::start().unwrap());
+        let plane = match &mqtt {
+            Some(m) => format!(
+                "plane = \"mqtt\"\n[control.mqtt]\nhost = \"127.0.0.1\"\nport = {}\n",
+                m.port()
+            ),
+            None => "plane = \"nats\"\n".to_owned(),
+        };
         let root = TempRoot::new().unwrap();
         let (admin_key, admin_pub) = keygen(root.path(), "admin.key");
         let (release_key, release_pub) = keygen(root.path(), "release.key");
@@ -169,7 +181,7 @@ impl Device {
         let config_for = |servers: &str, path: PathBuf| {
             let text = format!(
                 "device_id = \"{DEV}\"\nstate_dir = {:?}\nrun_dir = {:?}\nheartbeat_interval_secs = 1\n\
-                 [control]\nplane = \"nats\"\n[control.nats]\nservers = [\"{servers}\"]\n\
+                 [control]\n{plane}[control.nats]\nservers = [\"{servers}\"]\n\
                  [[trust.operators]]\nname = \"admin\"\npublic_key = \"{admin_pub}\"\nrole = \"admin\"\n\
                  [modules.containers]\nenabled = false\n\
                  [modules.self-upgrade]\ninstall_root = {:?}\ncurrent_link = {:?}\nconfig_path = {:?}\n\
@@ -218,6 +230,7 @@ impl Device {
             v2_sha: sha256_file(&v2.agent),
             v1_sha: sha256_file(Path::new(V1_BIN)),
             nats,
+            mqtt,
             root,
             config,
             install_root,
@@ -343,11 +356,16 @@ impl Device {
         (out.status.success(), reply)
     }
 
-    /// `fleetctl agent-upgrade --desired`: puts `<device>.agent` into the desired state.
+    /// `fleetctl agent-upgrade --desired`: puts `<device>.agent` into the desired state
+    /// (over MQTT when the device uses it).
     pub fn upgrade_desired(&self, artifact: &str, signature: &Path) -> Output {
+        let (flag, addr) = match &self.mqtt {
+            Some(m) => ("--mqtt", format!("127.0.0.1:{}", m.port())),
+            None => ("--nats", self.nats.url()),
+        };
         ctl(&[
-            "--nats",
-            &self.nats.url(),
+            flag,
+            &addr,
             "agent-upgrade",
             DEV,
             "--desired",

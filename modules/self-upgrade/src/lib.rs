@@ -8,11 +8,11 @@
 //! `fleetctl release sign`):
 //!
 //! - a signed `agent-upgrade` command (role `admin`; `fleetctl agent-upgrade`);
-//! - the desired-state document `<device>.agent` in KV `fleet-desired` (with `apiVersion`;
-//!   `fleetctl agent-upgrade --desired`). Level-triggered: when it names another version than
-//!   the running one, the module upgrades; a version that was reverted is not retried until
-//!   the document names another one (no revert loops). The NATS plane delivers it; the MQTT
-//!   and local planes do not yet.
+//! - the desired-state document `<device>.agent` in KV `fleet-desired` (NATS) or retained
+//!   `fleet/<device>/desired/agent` (MQTT), with `apiVersion`; `fleetctl agent-upgrade
+//!   --desired`. Level-triggered: when it names another version than the running one, the
+//!   module upgrades; a version that was reverted is not retried until the document names
+//!   another one (no revert loops). The local plane has no such document (use the command).
 //!
 //! Either way the release signature is what authorises the binary: release keys
 //! (`release_keys`) are separate from operator keys, so a compromised operator key or broker
