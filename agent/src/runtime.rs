@@ -1,8 +1,10 @@
 //! The agent runtime: wires modules, probes them, runs them under the supervisor, feeds them
 //! desired state, routes commands and writes heartbeats, until shutdown.
 
+mod agent_self;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use fleet_contract::{Deployment, DeploymentStatus, DeviceId, Phase};
@@ -45,6 +47,9 @@ pub enum AgentError {
     /// Modules could not be wired together (a build defect).
     #[error("wiring modules: {0}")]
     Wiring(String),
+    /// A module asked for a restart (self-upgrade cutover or missed deadline); exit code 3.
+    #[error("restart requested: {0}")]
+    Restart(String),
 }
 
 impl AgentError {
@@ -52,6 +57,7 @@ impl AgentError {
     pub fn exit_code(&self) -> u8 {
         match self {
             AgentError::Config(_) => 2,
+            AgentError::Restart(_) => 3,
             _ => 1,
         }
     }
@@ -128,6 +134,13 @@ impl AgentBuilder {
         let store = Arc::new(store);
 
         let mut ext = ExtensionsBuilder::new();
+        let agent_self = Arc::new(agent_self::RuntimeSelf {
+            shared: OnceLock::new(),
+            nats: self.config.control.nats.clone(),
+            restart: CancellationToken::new(),
+            reason: Mutex::new(None),
+        });
+        ext.provide::<dyn fleet_module_api::AgentSelf>(agent_self.clone());
         let mut runtime_providers = Vec::new();
         for m in &modules {
             // Provided alone first, to learn which modules provide the container runtime.
@@ -242,7 +255,9 @@ impl AgentBuilder {
             runtime_providers,
             checkin: checkin_tx,
         });
+        let _ = agent_self.shared.set(Arc::downgrade(&shared));
         Ok(Agent {
+            agent_self,
             config: self.config,
             shared,
             plane,
@@ -272,6 +287,7 @@ fn kind_name(k: ExtensionKind) -> &'static str {
     match k {
         ExtensionKind::ContainerRuntime => "a container runtime",
         ExtensionKind::LifecycleHook => "a lifecycle hook",
+        ExtensionKind::AgentSelf => "the agent runtime",
     }
 }
 
@@ -332,7 +348,7 @@ impl Shared {
     /// Feeds the modules' check-in signal: every available module healthy (unavailable
     /// ones are not counted). `plane_reached` is set by the desired-state task.
     fn update_checkin(&self, hb: &Heartbeat) {
-        let unhealthy: Vec<String> = hb
+        let unhealthy: Vec<(String, String)> = hb
             .modules
             .iter()
             .filter(|m| m.probe.get("state").and_then(|s| s.as_str()) == Some("available"))
@@ -343,7 +359,7 @@ impl Shared {
                     .get("state")
                     .and_then(|s| s.as_str())
                     .unwrap_or("?");
-                format!("{} {state}", m.name)
+                (m.name.clone(), state.to_owned())
             })
             .collect();
         let probed = hb
@@ -351,9 +367,8 @@ impl Shared {
             .iter()
             .all(|m| m.probe.get("state").and_then(|s| s.as_str()) != Some("pending"));
         self.checkin.send_if_modified(|c| {
-            let all_healthy = probed && unhealthy.is_empty();
-            let changed = c.all_healthy != all_healthy || c.unhealthy != unhealthy;
-            c.all_healthy = all_healthy;
+            let changed = c.probed != probed || c.unhealthy != unhealthy;
+            c.probed = probed;
             c.unhealthy = unhealthy;
             changed
         });
@@ -436,6 +451,7 @@ impl AgentHandle {
 
 /// The agent, wired and ready to run.
 pub struct Agent {
+    agent_self: Arc<agent_self::RuntimeSelf>,
     config: Config,
     shared: Arc<Shared>,
     plane: Arc<dyn ControlPlane>,
@@ -594,6 +610,7 @@ impl Agent {
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
+                () = self.agent_self.restart.cancelled() => break,
                 () = tokio::time::sleep_until(next_tick) => {}
                 // A module's detail changed (e.g. an upgrade phase): publish it now, not at
                 // the next interval. The tick keeps its own schedule (watchdog pets).
@@ -638,7 +655,16 @@ impl Agent {
         }
         let _ = shared.write_heartbeat(true);
         tracing::info!("fleet-agent stopped");
-        Ok(())
+        let restart = self
+            .agent_self
+            .reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match restart {
+            Some(reason) => Err(AgentError::Restart(reason)),
+            None => Ok(()),
+        }
     }
 }
 

@@ -659,17 +659,8 @@ impl Engine {
             return true;
         };
         let boot = self.files.current().ok().flatten();
-        let wait = if !checkin.ok() {
-            Some(if !checkin.plane_reached {
-                "waiting for check-in: control plane not reached yet".to_owned()
-            } else if checkin.unhealthy.is_empty() {
-                "waiting for check-in: modules not checked yet".to_owned()
-            } else {
-                format!(
-                    "waiting for check-in: unhealthy: {}",
-                    checkin.unhealthy.join(", ")
-                )
-            })
+        let wait = if let Some(why) = checkin.waiting_for(crate::NAME) {
+            Some(format!("waiting for check-in: {why}"))
         } else if boot
             .as_ref()
             .is_some_and(|b| b.upgrade == rec.id && b.state == State::Trial && b.bootcount > 0)
