@@ -346,5 +346,34 @@ printf 'garbage\n' >"$D/fleet/state.a"
 ACT=$(fleet_initramfs_act "$D" 2>/dev/null | tail -n 1)
 eq "unreadable state: boot, logged" "$ACT|$(grep -c 'no valid state copy' "$D/fleet/boot.log")" "boot|1"
 
+# --- systemd/fleet-boot-good and systemd/fleet-upgrade-deadline --------------------------------
+SYSD=$HERE/../../systemd
+unit_env() { env FLEET_LIB="$LIB" FLEET_BOOT_DIR="$D" FLEET_NOW=1700000000 "$@"; }
+newdir
+set_state trial u2 1 2
+fleet_state_write "$D"
+unit_env FLEET_CMDLINE="root=x fleet.upgrade=u2" sh "$SYSD/fleet-boot-good" 2>/dev/null
+fleet_state_read "$D"
+eq "boot-good on the trial: bootcount 0, trial armed" "$FS_STATE|$FS_BOOTCOUNT|$(test -f "$D/tryboot.flag" && echo armed)" "trial|0|armed"
+rm -f "$D/tryboot.flag"
+FS_BOOTCOUNT=1
+fleet_state_write "$D"
+unit_env FLEET_CMDLINE="root=x" sh "$SYSD/fleet-boot-good" 2>/dev/null
+fleet_state_read "$D"
+eq "boot-good off the trial: nothing changes" "$FS_BOOTCOUNT|$(test -f "$D/tryboot.flag" && echo armed)" "1|"
+: >"$D/tryboot.flag"
+: >"$LV/calls"
+unit_env FLEET_UPTIME=119 FLEET_REBOOT="$TMP/fake-reboot" sh "$SYSD/fleet-upgrade-deadline" 2>/dev/null
+fleet_state_read "$D"
+eq "deadline not reached: state stays trial" "$FS_STATE|$(cat "$LV/calls")" "trial|"
+unit_env FLEET_UPTIME=120 FLEET_REBOOT="$TMP/fake-reboot" sh "$SYSD/fleet-upgrade-deadline" 2>/dev/null
+fleet_state_read "$D"
+eq "deadline reached: rollback requested, disarmed, reboot" \
+    "$FS_STATE|$FS_REASON|$(test -f "$D/tryboot.flag" && echo armed)|$(cat "$LV/calls")" \
+    "rollback|deadline: not committed within 120 s||reboot"
+: >"$LV/calls"
+unit_env FLEET_UPTIME=999 FLEET_REBOOT="$TMP/fake-reboot" sh "$SYSD/fleet-upgrade-deadline" 2>/dev/null
+eq "deadline with state=rollback: nothing more" "$(cat "$LV/calls")" ""
+
 echo "fleet-bootstate: $PASS passed, $FAIL failed"
 [ "$FAIL" -eq 0 ]
