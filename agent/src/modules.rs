@@ -12,6 +12,8 @@ pub fn compiled_in() -> Vec<Descriptor> {
         fleet_mod_containers::DESCRIPTOR,
         #[cfg(feature = "init-containers")]
         fleet_mod_init_containers::DESCRIPTOR,
+        #[cfg(feature = "system-upgrade")]
+        fleet_mod_system_upgrade::DESCRIPTOR,
     ]
 }
 

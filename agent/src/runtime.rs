@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use fleet_contract::{Deployment, DeploymentStatus, DeviceId, Phase};
 use fleet_module_api::{
-    CancellationToken, Capability, Command, CommandError, Context, DesiredDeployment, DesiredState,
-    ExtensionKind, ExtensionsBuilder, Health, Paths, Probe, Reply, StatusSink, SystemClock,
+    CancellationToken, Capability, CheckIn, Command, CommandError, Context, DesiredDeployment,
+    DesiredState, ExtensionKind, ExtensionsBuilder, Health, Paths, Probe, Reply, StatusSink,
+    SystemClock,
 };
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -154,6 +155,7 @@ impl AgentBuilder {
             published: watch::channel(snapshot).0,
         });
         let shutdown = CancellationToken::new();
+        let (checkin_tx, checkin_rx) = watch::channel(CheckIn::default());
         let paths = Paths {
             config_dir: self
                 .config
@@ -201,6 +203,7 @@ impl AgentBuilder {
                 paths: paths.clone(),
                 shutdown: shutdown.child_token(),
                 ext: ext.clone(),
+                checkin: checkin_rx.clone(),
             };
             slots.push((slot, ctx));
         }
@@ -234,6 +237,7 @@ impl AgentBuilder {
                 )
             })),
             runtime_providers,
+            checkin: checkin_tx,
         });
         Ok(Agent {
             config: self.config,
@@ -288,6 +292,8 @@ struct Shared {
     deployments_blocked: Mutex<Option<(Phase, String)>>,
     /// Modules providing the container runtime.
     runtime_providers: Vec<&'static str>,
+    /// Check-in signal for modules (upgrade commits): plane reached, modules healthy.
+    checkin: watch::Sender<CheckIn>,
 }
 
 impl Shared {
@@ -318,6 +324,36 @@ impl Shared {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
         }
+    }
+
+    /// Feeds the modules' check-in signal: every available module healthy (unavailable
+    /// ones are not counted). `plane_reached` is set by the desired-state task.
+    fn update_checkin(&self, hb: &Heartbeat) {
+        let unhealthy: Vec<String> = hb
+            .modules
+            .iter()
+            .filter(|m| m.probe.get("state").and_then(|s| s.as_str()) == Some("available"))
+            .filter(|m| !m.is_healthy())
+            .map(|m| {
+                let state = m
+                    .health
+                    .get("state")
+                    .and_then(|s| s.as_str())
+                    .unwrap_or("?");
+                format!("{} {state}", m.name)
+            })
+            .collect();
+        let probed = hb
+            .modules
+            .iter()
+            .all(|m| m.probe.get("state").and_then(|s| s.as_str()) != Some("pending"));
+        self.checkin.send_if_modified(|c| {
+            let all_healthy = probed && unhealthy.is_empty();
+            let changed = c.all_healthy != all_healthy || c.unhealthy != unhealthy;
+            c.all_healthy = all_healthy;
+            c.unhealthy = unhealthy;
+            changed
+        });
     }
 
     fn write_heartbeat(&self, stopped: bool) -> Heartbeat {
@@ -539,6 +575,7 @@ impl Agent {
         };
 
         let hb = shared.write_heartbeat(false);
+        shared.update_checkin(&hb);
         notify::ready(&status_line(&hb, &shared));
         tracing::info!(running = module_tasks.len(), "fleet-agent ready");
 
@@ -553,6 +590,7 @@ impl Agent {
             }
             // Computing health polls every module: the pet proves the whole loop is alive.
             let hb = shared.heartbeat(false);
+            shared.update_checkin(&hb);
             if watchdog.is_some() {
                 notify::watchdog();
             }
@@ -635,6 +673,10 @@ fn initial_desired(store: &Store) -> DesiredState {
     };
     let mut state = DesiredState::default();
     for rec in records {
+        if rec.key == crate::control::SYSTEM_RECORD_KEY {
+            state.system = Some(crate::control::decode_system(&rec.source, &rec.body));
+            continue;
+        }
         let Some(name) = rec.key.strip_prefix("deploy.") else {
             continue;
         };
@@ -691,6 +733,9 @@ async fn apply_desired(
             changed = rx.changed() => if changed.is_err() { return },
         }
         let update = rx.borrow_and_update().clone();
+        shared
+            .checkin
+            .send_if_modified(|c| !std::mem::replace(&mut c.plane_reached, true));
         if let Err(e) = shared.store.replace_desired(&update.records) {
             tracing::error!(error = %e, "cannot cache desired state");
         }

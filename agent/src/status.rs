@@ -36,6 +36,9 @@ pub struct StatusReport {
     pub modules: Vec<ModuleReport>,
     /// Every deployment's status.
     pub deployments: Vec<DeploymentStatus>,
+    /// Module-specific detail documents from the last heartbeat, by module name (e.g.
+    /// `system-upgrade`: the OS upgrade's phase).
+    pub details: serde_json::Map<String, serde_json::Value>,
     /// The store itself.
     pub store: StoreReport,
 }
@@ -99,6 +102,7 @@ pub fn read(db: &Path, busy: Duration) -> Result<StatusReport, StoreError> {
         agent_uptime_secs: hb.as_ref().map(|h| h.agent_uptime_secs),
         heartbeat_age_secs: hb.as_ref().map(|h| now.saturating_sub(h.at)),
         control_plane: hb.as_ref().map(|h| h.control_plane.clone()),
+        details: hb.as_ref().map(|h| h.details.clone()).unwrap_or_default(),
         modules: hb.map(|h| h.modules).unwrap_or_default(),
         deployments: store.statuses()?,
         store: StoreReport {
@@ -156,6 +160,24 @@ pub fn render(r: &StatusReport) -> String {
             out,
             "  {:<16} {:<12} {:<10} restarts {:<3} {why}",
             m.name, probe, health, m.restarts
+        );
+    }
+    if let Some(u) = r
+        .details
+        .get("system-upgrade")
+        .filter(|u| u["phase"].is_string())
+    {
+        let _ = writeln!(out, "\nOS UPGRADE");
+        let boots = u["boots"]
+            .as_u64()
+            .map(|b| format!(" after {b} trial boot(s)"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  {} {}{boots}: {}",
+            u["id"].as_str().unwrap_or("?"),
+            u["phase"].as_str().unwrap_or("?"),
+            u["message"].as_str().unwrap_or("")
         );
     }
     let _ = writeln!(out, "\nDEPLOYMENTS");

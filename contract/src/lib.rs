@@ -11,6 +11,7 @@ mod device;
 mod manifest;
 pub mod names;
 mod status;
+mod system;
 
 pub use command::{
     decode_public_key, generate_key_pkcs8, key_pair_from_b64, public_key_b64, CommandDecodeError,
@@ -23,3 +24,7 @@ pub use manifest::{
     RestartPolicy, API_VERSION, MAX_MANIFEST_BYTES,
 };
 pub use status::{DeploymentStatus, Phase};
+pub use system::{
+    validate_upgrade_id, SystemUpgrade, DEADLINE_RANGE, DEFAULT_UPGRADE_COMMAND, MAX_BOOTS_RANGE,
+    MAX_SYSTEM_UPGRADE_BYTES,
+};

@@ -378,7 +378,7 @@ fn line_col(src: &str, offset: usize) -> (usize, usize) {
 }
 
 /// serde's "unknown field `x`" / "missing field `x`" messages name the field already.
-fn unknown_or_missing_field(message: &str) -> Option<String> {
+pub(crate) fn unknown_or_missing_field(message: &str) -> Option<String> {
     let rest = message
         .strip_prefix("unknown field `")
         .or_else(|| message.strip_prefix("missing field `"))?;

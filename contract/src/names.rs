@@ -20,6 +20,14 @@ pub fn kv_device_filter(device: &str) -> String {
 pub fn kv_deploy_key(device: &str, name: &str) -> String {
     format!("{device}.deploy.{name}")
 }
+/// KV key of the device's OS upgrade request (desired state): `<device>.system`.
+pub fn kv_system_key(device: &str) -> String {
+    format!("{device}.system")
+}
+/// MQTT retained desired-state topic of the device's OS upgrade request.
+pub fn mqtt_desired_system(device: &str) -> String {
+    format!("fleet/{device}/desired/system")
+}
 /// KV status key of the device's info (heartbeat): `<device>.info`.
 pub fn kv_info_key(device: &str) -> String {
     format!("{device}.info")

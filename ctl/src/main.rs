@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use base64::Engine;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use fleet_contract::{
-    CommandEnvelope, CommandReply, Deployment, SignedCommand, COMMAND_API_VERSION,
+    CommandEnvelope, CommandReply, Deployment, SignedCommand, SystemUpgrade, COMMAND_API_VERSION,
 };
 use transport::{DeviceView, Transport};
 
@@ -112,6 +112,33 @@ enum Verb {
         /// Seconds to wait for the reply.
         #[arg(long, default_value_t = 15)]
         timeout: u64,
+    },
+    /// Upgrade a device's OS (snapshot, upgrade command, trial boot, commit or rollback).
+    /// Without --key the request goes into the device's desired state (`<device>.system`,
+    /// applied when the device is next online); with --key it is sent as the signed
+    /// `system-upgrade` command (admin role) and the device's reply is printed.
+    SystemUpgrade {
+        /// Target device id.
+        device: String,
+        /// Upgrade id (idempotency key; `[A-Za-z0-9._-]{1,64}`); generated when absent.
+        #[arg(long)]
+        id: Option<String>,
+        /// Upgrade command (run with /bin/sh -c on the device); the device's default
+        /// (`apt-get full-upgrade -y`) when absent.
+        #[arg(long)]
+        command: Option<String>,
+        /// Per-boot check-in deadline of the trial, e.g. 600, 600s, 10m, 1h.
+        #[arg(long, value_parser = parse_duration_secs)]
+        deadline: Option<u64>,
+        /// Trial boots that may fail to reach userspace before rollback (1..=10).
+        #[arg(long)]
+        max_boots: Option<u32>,
+        /// Operator private key: send the signed command instead of desired state.
+        #[arg(long, env = "FLEETCTL_KEY")]
+        key: Option<PathBuf>,
+        /// Actor name recorded in the audit log (with --key).
+        #[arg(long, default_value = "operator")]
+        actor: String,
     },
     /// Validate deployment manifests (TOML) exactly as the agent will decode them.
     Validate {
@@ -216,6 +243,58 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Verb::SystemUpgrade {
+            device,
+            id,
+            command,
+            deadline,
+            max_boots,
+            key,
+            actor,
+        } => {
+            fleet_contract::DeviceId::parse(&device).map_err(|e| anyhow!("--device: {e}"))?;
+            let id = id.unwrap_or_else(|| {
+                let r: [u8; 4] = rand::random();
+                let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
+                format!("os-{}-{hex}", now())
+            });
+            let req = SystemUpgrade {
+                command,
+                deadline_secs: deadline,
+                max_boots,
+                ..SystemUpgrade::new(id)
+            };
+            // Validate exactly as the device will, before anything is sent.
+            let req = SystemUpgrade::from_json_slice(&req.to_json())
+                .map_err(|e| anyhow!("invalid request: {e}"))?;
+            match key {
+                None => {
+                    let t = transport(&cli.conn).await?;
+                    t.put_system(&device, req.to_json()).await?;
+                    println!(
+                        "OS upgrade {} requested for {device} (desired state {}); follow it with `fleetctl status --device {device}`",
+                        req.id,
+                        fleet_contract::names::kv_system_key(&device)
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(key) => {
+                    let args = serde_json::to_value(&req)?;
+                    send_command(
+                        &cli.conn,
+                        &device,
+                        "system-upgrade".into(),
+                        args,
+                        &key,
+                        actor,
+                        Some(format!("system-upgrade-{}", req.id)),
+                        300,
+                        15,
+                    )
+                    .await
+                }
+            }
+        }
         Verb::Delete { name, device } => {
             let t = transport(&cli.conn).await?;
             t.delete(&device, &name).await?;
@@ -309,38 +388,72 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let args: serde_json::Value =
                 serde_json::from_str(&args).context("args must be a JSON document")?;
-            let text = std::fs::read_to_string(&key)
-                .with_context(|| format!("read key {}", key.display()))?;
-            let kp = fleet_contract::key_pair_from_b64(&text)
-                .map_err(|e| anyhow!("{}: {e}", key.display()))?;
-            let issued = now();
-            let env = CommandEnvelope {
-                api_version: COMMAND_API_VERSION.into(),
-                id: id.unwrap_or_else(|| {
-                    let r: [u8; 12] = rand::random();
-                    r.iter().map(|b| format!("{b:02x}")).collect()
-                }),
-                device: device.clone(),
-                verb,
-                args,
-                actor,
-                issued_at: issued,
-                expires_at: issued + ttl.max(1),
-            };
-            let signed = SignedCommand::sign(&env, &kp).encode();
-            let t = transport(&cli.conn).await?;
-            let bytes = t
-                .command(&device, signed, Duration::from_secs(timeout))
-                .await?;
-            let reply: CommandReply = serde_json::from_slice(&bytes).context("decode reply")?;
-            println!("{}", serde_json::to_string_pretty(&reply)?);
-            Ok(if reply.ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            send_command(
+                &cli.conn, &device, verb, args, &key, actor, id, ttl, timeout,
+            )
+            .await
         }
     }
+}
+
+/// Signs a command with the operator key, sends it and prints the device's reply.
+#[allow(clippy::too_many_arguments)]
+async fn send_command(
+    conn: &Conn,
+    device: &str,
+    verb: String,
+    args: serde_json::Value,
+    key: &std::path::Path,
+    actor: String,
+    id: Option<String>,
+    ttl: u64,
+    timeout: u64,
+) -> Result<ExitCode> {
+    let text =
+        std::fs::read_to_string(key).with_context(|| format!("read key {}", key.display()))?;
+    let kp =
+        fleet_contract::key_pair_from_b64(&text).map_err(|e| anyhow!("{}: {e}", key.display()))?;
+    let issued = now();
+    let env = CommandEnvelope {
+        api_version: COMMAND_API_VERSION.into(),
+        id: id.unwrap_or_else(|| {
+            let r: [u8; 12] = rand::random();
+            r.iter().map(|b| format!("{b:02x}")).collect()
+        }),
+        device: device.to_owned(),
+        verb,
+        args,
+        actor,
+        issued_at: issued,
+        expires_at: issued + ttl.max(1),
+    };
+    let signed = SignedCommand::sign(&env, &kp).encode();
+    let t = transport(conn).await?;
+    let bytes = t
+        .command(device, signed, Duration::from_secs(timeout))
+        .await?;
+    let reply: CommandReply = serde_json::from_slice(&bytes).context("decode reply")?;
+    println!("{}", serde_json::to_string_pretty(&reply)?);
+    Ok(if reply.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `600`, `600s`, `10m`, `1h` -> seconds.
+fn parse_duration_secs(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 's')) => (&s[..i], 1),
+        Some((i, 'm')) => (&s[..i], 60),
+        Some((i, 'h')) => (&s[..i], 3600),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{s:?} is not a duration like 600, 600s, 10m or 1h"))
 }
 
 fn write_private(path: &PathBuf, text: &str) -> Result<()> {
@@ -415,6 +528,13 @@ fn render_status(views: &std::collections::BTreeMap<String, DeviceView>) -> Stri
                 );
             }
         }
+        if let Some(line) = v
+            .info
+            .as_ref()
+            .and_then(|i| os_upgrade_line(&i["details"]["system-upgrade"]))
+        {
+            let _ = writeln!(out, "  {line}");
+        }
         for (name, d) in &v.deployments {
             let _ = writeln!(
                 out,
@@ -429,9 +549,50 @@ fn render_status(views: &std::collections::BTreeMap<String, DeviceView>) -> Stri
     out
 }
 
+/// One status line for the device's OS upgrade (`details["system-upgrade"]` of the
+/// heartbeat), e.g. `os-upgrade u-1 RolledBack (2 boots): deadline: not committed within 600 s`.
+fn os_upgrade_line(d: &serde_json::Value) -> Option<String> {
+    let phase = d["phase"].as_str()?;
+    let id = d["id"].as_str().unwrap_or("?");
+    let boots = d["boots"]
+        .as_u64()
+        .map(|b| format!(" ({b} boot{})", if b == 1 { "" } else { "s" }))
+        .unwrap_or_default();
+    let why = d["reason"]
+        .as_str()
+        .filter(|r| !r.is_empty() && matches!(phase, "RolledBack" | "Failed"))
+        .or_else(|| d["message"].as_str())
+        .unwrap_or("");
+    Some(format!("os-upgrade {id} {phase}{boots}: {why}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_and_os_upgrade_lines() {
+        assert_eq!(parse_duration_secs("600"), Ok(600));
+        assert_eq!(parse_duration_secs("10m"), Ok(600));
+        assert_eq!(parse_duration_secs("2h"), Ok(7200));
+        assert_eq!(parse_duration_secs("45s"), Ok(45));
+        assert!(parse_duration_secs("ten").is_err());
+        assert!(parse_duration_secs("m").is_err());
+        let d = serde_json::json!({
+            "id": "u-1", "phase": "RolledBack", "boots": 3,
+            "reason": "3 boots without reaching userspace", "message": "rolled back"
+        });
+        assert_eq!(
+            os_upgrade_line(&d).unwrap(),
+            "os-upgrade u-1 RolledBack (3 boots): 3 boots without reaching userspace"
+        );
+        let d = serde_json::json!({ "id": "u-2", "phase": "Probation", "message": "waiting for check-in" });
+        assert_eq!(
+            os_upgrade_line(&d).unwrap(),
+            "os-upgrade u-2 Probation: waiting for check-in"
+        );
+        assert_eq!(os_upgrade_line(&serde_json::json!({ "phase": null })), None);
+    }
 
     #[test]
     fn cli_definition_is_consistent() {

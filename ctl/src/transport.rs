@@ -139,6 +139,26 @@ impl Transport {
         }
     }
 
+    /// Puts an OS upgrade request into `device`'s desired state (`<device>.system`).
+    pub async fn put_system(&self, device: &str, body: Vec<u8>) -> Result<u64> {
+        match self {
+            Transport::Nats(client) => {
+                let kv = jetstream::new(client.clone())
+                    .get_key_value(DESIRED_BUCKET)
+                    .await
+                    .with_context(|| format!("KV bucket {DESIRED_BUCKET} (run `fleetctl init`)"))?;
+                kv.put(names::kv_system_key(device), body.into())
+                    .await
+                    .context("put")
+            }
+            Transport::Mqtt { .. } => {
+                self.mqtt_publish(&names::mqtt_desired_system(device), body, true)
+                    .await?;
+                Ok(0)
+            }
+        }
+    }
+
     /// Removes a deployment from `device`'s desired state.
     pub async fn delete(&self, device: &str, name: &str) -> Result<()> {
         match self {

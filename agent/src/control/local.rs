@@ -1,6 +1,8 @@
 //! The local control plane: one deployment manifest per `*.toml` file in `deployments.d/`,
 //! watched with inotify. Adds, edits and deletions become full desired-state updates, the
 //! same stream the network planes produce. A bad file marks only its own deployment Failed.
+//! The OS upgrade request (`<device>.system` on the network planes) is the file
+//! `system.toml` next to the directory (`/etc/fleet-agent/system.toml`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,7 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use fleet_contract::{DecodeError, Deployment, MAX_MANIFEST_BYTES};
-use fleet_module_api::{CancellationToken, DesiredDeployment, DesiredState};
+use fleet_module_api::{CancellationToken, DesiredDeployment, DesiredState, DesiredSystem};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
@@ -35,7 +37,38 @@ impl LocalPlane {
 
     /// Reads every manifest in the directory now.
     pub fn scan(&self) -> Result<DesiredUpdate, ControlError> {
-        scan_dir(&self.dir)
+        let mut update = scan_dir(&self.dir)?;
+        if let Some(file) = self.system_file() {
+            match read_capped(&file) {
+                Ok(bytes) => {
+                    let source = file.display().to_string();
+                    let system = super::decode_system(&source, &bytes);
+                    update.records.push(DesiredRecord {
+                        key: super::SYSTEM_RECORD_KEY.to_owned(),
+                        source,
+                        revision: None,
+                        body: bytes,
+                    });
+                    Arc::make_mut(&mut update.state).system = Some(system);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    let source = file.display().to_string();
+                    let error =
+                        DecodeError::whole(format!("cannot read: {e}")).with_source(&source);
+                    Arc::make_mut(&mut update.state).system = Some(DesiredSystem::Invalid {
+                        source_name: source,
+                        error,
+                    });
+                }
+            }
+        }
+        Ok(update)
+    }
+
+    /// `system.toml` beside the manifest directory: the OS upgrade request.
+    pub fn system_file(&self) -> Option<PathBuf> {
+        self.dir.parent().map(|p| p.join("system.toml"))
     }
 }
 
@@ -78,6 +111,11 @@ impl ControlPlane for LocalPlane {
         watcher
             .watch(&self.dir, RecursiveMode::NonRecursive)
             .map_err(|e| setup(format!("cannot watch {}: {e}", self.dir.display())))?;
+        if let Some(parent) = self.system_file().as_deref().and_then(Path::parent) {
+            if let Err(e) = watcher.watch(parent, RecursiveMode::NonRecursive) {
+                tracing::warn!(dir = %parent.display(), error = %e, "cannot watch for system.toml; rescanning every 30 s");
+            }
+        }
         tracing::info!(dir = %self.dir.display(), "watching deployment manifests");
 
         let mut last: Option<Arc<DesiredState>> = None;
@@ -109,6 +147,13 @@ impl ControlPlane for LocalPlane {
 }
 
 fn log_update(update: &DesiredUpdate) {
+    match &update.state.system {
+        Some(DesiredSystem::Valid(s)) => tracing::info!(upgrade = %s.id, "desired OS upgrade"),
+        Some(DesiredSystem::Invalid { error, .. }) => {
+            tracing::warn!(error = %error, "OS upgrade request rejected")
+        }
+        None => {}
+    }
     for (name, d) in &update.state.deployments {
         match d {
             DesiredDeployment::Valid(dep) => {
@@ -222,7 +267,10 @@ fn scan_dir(dir: &Path) -> Result<DesiredUpdate, ControlError> {
         deployments.insert(name, entry);
     }
     Ok(DesiredUpdate {
-        state: Arc::new(DesiredState { deployments }),
+        state: Arc::new(DesiredState {
+            deployments,
+            system: None,
+        }),
         records,
     })
 }

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fleet_contract::{DecodeError, Deployment, DeploymentStatus};
-use fleet_module_api::{CancellationToken, DesiredDeployment, DesiredState};
+use fleet_contract::{DecodeError, Deployment, DeploymentStatus, SystemUpgrade};
+use fleet_module_api::{CancellationToken, DesiredDeployment, DesiredState, DesiredSystem};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::heartbeat::Heartbeat;
@@ -104,8 +104,32 @@ pub(crate) fn decode_network_deployment(
     }
 }
 
-/// Builds a [`DesiredUpdate`] from a map of deployment name -> (source, raw bytes).
-pub(crate) fn update_from_docs(docs: &BTreeMap<String, (String, Vec<u8>)>) -> DesiredUpdate {
+/// Key of the OS upgrade request in the desired-state cache.
+pub(crate) const SYSTEM_RECORD_KEY: &str = "system";
+
+/// Decodes the OS upgrade request document (`<device>.system`; TOML when `source` is a
+/// `.toml` file, JSON otherwise). Anything wrong makes it `Invalid` with the reason.
+pub(crate) fn decode_system(source: &str, bytes: &[u8]) -> DesiredSystem {
+    let decoded = if source.ends_with(".toml") {
+        SystemUpgrade::from_toml_bytes(bytes)
+    } else {
+        SystemUpgrade::from_json_slice(bytes)
+    };
+    match decoded {
+        Ok(s) => DesiredSystem::Valid(s),
+        Err(error) => DesiredSystem::Invalid {
+            source_name: source.to_owned(),
+            error: error.with_source(source),
+        },
+    }
+}
+
+/// Builds a [`DesiredUpdate`] from a map of deployment name -> (source, raw bytes) and the
+/// OS upgrade request document (source, raw bytes), if any.
+pub(crate) fn update_from_docs_with_system(
+    docs: &BTreeMap<String, (String, Vec<u8>)>,
+    system: Option<&(String, Vec<u8>)>,
+) -> DesiredUpdate {
     let mut deployments = BTreeMap::new();
     let mut records = Vec::new();
     for (name, (source, bytes)) in docs {
@@ -122,8 +146,20 @@ pub(crate) fn update_from_docs(docs: &BTreeMap<String, (String, Vec<u8>)>) -> De
         });
         deployments.insert(name.clone(), d);
     }
+    let system = system.map(|(source, bytes)| {
+        records.push(DesiredRecord {
+            key: SYSTEM_RECORD_KEY.to_owned(),
+            source: source.clone(),
+            revision: None,
+            body: bytes.clone(),
+        });
+        decode_system(source, bytes)
+    });
     DesiredUpdate {
-        state: Arc::new(DesiredState { deployments }),
+        state: Arc::new(DesiredState {
+            deployments,
+            system,
+        }),
         records,
     }
 }

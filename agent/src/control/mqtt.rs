@@ -24,7 +24,8 @@ use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
-    update_from_docs, Backoff, CommandRequest, ControlError, ControlPlane, PlaneIo, StatusSnapshot,
+    update_from_docs_with_system, Backoff, CommandRequest, ControlError, ControlPlane, PlaneIo,
+    StatusSnapshot,
 };
 use crate::config::MqttConfig;
 
@@ -170,6 +171,7 @@ impl ControlPlane for MqttPlane {
             mut audit,
         } = io;
         let mut docs: BTreeMap<String, (String, Vec<u8>)> = BTreeMap::new();
+        let mut system: Option<(String, Vec<u8>)> = None;
         // Some(deadline) while a retained replay is settling.
         let mut settling: Option<tokio::time::Instant> = None;
         let mut connected = false;
@@ -183,7 +185,7 @@ impl ControlPlane for MqttPlane {
                 () = tokio::time::sleep_until(settle_at), if settling.is_some() => {
                     settling = None;
                     tracing::info!(deployments = docs.len(), "MQTT desired state replayed");
-                    desired.send_replace(update_from_docs(&docs));
+                    desired.send_replace(update_from_docs_with_system(&docs, system.as_ref()));
                 }
                 msg = in_rx.recv() => match msg {
                     None => break Ok(()),
@@ -197,6 +199,7 @@ impl ControlPlane for MqttPlane {
                             }
                         }
                         docs.clear();
+                        system = None;
                         settling = Some(tokio::time::Instant::now() + SETTLE * 3);
                         let _ = client.publish(names::mqtt_online(&dev), QoS::AtLeastOnce, true, "true").await;
                         // Re-publish everything after every (re)connect.
@@ -217,7 +220,13 @@ impl ControlPlane for MqttPlane {
                         connected = false;
                     }
                     Some(Incoming::Publish { topic, payload, props }) => {
-                        if let Some(name) = names::deploy_name_from_mqtt_topic(&dev, &topic) {
+                        if topic == names::mqtt_desired_system(&dev) {
+                            system = (!payload.is_empty()).then(|| (format!("mqtt:{topic}"), payload.to_vec()));
+                            match settling {
+                                Some(_) => settling = Some(tokio::time::Instant::now() + SETTLE),
+                                None => { desired.send_replace(update_from_docs_with_system(&docs, system.as_ref())); }
+                            }
+                        } else if let Some(name) = names::deploy_name_from_mqtt_topic(&dev, &topic) {
                             if DeviceId::parse(name).is_err() {
                                 tracing::warn!(%topic, "ignoring desired-state topic with an invalid deployment name");
                                 continue;
@@ -229,7 +238,7 @@ impl ControlPlane for MqttPlane {
                             }
                             match settling {
                                 Some(_) => settling = Some(tokio::time::Instant::now() + SETTLE),
-                                None => { desired.send_replace(update_from_docs(&docs)); }
+                                None => { desired.send_replace(update_from_docs_with_system(&docs, system.as_ref())); }
                             }
                         } else if topic == names::mqtt_cmd(&dev) {
                             let Some((reply_to, corr)) = props.and_then(|p| p.response_topic.map(|t| (t, p.correlation_data))) else {

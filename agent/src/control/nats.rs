@@ -19,8 +19,8 @@ use futures::StreamExt;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::{
-    update_from_docs, Backoff, CommandRequest, ControlError, ControlPlane, DesiredUpdate, PlaneIo,
-    StatusSnapshot,
+    update_from_docs_with_system, Backoff, CommandRequest, ControlError, ControlPlane,
+    DesiredUpdate, PlaneIo, StatusSnapshot,
 };
 use crate::config::NatsConfig;
 
@@ -166,9 +166,11 @@ impl NatsPlane {
         backoff.reset();
 
         let mut docs: BTreeMap<String, (String, Vec<u8>)> = BTreeMap::new();
+        let mut system: Option<(String, Vec<u8>)> = None;
         let mut caught_up = n_subjects == 0;
         if caught_up {
-            io.desired.send_replace(update_from_docs(&docs));
+            io.desired
+                .send_replace(update_from_docs_with_system(&docs, system.as_ref()));
         }
         // Publish everything after every (re)connect.
         let mut published = StatusSnapshot::default();
@@ -185,6 +187,15 @@ impl NatsPlane {
                         Some(Err(e)) => return Err(format!("desired-state watch: {e}")),
                         Some(Ok(e)) => e,
                     };
+                    if entry.key == names::kv_system_key(dev) {
+                        system = match entry.operation {
+                            kv::Operation::Put => Some((
+                                format!("nats:{DESIRED_BUCKET}/{}@{}", entry.key, entry.revision),
+                                entry.value.to_vec(),
+                            )),
+                            kv::Operation::Delete | kv::Operation::Purge => None,
+                        };
+                    } else {
                     match names::deploy_name_from_kv_key(dev, &entry.key) {
                         Some(name) if fleet_contract::DeviceId::parse(name).is_ok() => match entry.operation {
                             kv::Operation::Put => {
@@ -197,11 +208,12 @@ impl NatsPlane {
                         },
                         _ => tracing::warn!(key = %entry.key, "ignoring desired-state key this agent does not understand"),
                     }
+                    }
                     if !caught_up && entry.delta == 0 {
                         caught_up = true;
                     }
                     if caught_up {
-                        io.desired.send_replace(update_from_docs(&docs));
+                        io.desired.send_replace(update_from_docs_with_system(&docs, system.as_ref()));
                     }
                 }
                 changed = io.status.changed() => {

@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use fleet_contract::{DecodeError, Deployment, DeploymentStatus};
+use fleet_contract::{DecodeError, Deployment, DeploymentStatus, SystemUpgrade};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -27,7 +27,33 @@ pub struct Context {
     pub shutdown: CancellationToken,
     /// Extension points provided by other modules.
     pub ext: Extensions,
+    /// Whether the agent has checked in (control plane reached, modules healthy); fed by the
+    /// runtime. Upgrade modules commit only once it says so.
+    pub checkin: CheckInStream,
 }
+
+/// The agent's check-in as the runtime last saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckIn {
+    /// The control plane delivered desired state in this run of the agent (local plane: the
+    /// deployments directory was read).
+    pub plane_reached: bool,
+    /// Every module whose probe found it available reports healthy (modules unavailable on
+    /// this device are not counted); `false` until every one has been checked.
+    pub all_healthy: bool,
+    /// Available modules that are not healthy, with their health state, for messages.
+    pub unhealthy: Vec<String>,
+}
+
+impl CheckIn {
+    /// Control plane reached and every available module healthy.
+    pub fn ok(&self) -> bool {
+        self.plane_reached && self.all_healthy
+    }
+}
+
+/// Latest [`CheckIn`], as a watch channel.
+pub type CheckInStream = watch::Receiver<CheckIn>;
 
 /// Directories a module may use, injected by the runtime (temp dirs in tests).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +75,22 @@ pub type DesiredStream = watch::Receiver<Arc<DesiredState>>;
 pub struct DesiredState {
     /// Deployments by name.
     pub deployments: BTreeMap<String, DesiredDeployment>,
+    /// The OS upgrade request (`<device>.system`), when there is one.
+    pub system: Option<DesiredSystem>,
+}
+
+/// The desired OS upgrade, or the reason its document could not be used.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DesiredSystem {
+    /// A decoded, validated request.
+    Valid(SystemUpgrade),
+    /// The document was rejected.
+    Invalid {
+        /// Where the document came from (file path or KV key).
+        source_name: String,
+        /// Why it was rejected (line, field, message).
+        error: DecodeError,
+    },
 }
 
 /// One desired deployment, or the reason its document could not be used.

@@ -47,8 +47,8 @@ pub use capability::{BuildFn, Capability, Descriptor, Health, Needs, Probe};
 pub use clock::{Clock, SystemClock};
 pub use command::{Command, Reply};
 pub use context::{
-    Context, DesiredDeployment, DesiredState, DesiredStream, ModuleStore, Paths, StatusSink,
-    StoreError,
+    CheckIn, CheckInStream, Context, DesiredDeployment, DesiredState, DesiredStream, DesiredSystem,
+    ModuleStore, Paths, StatusSink, StoreError,
 };
 pub use error::{parse_section, CommandError, ConfigError, ModuleError};
 pub use extensions::{

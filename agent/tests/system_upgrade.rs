@@ -1,0 +1,614 @@
+//! The OS upgrade module inside the real runtime (SQLite store, local control plane with
+//! `system.toml`, check-in signal), against a temp directory laid out like the VM's boot
+//! partition. LVM is the one fake (`fake_lvm`): this host has no device-mapper; the real
+//! `lvm` CLI runs in the VM harness. Reboots are simulated between agent runs: a new boot
+//! id, the trial's command line, the consumed firmware flag, the initramfs's state writes.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_agent::config::Config;
+use fleet_agent::{Agent, AgentHandle};
+use fleet_mod_system_upgrade::bootstate::{BootState, State, StateFiles};
+use fleet_mod_system_upgrade::fake_lvm::FakeLvm;
+use fleet_mod_system_upgrade::selector::VmSelector;
+use fleet_mod_system_upgrade::{Config as ModConfig, SelectorKind, SystemUpgradeModule};
+use fleet_module_api::{
+    async_trait, CancellationToken, Capability, Command, Context, Health, ModuleError, Probe,
+};
+use fleet_testkit::TempRoot;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::task::JoinHandle;
+
+const OLD_CONFIG: &str = "kernel=vmlinuz\ninitramfs initrd.img followkernel\n";
+
+/// A device: temp root, boot partition, /proc stand-ins, one fake LVM for all its boots.
+struct Device {
+    root: TempRoot,
+    lvm: Arc<FakeLvm>,
+    command: String,
+}
+
+impl Device {
+    fn new(command: &str) -> Self {
+        let root = TempRoot::new().unwrap();
+        let d = Device {
+            lvm: Arc::new(FakeLvm::default()),
+            command: command.to_owned(),
+            root,
+        };
+        std::fs::create_dir_all(d.boot()).unwrap();
+        std::fs::write(d.boot().join("vmlinuz"), "old-kernel").unwrap();
+        std::fs::write(d.boot().join("initrd.img"), "old-initrd").unwrap();
+        std::fs::write(
+            d.boot().join("cmdline.txt"),
+            "console=ttyS0 root=/dev/vg0/root\n",
+        )
+        .unwrap();
+        std::fs::write(d.boot().join("config.txt"), OLD_CONFIG).unwrap();
+        std::fs::write(d.p("cmdline"), "console=ttyS0 root=/dev/vg0/root\n").unwrap();
+        std::fs::write(d.p("boot_id"), "boot-1\n").unwrap();
+        std::fs::write(d.p("uptime"), "42.0 10.0\n").unwrap();
+        for hook in ["hook", "local-top"] {
+            std::fs::write(d.p(hook), "#!/bin/sh\n").unwrap();
+        }
+        std::fs::write(
+            d.p("mountinfo"),
+            format!(
+                "22 1 253:1 / / rw,relatime - ext4 /dev/mapper/vg0-root rw\n27 22 8:1 / {} rw,relatime - vfat /dev/vda1 rw\n",
+                d.boot().display()
+            ),
+        )
+        .unwrap();
+        d
+    }
+
+    fn p(&self, name: &str) -> PathBuf {
+        self.root.path().join(name)
+    }
+
+    fn boot(&self) -> PathBuf {
+        self.root.path().join("boot/firmware")
+    }
+
+    fn state(&self) -> Option<BootState> {
+        StateFiles::new(self.boot().join("fleet"))
+            .current()
+            .unwrap()
+    }
+
+    fn module(&self) -> Arc<SystemUpgradeModule> {
+        let cfg = ModConfig {
+            boot_dir: self.boot(),
+            selector: SelectorKind::Vm,
+            command: self.command.clone(),
+            reboot_command: format!("echo reboot >> {}", self.p("reboots").display()),
+            initramfs_hook_files: vec![self.p("hook"), self.p("local-top")],
+            cmdline_file: self.p("cmdline"),
+            mountinfo_file: self.p("mountinfo"),
+            ..ModConfig::default()
+        };
+        Arc::new(
+            SystemUpgradeModule::with_parts(
+                cfg,
+                self.lvm.clone(),
+                Arc::new(VmSelector::new(self.boot())),
+            )
+            .with_proc_files(self.p("boot_id"), self.p("uptime")),
+        )
+    }
+
+    /// One agent run (one "boot" of the device, or a restart within it).
+    fn start(&self) -> Running {
+        self.start_with(None)
+    }
+
+    /// As [`start`], with one more module beside system-upgrade.
+    fn start_with(&self, extra: Option<Arc<dyn Capability>>) -> Running {
+        let path = common::write_config(&self.root, "");
+        let config = Config::load(&path).unwrap();
+        let mut builder = Agent::builder(config)
+            .without_compiled_in()
+            .module(self.module());
+        if let Some(m) = extra {
+            builder = builder.module(m);
+        }
+        let agent = builder.build().unwrap();
+        let handle = agent.handle();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(agent.run(stop.clone()));
+        Running { handle, stop, task }
+    }
+
+    fn request(&self, id: &str) {
+        std::fs::write(
+            self.root.etc().join("system.toml"),
+            format!("apiVersion = \"fleet/v1\"\nid = \"{id}\"\ndeadlineSecs = 300\nmaxBoots = 2\n"),
+        )
+        .unwrap();
+    }
+
+    fn lines(&self, name: &str) -> usize {
+        std::fs::read_to_string(self.p(name))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+
+    /// What the firmware and kernel do on a reboot into the trial.
+    fn reboot_into_trial(&self, n: u32, id: &str) {
+        std::fs::write(self.p("boot_id"), format!("boot-{n}\n")).unwrap();
+        std::fs::write(
+            self.p("cmdline"),
+            format!("console=ttyS0 root=/dev/vg0/root fleet.upgrade={id}\n"),
+        )
+        .unwrap();
+        assert!(
+            self.boot().join("tryboot.flag").exists(),
+            "the trial was armed"
+        );
+        std::fs::remove_file(self.boot().join("tryboot.flag")).unwrap();
+        // The initramfs counts the trial boot and arms the trial again (CONTRACT §6 `count`).
+        let mut st = self.state().unwrap();
+        st.bootcount += 1;
+        StateFiles::new(self.boot().join("fleet"))
+            .write(&st)
+            .unwrap();
+        std::fs::write(self.boot().join("tryboot.flag"), "").unwrap();
+    }
+
+    /// What fleet-boot-good does once userspace is reached: arm, then bootcount=0.
+    fn good_boot(&self) {
+        std::fs::write(self.boot().join("tryboot.flag"), "").unwrap();
+        let mut st = self.state().unwrap();
+        st.bootcount = 0;
+        StateFiles::new(self.boot().join("fleet"))
+            .write(&st)
+            .unwrap();
+    }
+
+    /// What the initramfs leaves after a rollback (CONTRACT §6): old set back, merged.
+    fn initramfs_rolled_back(&self, n: u32, reason: &str, boots: u32) {
+        std::fs::write(self.p("boot_id"), format!("boot-{n}\n")).unwrap();
+        std::fs::write(self.p("cmdline"), "console=ttyS0 root=/dev/vg0/root\n").unwrap();
+        let saved = self.boot().join("fleet/preupgrade");
+        for f in ["vmlinuz", "initrd.img", "config.txt", "cmdline.txt"] {
+            std::fs::copy(saved.join(f), self.boot().join(f)).unwrap();
+        }
+        std::fs::remove_dir_all(&saved).unwrap();
+        let _ = std::fs::remove_file(self.boot().join("tryboot.txt"));
+        let _ = std::fs::remove_file(self.boot().join("tryboot.flag"));
+        let mut st = self.state().unwrap();
+        st.state = State::RolledBack;
+        st.reason = reason.into();
+        st.boots = boots;
+        StateFiles::new(self.boot().join("fleet"))
+            .write(&st)
+            .unwrap();
+    }
+}
+
+struct Running {
+    handle: AgentHandle,
+    stop: CancellationToken,
+    task: JoinHandle<Result<(), fleet_agent::AgentError>>,
+}
+
+impl Running {
+    fn detail(&self) -> serde_json::Value {
+        self.handle
+            .heartbeat()
+            .details
+            .get("system-upgrade")
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    async fn wait_phase(&self, phase: &str) -> serde_json::Value {
+        let what = format!("phase {phase}");
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let d = self.detail();
+                if d["phase"] == phase {
+                    return d;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{what} not reached; last detail: {:#}", self.detail()))
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("agent stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+async fn wait_file(path: &Path) {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !path.exists() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} never appeared", path.display()));
+}
+
+fn read(path: PathBuf) -> String {
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_upgrade_reboots_into_the_trial_and_commits_after_check_in() {
+    // The "upgrade" installs a new kernel at the top level, as a kernel postinst does.
+    let dev = Device::new("");
+    let dev = Device {
+        command: format!(
+            "echo ran >> {} && echo new-kernel > {}/vmlinuz",
+            dev.p("ran").display(),
+            dev.boot().display()
+        ),
+        ..dev
+    };
+    let run = dev.start();
+    dev.request("u-1");
+    wait_file(&dev.p("reboots")).await;
+    let d = run.wait_phase("Rebooting").await;
+    assert_eq!(d["id"], "u-1");
+    assert_eq!(
+        (d["deadlineSecs"].as_u64(), d["maxBoots"].as_u64()),
+        (Some(300), Some(2))
+    );
+    let phases: Vec<&str> = d["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["phase"].as_str().unwrap())
+        .collect();
+    for p in [
+        "Checking",
+        "Snapshotting",
+        "SavingBootSet",
+        "Upgrading",
+        "Rebooting",
+    ] {
+        assert!(phases.contains(&p), "{p} in {phases:?}");
+    }
+
+    // The boot partition, exactly as CONTRACT.md §4/§5 lays it out before the reboot.
+    let st = dev.state().unwrap();
+    assert_eq!(
+        (
+            st.state,
+            st.upgrade.as_str(),
+            st.bootcount,
+            st.max_boots,
+            st.deadline_secs,
+            st.selector.as_str()
+        ),
+        (State::Trial, "u-1", 0, 2, 300, "vm")
+    );
+    assert!(dev.lvm.exists("vg0", "root_preupgrade"));
+    let b = dev.boot();
+    assert_eq!(read(b.join("fleet/preupgrade/vmlinuz")), "old-kernel");
+    assert_eq!(read(b.join("fleet/preupgrade/config.txt")), OLD_CONFIG);
+    assert_eq!(read(b.join("vmlinuz")), "new-kernel\n");
+    assert_eq!(
+        read(b.join("config.txt")),
+        format!(
+            "{}\n[all]\nos_prefix=fleet/preupgrade/\n",
+            OLD_CONFIG.trim_end()
+        )
+    );
+    assert_eq!(
+        read(b.join("tryboot.txt")),
+        format!(
+            "{}\n[all]\ncmdline=fleet/cmdline.trial\n",
+            OLD_CONFIG.trim_end()
+        )
+    );
+    assert_eq!(
+        read(b.join("fleet/cmdline.trial")),
+        "console=ttyS0 root=/dev/vg0/root fleet.upgrade=u-1\n"
+    );
+    assert!(b.join("tryboot.flag").exists());
+    run.stop().await;
+
+    // Boot 2: the trial. The agent checks in (local plane read, modules healthy): commit.
+    dev.reboot_into_trial(2, "u-1");
+    let run = dev.start();
+    // Checked in, but the boot is not marked good yet: no commit (it would race the unit).
+    let d = run.wait_phase("Probation").await;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !run.detail()["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("waiting for the boot to be marked good")
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("not waiting for the good-boot mark: {d:#}"));
+    assert_eq!(dev.state().unwrap().state, State::Trial);
+    dev.good_boot();
+    let d = run.wait_phase("Committed").await;
+    assert!(d["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["phase"] == "Probation"));
+    let st = dev.state().unwrap();
+    assert_eq!((st.state, st.upgrade.as_str()), (State::Committed, "u-1"));
+    assert_eq!(d["bootState"]["state"], "committed");
+    assert_eq!(
+        read(b.join("config.txt")),
+        OLD_CONFIG,
+        "the new set is the default"
+    );
+    assert!(!b.join("tryboot.txt").exists());
+    assert!(!b.join("tryboot.flag").exists());
+    assert!(!b.join("fleet/preupgrade").exists());
+    assert!(
+        !dev.lvm.exists("vg0", "root_preupgrade"),
+        "snapshot removed"
+    );
+    run.stop().await;
+
+    // Boot 3, request still desired: idempotent by id, nothing runs again.
+    std::fs::write(dev.p("boot_id"), "boot-3\n").unwrap();
+    let run = dev.start();
+    let d = run.wait_phase("Committed").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(d["id"], "u-1");
+    assert_eq!(dev.lines("ran"), 1, "the upgrade command ran exactly once");
+    assert_eq!(dev.lines("reboots"), 1);
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_before_the_command_leaves_the_system_as_it_was() {
+    let dev = Device::new("true");
+    dev.lvm.fail_next("create");
+    let run = dev.start();
+    dev.request("u-snap");
+    let d = run.wait_phase("Failed").await;
+    assert!(
+        d["reason"].as_str().unwrap().contains("failure injected"),
+        "{d:#}"
+    );
+    let st = dev.state().unwrap();
+    assert_eq!((st.state, st.upgrade.as_str()), (State::Failed, "u-snap"));
+    assert!(st.reason.contains("failure injected"));
+    assert_eq!(read(dev.boot().join("config.txt")), OLD_CONFIG);
+    assert!(!dev.boot().join("fleet/preupgrade").exists());
+    assert!(!dev.lvm.exists("vg0", "root_preupgrade"));
+    assert_eq!(dev.lines("reboots"), 0);
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_command_requests_a_rollback_and_reports_rolled_back_after_the_initramfs() {
+    let dev = Device::new("echo disk full >&2; exit 100");
+    let run = dev.start();
+    dev.request("u-bad");
+    wait_file(&dev.p("reboots")).await;
+    let d = run.wait_phase("Rebooting").await;
+    assert!(
+        d["message"].as_str().unwrap().contains("rolling back"),
+        "{d:#}"
+    );
+    let st = dev.state().unwrap();
+    assert_eq!(st.state, State::Rollback);
+    assert!(
+        st.reason.contains("upgrade command failed"),
+        "{}",
+        st.reason
+    );
+    assert!(st.reason.contains("disk full"), "{}", st.reason);
+    assert!(!dev.boot().join("tryboot.flag").exists(), "never armed");
+    run.stop().await;
+
+    dev.initramfs_rolled_back(2, &st.reason, 0);
+    let run = dev.start();
+    let d = run.wait_phase("RolledBack").await;
+    assert!(d["reason"].as_str().unwrap().contains("disk full"), "{d:#}");
+    assert_eq!(d["boots"], 0);
+    assert_eq!(read(dev.boot().join("vmlinuz")), "old-kernel");
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_failed_trial_is_reported_rolled_back_with_its_boot_count() {
+    let dev = Device::new("true");
+    let run = dev.start();
+    dev.request("u-hard");
+    wait_file(&dev.p("reboots")).await;
+    run.wait_phase("Rebooting").await;
+    run.stop().await;
+    // The trial kernel never came up twice; the initramfs rolled back (CONTRACT §6).
+    dev.initramfs_rolled_back(4, "2 boots without reaching userspace", 3);
+    let run = dev.start();
+    let d = run.wait_phase("RolledBack").await;
+    assert_eq!(d["reason"], "2 boots without reaching userspace");
+    assert_eq!(d["boots"], 3);
+    assert_eq!(d["bootState"]["state"], "rolled-back");
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_while_the_command_runs_rolls_back_and_never_runs_it_twice() {
+    let dev = Device::new("");
+    let dev = Device {
+        command: format!("echo ran >> {}; sleep 30", dev.p("ran").display()),
+        ..dev
+    };
+    let run = dev.start();
+    dev.request("u-slow");
+    wait_file(&dev.p("ran")).await;
+    run.wait_phase("Upgrading").await;
+    run.stop().await;
+    let run = dev.start();
+    wait_file(&dev.p("reboots")).await;
+    let d = run.wait_phase("Rebooting").await;
+    assert!(
+        d["reason"]
+            .as_str()
+            .unwrap()
+            .contains("agent stopped while the upgrade command ran"),
+        "{d:#}"
+    );
+    assert_eq!(dev.state().unwrap().state, State::Rollback);
+    assert_eq!(dev.lines("ran"), 1);
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_verb_is_idempotent_by_id_and_refused_while_another_runs() {
+    let dev = Device::new("sleep 2");
+    let run = dev.start();
+    // The module runs (it published its first detail) before commands are sent.
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !run.detail().is_object() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let cmd = |id: &str, args: serde_json::Value| Command {
+        id: format!("c-{id}"),
+        verb: "system-upgrade".into(),
+        args,
+        actor: "alice".into(),
+    };
+    let req = |id: &str| serde_json::json!({ "apiVersion": "fleet/v1", "id": id });
+    let r = run.handle.command(cmd("1", req("u-a"))).await.unwrap();
+    assert_eq!(r.body["accepted"], true, "{:#}", r.body);
+    let r = run.handle.command(cmd("2", req("u-a"))).await.unwrap();
+    assert_eq!(
+        (r.body["accepted"].clone(), r.body["known"].clone()),
+        (false.into(), true.into())
+    );
+    let e = run.handle.command(cmd("3", req("u-b"))).await.unwrap_err();
+    assert_eq!(e.code(), "unavailable", "{e}");
+    assert!(e.to_string().contains("u-a is in progress"), "{e}");
+    let e = run
+        .handle
+        .command(cmd(
+            "4",
+            serde_json::json!({ "apiVersion": "fleet/v1", "id": "u c" }),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "bad-request");
+    assert!(e.to_string().contains("field `id`"), "{e}");
+    let d = run.wait_phase("Rebooting").await;
+    assert_eq!(d["requestedBy"], "command:alice");
+    run.stop().await;
+}
+
+/// Healthy only while `healthy` is set: holds the check-in back.
+struct Gate {
+    healthy: AtomicBool,
+}
+
+#[async_trait]
+impl Capability for Gate {
+    fn name(&self) -> &'static str {
+        "gate"
+    }
+    async fn probe(&self, _ctx: &Context) -> Probe {
+        Probe::available("test module")
+    }
+    async fn run(self: Arc<Self>, ctx: Context) -> Result<(), ModuleError> {
+        ctx.shutdown.cancelled().await;
+        Ok(())
+    }
+    fn health(&self) -> Health {
+        if self.healthy.load(Ordering::SeqCst) {
+            Health::Healthy
+        } else {
+            Health::unhealthy("held back by the test")
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probation_waits_for_healthy_modules_and_a_deadline_rollback_wins_over_a_late_commit() {
+    let dev = Device::new("true");
+    let run = dev.start();
+    dev.request("u-late");
+    wait_file(&dev.p("reboots")).await;
+    run.wait_phase("Rebooting").await;
+    run.stop().await;
+
+    dev.reboot_into_trial(2, "u-late");
+    let gate = Arc::new(Gate {
+        healthy: AtomicBool::new(false),
+    });
+    let run = dev.start_with(Some(gate.clone()));
+    let d = run.wait_phase("Probation").await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let d2 = run.detail();
+    assert_eq!(
+        d2["phase"], "Probation",
+        "no commit while a module is unhealthy: {d2:#}"
+    );
+    assert!(
+        d2["message"].as_str().unwrap().contains("unhealthy: gate"),
+        "{d:#} {d2:#}"
+    );
+    // The deadline timer fires first (CONTRACT §5) ...
+    let mut st = dev.state().unwrap();
+    st.state = State::Rollback;
+    st.reason = "deadline: not committed within 300 s".into();
+    StateFiles::new(dev.boot().join("fleet"))
+        .write(&st)
+        .unwrap();
+    // ... then the agent checks in: the rollback wins, nothing is committed.
+    gate.healthy.store(true, Ordering::SeqCst);
+    let d = run.wait_phase("Rebooting").await;
+    assert!(
+        d["message"]
+            .as_str()
+            .unwrap()
+            .contains("rollback requested"),
+        "{d:#}"
+    );
+    assert_eq!(dev.state().unwrap().state, State::Rollback);
+    assert!(
+        dev.lvm.exists("vg0", "root_preupgrade"),
+        "the snapshot is kept for the merge"
+    );
+    assert!(dev.boot().join("fleet/preupgrade").is_dir());
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_that_is_not_ours_is_never_removed() {
+    use fleet_mod_system_upgrade::lvm::Lvm;
+    let dev = Device::new("true");
+    dev.lvm
+        .create_snapshot("vg0", "root", "root_preupgrade")
+        .await
+        .unwrap();
+    let run = dev.start();
+    dev.request("u-2");
+    let d = run.wait_phase("Failed").await;
+    assert!(
+        d["reason"].as_str().unwrap().contains("already exists"),
+        "{d:#}"
+    );
+    assert!(dev.lvm.exists("vg0", "root_preupgrade"), "left alone");
+    assert_eq!(dev.state(), None, "the boot partition was not touched");
+    assert_eq!(read(dev.boot().join("config.txt")), OLD_CONFIG);
+    run.stop().await;
+}

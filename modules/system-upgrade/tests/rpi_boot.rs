@@ -1,0 +1,167 @@
+//! The Raspberry Pi side against a directory laid out like a Pi 4 boot partition
+//! (Raspberry Pi OS bookworm: `auto_initramfs=1`, no `kernel=` line, board sections): what is
+//! saved, how `config.txt` and `tryboot.txt` are written, and how the `tryboot` selector
+//! arms the firmware (mailbox) or says why it cannot.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::path::Path;
+
+use fleet_mod_system_upgrade::bootset::BootDir;
+use fleet_mod_system_upgrade::selector::{BootSelector, RpiTryboot, SelectorError};
+
+const CONFIG: &str = "\
+# For more options and information see http://rptl.io/configtxt
+dtparam=audio=on
+camera_auto_detect=1
+display_auto_detect=1
+auto_initramfs=1
+dtoverlay=vc4-kms-v3d
+max_framebuffers=2
+disable_fw_kms_setup=1
+arm_64bit=1
+disable_overscan=1
+arm_boost=1
+
+[cm4]
+otg_mode=1
+
+[pi4]
+dtoverlay=disable-bt
+
+[all]
+";
+
+fn pi_boot(dir: &Path) {
+    for (f, body) in [
+        ("start4.elf", "firmware"),
+        ("fixup4.dat", "fixup"),
+        ("bootcode.bin", "bootcode"),
+        ("kernel8.img", "kernel-6.6.51"),
+        ("initramfs8", "initramfs-6.6.51"),
+        ("bcm2711-rpi-4-b.dtb", "dtb"),
+        ("bcm2711-rpi-cm4.dtb", "dtb-cm4"),
+        ("config.txt", CONFIG),
+        (
+            "cmdline.txt",
+            "console=serial0,115200 console=tty1 root=/dev/mapper/vg0-root rootfstype=ext4 fsck.repair=yes rootwait\n",
+        ),
+        ("issue.txt", "Raspberry Pi reference 2024-11-19"),
+    ] {
+        std::fs::write(dir.join(f), body).unwrap();
+    }
+    std::fs::create_dir(dir.join("overlays")).unwrap();
+    std::fs::write(dir.join("overlays/vc4-kms-v3d.dtbo"), "overlay").unwrap();
+    std::fs::write(dir.join("overlays/disable-bt.dtbo"), "overlay").unwrap();
+    std::fs::write(dir.join("overlays/README"), "readme").unwrap();
+}
+
+#[test]
+fn saves_the_pi_boot_set_and_writes_config_and_tryboot() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    pi_boot(root);
+    let boot = BootDir::new(root);
+    let saved = boot.save_boot_set().unwrap();
+    assert_eq!(
+        saved,
+        [
+            "bcm2711-rpi-4-b.dtb",
+            "bcm2711-rpi-cm4.dtb",
+            "cmdline.txt",
+            "config.txt",
+            "initramfs8",
+            "kernel8.img",
+            "overlays/"
+        ]
+    );
+    let s = root.join("fleet/preupgrade");
+    assert_eq!(
+        std::fs::read_to_string(s.join("kernel8.img")).unwrap(),
+        "kernel-6.6.51"
+    );
+    assert_eq!(
+        std::fs::read_to_string(s.join("overlays/disable-bt.dtbo")).unwrap(),
+        "overlay"
+    );
+    assert!(
+        !s.join("start4.elf").exists(),
+        "firmware files stay where they are"
+    );
+    assert!(!root.join("fleet/preupgrade.tmp").exists());
+
+    // Any boot during the upgrade boots the saved set (the firmware applies os_prefix to
+    // kernel, initramfs, dtbs, overlays and cmdline).
+    boot.point_default_at_saved().unwrap();
+    let config = std::fs::read_to_string(root.join("config.txt")).unwrap();
+    assert!(config.starts_with(CONFIG.trim_end()));
+    assert!(
+        config.ends_with("\n[all]\nos_prefix=fleet/preupgrade/\n"),
+        "{config}"
+    );
+
+    // The upgrade installs a new kernel at the top level; the trial set names it.
+    std::fs::write(root.join("kernel8.img"), "kernel-6.6.62").unwrap();
+    boot.write_trial("2026-11-23.a").unwrap();
+    let tryboot = std::fs::read_to_string(root.join("tryboot.txt")).unwrap();
+    assert!(
+        tryboot.starts_with(CONFIG.trim_end()),
+        "the saved settings, no os_prefix"
+    );
+    assert!(!tryboot.contains("os_prefix"), "{tryboot}");
+    assert!(
+        tryboot.ends_with("\n[all]\ncmdline=fleet/cmdline.trial\n"),
+        "{tryboot}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("fleet/cmdline.trial")).unwrap(),
+        "console=serial0,115200 console=tty1 root=/dev/mapper/vg0-root rootfstype=ext4 fsck.repair=yes rootwait fleet.upgrade=2026-11-23.a\n"
+    );
+
+    // Commit: config.txt back to the saved one (the new kernel is the top-level one).
+    assert!(boot.restore_default_config().unwrap());
+    assert_eq!(
+        std::fs::read_to_string(root.join("config.txt")).unwrap(),
+        CONFIG
+    );
+    boot.remove_trial().unwrap();
+    boot.remove_saved().unwrap();
+    assert!(!root.join("tryboot.txt").exists());
+    assert!(!root.join("fleet/preupgrade").exists());
+    assert!(
+        !boot.restore_default_config().unwrap(),
+        "nothing saved any more"
+    );
+}
+
+#[test]
+fn tryboot_selector_needs_the_trial_set_and_the_mailbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    pi_boot(root);
+    let vcio = root.join("no-vcio");
+    let sel = RpiTryboot::new(root, &vcio);
+    assert_eq!(sel.name(), "rpi-tryboot");
+
+    // No tryboot.txt: nothing to arm.
+    match sel.arm() {
+        Err(SelectorError::Io { path, .. }) => assert_eq!(path, root.join("tryboot.txt")),
+        other => panic!("{other:?}"),
+    }
+    // No mailbox device (not a Pi): a clear error, never a silent success.
+    std::fs::write(root.join("tryboot.txt"), "[all]\n").unwrap();
+    let e = sel.arm().unwrap_err().to_string();
+    assert!(
+        e.contains("firmware mailbox")
+            && e.contains("no-vcio")
+            && e.contains("is this a Raspberry Pi?"),
+        "{e}"
+    );
+    // A device that is not vcio: the property ioctl itself fails and says so.
+    std::fs::write(&vcio, "").unwrap();
+    let e = RpiTryboot::new(root, &vcio).arm().unwrap_err().to_string();
+    assert!(e.contains("property ioctl failed"), "{e}");
+    // Disarming where no mailbox exists has nothing to undo.
+    RpiTryboot::new(root, root.join("still-no-vcio"))
+        .disarm()
+        .unwrap();
+}
