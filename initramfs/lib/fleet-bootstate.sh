@@ -302,9 +302,16 @@ fleet_log() {
 
 # fleet_restore_boot_set DIR: copy fleet/preupgrade/* to DIR, config.txt last (until it is
 # copied, config.txt still boots the saved set through os_prefix=fleet/preupgrade/).
+# Only when config.txt boots the saved set: the agent points it there after the copy is
+# complete (fsync'd), and the upgrade command only runs after that. Otherwise the saved set
+# may be a torn copy (power cut while saving) and the top-level set is still the old one.
 fleet_restore_boot_set() {
     _r_src=$1/fleet/preupgrade
     [ -d "$_r_src" ] || return 0
+    if ! grep -qs '^[[:space:]]*os_prefix=fleet/preupgrade/' "$1/config.txt"; then
+        fleet_log "$1" restore "config.txt does not boot the saved set: the top-level set is the old one, not restored"
+        return 0
+    fi
     _r_rc=0
     for _r_f in "$_r_src"/* "$_r_src"/.[!.]*; do
         [ -e "$_r_f" ] || continue

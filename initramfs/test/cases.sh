@@ -224,6 +224,15 @@ fleet_restore_boot_set "$D"
 eq "restore: kernel, overlays, config.txt back" \
     "$(cat "$D/vmlinuz" "$D/overlays/a.dtbo" "$D/config.txt" | tr '\n' ' ')" "old-kernel old-ovl kernel=vmlinuz "
 
+newdir
+mkdir -p "$D/fleet/preupgrade"
+echo torn >"$D/fleet/preupgrade/vmlinuz"
+echo "kernel=vmlinuz" >"$D/fleet/preupgrade/config.txt"
+echo old-kernel >"$D/vmlinuz"
+echo "kernel=vmlinuz" >"$D/config.txt"
+fleet_restore_boot_set "$D"
+eq "restore: a saved set config.txt does not boot (torn copy) is not restored" "$(cat "$D/vmlinuz")" old-kernel
+
 # --- the initramfs action with a fake lvm ----------------------------------------------------
 # Fake LVM state in $LV: snapshot file = vg0/root_preupgrade exists; mode = immediate |
 # deferred | fail; novg = no volume group. Every call is appended to $LV/calls.
