@@ -253,10 +253,12 @@ def wait_ssh(r: Run, st: dict) -> None:
 
 
 def step_wait_marker(r: Run, st: dict) -> None:
-    """Wait for a regex on the serial console of the current boot (or any later boot)."""
+    """Wait for a regex on the serial console of the current boot (or any later boot);
+    with `all_boots = true`, of any boot of the scenario (a marker of a short boot that
+    came and went while an earlier step ran)."""
     pat = re.compile(st["pattern"])
     t = r.timeout(st, 300)
-    start_boot = len(r.m.boots)
+    start_boot = 1 if st.get("all_boots") else len(r.m.boots)
     deadline = time.monotonic() + t
     while time.monotonic() < deadline:
         for b in r.m.boots[max(start_boot - 1, 0):]:
