@@ -43,7 +43,10 @@ After=systemd-udev-trigger.service
 Before=sysinit.target
 
 [Service]
-Type=simple
+# oneshot that never finishes: sysinit.target (and so multi-user.target and fleet-boot-good)
+# is never reached, whatever the timing of the freeze.
+Type=oneshot
+TimeoutStartSec=infinity
 ExecStart=/bin/sh -c 'i=0; until grep -qs active /sys/class/watchdog/watchdog0/state || [ $i -ge 300 ]; do sleep 1; i=$((i+1)); done; echo "fleet-canary: freezing userspace (watchdog $(cat /sys/class/watchdog/watchdog0/state 2>/dev/null))" >/dev/ttyS0; sysctl -qw kernel.sched_rt_runtime_us=-1; exec chrt -f 99 sh -c "while :; do :; done"'
 
 [Install]
