@@ -239,7 +239,14 @@ class Run:
 def step_boot(r: Run, st: dict) -> None:
     """Power on (the fake firmware picks the boot set) and wait until SSH answers."""
     if not r.m.powered:
-        r.m.power_on()
+        from firmware import FatImage, FirmwareError
+        try:
+            r.m.power_on()
+        except FirmwareError as e:  # the device is bricked: that is the scenario's failure
+            with FatImage(r.m.disk) as fat:
+                files = fat.files()
+            raise StepFailed(f"the (fake) firmware cannot boot this disk: {e}; "
+                             f"FAT files: {' '.join(files) or '(none readable)'}", serial=False)
     wait_ssh(r, st)
 
 
