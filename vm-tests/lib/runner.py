@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import LIVE, HarnessError, LibvirtBackend, Machine  # noqa: E402
-from scenario import Run, StepFailed, load  # noqa: E402
+from scenario import LIVE_SERVICES, Run, StepFailed, load  # noqa: E402
 
 VMT = Path(__file__).resolve().parent.parent
 PRINT = threading.Lock()
@@ -212,6 +212,8 @@ def main() -> int:
         if not args.qemu:  # a `virsh create` may have been in flight
             time.sleep(2)
             LibvirtBackend.destroy_domains(os.getpid())
+        for svc in list(LIVE_SERVICES):  # apt repositories, nats-servers
+            svc.proc.kill()
         os._exit(128 + signum)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -64,6 +64,9 @@ class Stream:
         self.out.close()
 
 
+LIVE_SERVICES: set = set()  # services that may be running (stopped by the runner on a signal)
+
+
 def fleetctl_bin() -> Path:
     p = Path(os.environ.get("FLEETCTL_BIN") or REPO / "target" / "release" / "fleetctl")
     if not os.access(p, os.X_OK):
@@ -165,12 +168,14 @@ class Run:
             except (RuntimeError, ValueError, subprocess.CalledProcessError) as e:
                 raise HarnessError(f"apt repository: {e}") from e
             self.services["apt"] = repo
+            LIVE_SERVICES.add(repo)
             self.subst["@APT_URL@"] = repo.guest_url
             self.log(f"apt repository (fleet-canary {repo.version}, {repo.variant}) at "
                      f"127.0.0.1:{repo.port}, guest {repo.guest_url}")
         if svc.get("nats"):
             nats = NatsService(self.rundir)
             self.services["nats"] = nats
+            LIVE_SERVICES.add(nats)
             self.subst["@NATS_URL@"] = nats.guest_url
             self.subst["@NATS_HOST_URL@"] = nats.host_url
             self.log(f"nats-server -js at {nats.host_url} (guest {nats.guest_url}), fleetctl init done")
@@ -179,6 +184,7 @@ class Run:
     def stop_services(self) -> None:
         for v in self.services.values():
             v.stop()
+            LIVE_SERVICES.discard(v)
 
     def expand(self, st: dict) -> dict:
         if not self.subst:
