@@ -104,8 +104,11 @@ class FatImage:
                       for line in out.splitlines() if line and not line.endswith("/"))
 
     def has(self, path: str) -> bool:
-        """Whether `path` exists (FAT names are case-insensitive)."""
-        return path.lower() in (f.lower() for f in self.files())
+        """Whether `path` exists (FAT names are case-insensitive). Looked up by path, as the
+        firmware does: a directory torn by a power cut elsewhere on the partition (a
+        recursive listing can loop through it) does not hide config.txt or the kernel."""
+        p = self._m("mdir", "-i", str(self.raw), "-b", f"::/{path}", check=False)
+        return p.returncode == 0 and bool(p.stdout.strip())
 
     def read_bytes(self, path: str) -> bytes | None:
         p = subprocess.run(["mtype", "-i", str(self.raw), f"::/{path}"], capture_output=True,

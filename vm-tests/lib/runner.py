@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import LIVE, HarnessError, LibvirtBackend, Machine  # noqa: E402
-from scenario import Run, StepFailed, load  # noqa: E402
+from scenario import LIVE_SERVICES, Run, StepFailed, load  # noqa: E402
 
 VMT = Path(__file__).resolve().parent.parent
 PRINT = threading.Lock()
@@ -45,6 +45,42 @@ class Result:
         self.log: list[str] = []
         self.serial: list[str] = []
         self.rundir: Path | None = None
+        self.snapshot = ""  # LVM snapshot create time (OS-upgrade scenarios)
+        self.merge = ""  # snapshot merge time in the initramfs, and whether it was immediate
+
+
+def os_upgrade_times(rundir: Path) -> tuple[str, str]:
+    """Snapshot create and merge times of an OS-upgrade scenario, read from what the guest
+    reported: `snapshot_secs` of vm-os-upgrade-by-hand, else the agent's phase history
+    (Snapshotting -> SavingBootSet, whole seconds); the initramfs's boot.log line
+    `merge: immediate; vg0/root restored in X s` on the serial console."""
+    import json
+    import re
+    snap, merge = "", ""
+    try:
+        facts = json.loads((rundir / "facts.json").read_text())
+    except (OSError, ValueError):
+        facts = {}
+    for v in facts.values():
+        if isinstance(v, dict) and isinstance(v.get("snapshot_secs"), (int, float)):
+            snap = f"{v['snapshot_secs']:.1f}s"
+            break
+        hist = (v.get("details", {}).get("system-upgrade", {}) or {}).get("history") \
+            if isinstance(v, dict) and isinstance(v.get("details"), dict) else None
+        if hist:
+            at = {}
+            for h in hist:
+                at.setdefault(h.get("phase"), h.get("at"))
+            if at.get("Snapshotting") is not None and at.get("SavingBootSet") is not None:
+                snap = f"<={at['SavingBootSet'] - at['Snapshotting'] + 1}s"
+                break
+    merges = []
+    for f in sorted(rundir.glob("serial-boot-*.log")):
+        text = f.read_bytes().decode("utf-8", "replace")
+        for m in re.finditer(r"merge: (immediate|finished by reactivation); \S+ restored in ([0-9.]+) s", text):
+            merges.append(f"{m.group(2)}s {'imm' if m.group(1) == 'immediate' else 'deferred'}")
+    merge = ",".join(merges)
+    return snap, merge
 
 
 def resolve(arg: str) -> Path:
@@ -107,6 +143,7 @@ def run_one(path: Path, args: argparse.Namespace, outdir: Path) -> Result:
             if not args.keep:
                 machine.disk.unlink(missing_ok=True)
         res.wall = time.monotonic() - t0
+        res.snapshot, res.merge = os_upgrade_times(rundir)
         if res.status != "PASS":
             for line in res.message.splitlines():
                 log(f"{res.status}: {line}")
@@ -140,12 +177,12 @@ def junit(results: list[Result], path: Path) -> None:
 
 def summary(results: list[Result], wall: float, outdir: Path) -> str:
     w = max([len(r.name) for r in results] + [8])
-    lines = [f"{'scenario':<{w}}  result  wall    boots  reboots  resets  detail",
-             f"{'-' * w}  ------  ------  -----  -------  ------  ------"]
+    lines = [f"{'scenario':<{w}}  result  wall    boots  reboots  resets  snapshot  merge (initramfs)   detail",
+             f"{'-' * w}  ------  ------  -----  -------  ------  --------  ------------------  ------"]
     for r in results:
         detail = r.message.splitlines()[0][:70] if r.message else ""
         lines.append(f"{r.name:<{w}}  {r.status:<6}  {r.wall:5.0f}s  {r.boots:5d}  {r.reboots:7d}  "
-                     f"{r.resets:6d}  {detail}")
+                     f"{r.resets:6d}  {r.snapshot or '-':<8}  {r.merge or '-':<18}  {detail}")
     ok = sum(r.status == "PASS" for r in results)
     lines.append(f"{ok}/{len(results)} passed in {wall:.0f} s wall; logs, serial consoles, "
                  f"facts and junit.xml in {outdir}")
@@ -175,6 +212,8 @@ def main() -> int:
         if not args.qemu:  # a `virsh create` may have been in flight
             time.sleep(2)
             LibvirtBackend.destroy_domains(os.getpid())
+        for svc in list(LIVE_SERVICES):  # apt repositories, nats-servers
+            svc.proc.kill()
         os._exit(128 + signum)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -9,17 +9,20 @@ message and the last 50 serial lines.
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 import subprocess
 import threading
 import time
 import tomllib
 from pathlib import Path
 
-from machine import HarnessError, Machine
+from machine import HarnessError, Machine, free_port
 
 HERE = Path(__file__).resolve().parent
 ASSERT = HERE.parent / "bin" / "fleet-assert"
+REPO = HERE.parent.parent
 
 
 class StepFailed(Exception):
@@ -61,6 +64,67 @@ class Stream:
         self.out.close()
 
 
+LIVE_SERVICES: set = set()  # services that may be running (stopped by the runner on a signal)
+
+
+def fleetctl_bin() -> Path:
+    p = Path(os.environ.get("FLEETCTL_BIN") or REPO / "target" / "release" / "fleetctl")
+    if not os.access(p, os.X_OK):
+        raise HarnessError(f"fleetctl not found at {p} (cargo build --release -p fleetctl, "
+                           "or set FLEETCTL_BIN)")
+    return p
+
+
+class NatsService:
+    """A real `nats-server -js` on a free loopback port (the guest reaches it at 10.0.2.2),
+    with the fleet's buckets created by `fleetctl init`."""
+
+    def __init__(self, rundir: Path):
+        self.port = free_port()
+        self.dir = rundir / "nats"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.log = open(rundir / "nats-server.log", "wb")
+        self.proc = subprocess.Popen(
+            ["nats-server", "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.dir)],
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    raise HarnessError(f"nats-server did not listen on {self.port} "
+                                       f"(log: {rundir / 'nats-server.log'})")
+                time.sleep(0.2)
+        p = subprocess.run([str(fleetctl_bin()), "--nats", self.host_url, "init"],
+                           capture_output=True, text=True, timeout=60)
+        if p.returncode != 0:
+            self.stop()
+            raise HarnessError(f"fleetctl init failed: {(p.stderr or p.stdout).strip()}")
+
+    @property
+    def host_url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def guest_url(self) -> str:
+        return f"nats://10.0.2.2:{self.port}"
+
+    def fact(self) -> dict:
+        return {"url": self.guest_url, "host_url": self.host_url, "port": self.port}
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
 def load(path: Path) -> dict:
     with open(path, "rb") as f:
         sc = tomllib.load(f)
@@ -88,6 +152,50 @@ class Run:
         self.streams: dict[str, Stream] = {}
         self.step_times: list[tuple[str, float]] = []
         self._lock = threading.Lock()
+        self.services: dict = {}
+        self.subst: dict[str, str] = {}
+
+    def start_services(self) -> None:
+        """`[services]` of the scenario: `apt = "<variant>"` (a local apt repository with
+        fleet-canary 2.0 of that variant), `nats = true` (nats-server -js + fleetctl init).
+        Their guest-side URLs replace @APT_URL@ / @NATS_URL@ in every step's strings;
+        @NATS_HOST_URL@ is the host-side URL (for `host` steps)."""
+        svc = self.sc.get("services", {})
+        if svc.get("apt"):
+            from aptrepo import AptRepo
+            try:
+                repo = AptRepo(self.rundir / "apt-repo", svc["apt"])
+            except (RuntimeError, ValueError, subprocess.CalledProcessError) as e:
+                raise HarnessError(f"apt repository: {e}") from e
+            self.services["apt"] = repo
+            LIVE_SERVICES.add(repo)
+            self.subst["@APT_URL@"] = repo.guest_url
+            self.log(f"apt repository (fleet-canary {repo.version}, {repo.variant}) at "
+                     f"127.0.0.1:{repo.port}, guest {repo.guest_url}")
+        if svc.get("nats"):
+            nats = NatsService(self.rundir)
+            self.services["nats"] = nats
+            LIVE_SERVICES.add(nats)
+            self.subst["@NATS_URL@"] = nats.guest_url
+            self.subst["@NATS_HOST_URL@"] = nats.host_url
+            self.log(f"nats-server -js at {nats.host_url} (guest {nats.guest_url}), fleetctl init done")
+        self.facts["services"] = {k: v.fact() for k, v in self.services.items()}
+
+    def stop_services(self) -> None:
+        for v in self.services.values():
+            v.stop()
+            LIVE_SERVICES.discard(v)
+
+    def expand(self, st: dict) -> dict:
+        if not self.subst:
+            return st
+        out = {}
+        for k, v in st.items():
+            if isinstance(v, str):
+                for a, b in self.subst.items():
+                    v = v.replace(a, b)
+            out[k] = v
+        return out
 
     def now(self) -> float:
         return round(time.monotonic() - self.t0, 1)
@@ -114,7 +222,9 @@ class Run:
     def execute(self) -> None:
         steps = self.sc["steps"]
         try:
+            self.start_services()
             for i, st in enumerate(steps, 1):
+                st = self.expand(st)
                 label = st.get("name") or f"{st['do']}"
                 if st.get("mark"):
                     self.facts["t"][st["mark"]] = self.now()
@@ -125,6 +235,7 @@ class Run:
         finally:
             for s in self.streams.values():
                 s.stop()
+            self.stop_services()
             self.facts["machine"] = self.machine_facts()
             (self.rundir / "facts.json").write_text(json.dumps(self.facts, indent=2) + "\n")
 
@@ -134,7 +245,14 @@ class Run:
 def step_boot(r: Run, st: dict) -> None:
     """Power on (the fake firmware picks the boot set) and wait until SSH answers."""
     if not r.m.powered:
-        r.m.power_on()
+        from firmware import FatImage, FirmwareError
+        try:
+            r.m.power_on()
+        except FirmwareError as e:  # the device is bricked: that is the scenario's failure
+            with FatImage(r.m.disk) as fat:
+                files = fat.files()
+            raise StepFailed(f"the (fake) firmware cannot boot this disk: {e}; "
+                             f"FAT files: {' '.join(files) or '(none readable)'}", serial=False)
     wait_ssh(r, st)
 
 
@@ -148,10 +266,12 @@ def wait_ssh(r: Run, st: dict) -> None:
 
 
 def step_wait_marker(r: Run, st: dict) -> None:
-    """Wait for a regex on the serial console of the current boot (or any later boot)."""
+    """Wait for a regex on the serial console of the current boot (or any later boot);
+    with `all_boots = true`, of any boot of the scenario (a marker of a short boot that
+    came and went while an earlier step ran)."""
     pat = re.compile(st["pattern"])
     t = r.timeout(st, 300)
-    start_boot = len(r.m.boots)
+    start_boot = 1 if st.get("all_boots") else len(r.m.boots)
     deadline = time.monotonic() + t
     while time.monotonic() < deadline:
         for b in r.m.boots[max(start_boot - 1, 0):]:
@@ -182,7 +302,8 @@ def step_ssh(r: Run, st: dict) -> None:
     deadline = time.monotonic() + t
     expect = st.get("expect_exit", 0)
     while True:
-        p = r.m.ssh(st["run"], timeout=min(t, 120))
+        p = (_host(r, st["run"], timeout=min(t, 120)) if st["do"] == "host"
+             else r.m.ssh(st["run"], timeout=min(t, 120)))
         ok = expect == "any" or p.returncode == expect
         value, err = None, None
         if ok:
@@ -199,12 +320,26 @@ def step_ssh(r: Run, st: dict) -> None:
             err = f"`{st['until']}` still false on {json.dumps(value)[:600]}"
         elif err is None:
             break
-        if time.monotonic() >= deadline or not r.m.powered:
+        if time.monotonic() >= deadline or (not r.m.powered and st["do"] != "host"):
             if err and value is not None:
                 r.save(st, value)
             raise StepFailed(st.get("message", "ssh step failed") + f": {err}")
         time.sleep(float(st.get("interval", 3)))
     r.save(st, value)
+
+
+def _host(r: Run, command: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """A command on the host (bash), e.g. fleetctl against the scenario's nats-server:
+    $FLEETCTL_NATS is set when the scenario has one, and fleetctl is on $PATH."""
+    env = dict(os.environ)
+    if "nats" in r.services:
+        env["FLEETCTL_NATS"] = r.services["nats"].host_url
+        env["PATH"] = f"{fleetctl_bin().parent}:{env.get('PATH', '')}"
+    try:
+        return subprocess.run(["bash", "-c", command], capture_output=True, text=True,
+                              timeout=timeout, env=env, cwd=r.rundir, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as e:
+        return subprocess.CompletedProcess(e.cmd, 124, "", f"(timed out after {timeout:.0f} s)")
 
 
 def step_ssh_detach(r: Run, st: dict) -> None:
@@ -301,6 +436,7 @@ STEPS = {
     "wait-ssh": wait_ssh,
     "wait-marker": step_wait_marker,
     "ssh": step_ssh,
+    "host": step_ssh,
     "ssh-detach": step_ssh_detach,
     "ssh-stream": step_ssh_stream,
     "wait-stream": step_wait_stream,
