@@ -1,7 +1,8 @@
 //! Command line: `fleet-agent run | status | check-config | self-test | version | completions`.
 //!
 //! Exit codes (a contract with systemd's `RestartPreventExitStatus=2`):
-//! 0 success; 1 runtime failure; 2 bad config or usage.
+//! 0 success; 1 runtime failure; 2 bad config or usage; 3 restart requested (self-upgrade
+//! cutover or a missed probation deadline: systemd's `Restart=always` starts the current link).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -65,6 +66,12 @@ pub enum Cmd {
     /// Plumbing for tests and tooling; not a stable interface.
     #[command(hide = true, subcommand)]
     Internals(Internals),
+    /// Self-upgrade guard, run by systemd as `ExecStartPre=` from the confirmed binary: counts
+    /// start attempts of a version on probation and reverts when they run out or the deadline
+    /// passed. Exit 0 when the start may proceed.
+    #[cfg(feature = "self-upgrade")]
+    #[command(hide = true)]
+    Guard,
 }
 
 /// Hidden plumbing subcommands.
@@ -205,6 +212,8 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
             Ok(0)
         }
         Cmd::Internals(i) => internals(cli.config.as_deref(), i),
+        #[cfg(feature = "self-upgrade")]
+        Cmd::Guard => guard(cli.config.as_deref()),
     }
 }
 
@@ -214,7 +223,42 @@ fn print_json(v: &impl serde::Serialize) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Test builds only: the fault named by `FLEET_TEST_FAULT`, if it is `which`.
+fn test_fault(which: &str) -> bool {
+    #[cfg(feature = "test-faults")]
+    {
+        std::env::var("FLEET_TEST_FAULT").is_ok_and(|f| f == which)
+    }
+    #[cfg(not(feature = "test-faults"))]
+    {
+        let _ = which;
+        false
+    }
+}
+
+#[cfg(feature = "self-upgrade")]
+fn guard(config: Option<&Path>) -> Result<u8, Failure> {
+    use fleet_mod_self_upgrade::{guard, Layout};
+    let (cfg, _) = load_config(config)?;
+    let su = fleet_mod_self_upgrade::config_from_section(cfg.modules.get("self-upgrade"))
+        .map_err(config_error)?;
+    let layout = Layout::new(&su, &cfg.state_dir);
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let outcome = guard::run(&layout, &guard::Now::read(unix)).map_err(runtime_error)?;
+    match outcome {
+        guard::GuardOutcome::NoProbation => {}
+        other => eprintln!("fleet-agent guard: {other:?}"),
+    }
+    Ok(0)
+}
+
 fn run(config: Option<&Path>) -> Result<u8, Failure> {
+    if test_fault("exit-on-start") {
+        eprintln!("fleet-agent {VERSION}: FLEET_TEST_FAULT=exit-on-start");
+        return Ok(1);
+    }
     let (cfg, path) = load_config(config)?;
     logging::init(&cfg.log.level);
     std::panic::set_hook(Box::new(|info| {
@@ -323,6 +367,13 @@ fn self_test(config: Option<&Path>, json: bool) -> Result<u8, Failure> {
         ok: reach.is_ok(),
         detail: reach.unwrap_or_else(|e| e.to_string()),
     });
+    if test_fault("fail-self-test") {
+        checks.push(Check {
+            check: "test-fault".into(),
+            ok: false,
+            detail: "FLEET_TEST_FAULT=fail-self-test".into(),
+        });
+    }
     let all_ok = checks.iter().all(|c| c.ok);
     if json {
         print_json(&serde_json::json!({ "ok": all_ok, "checks": checks }))?;

@@ -20,8 +20,13 @@ pub use heartbeat::{Heartbeat, ModuleReport};
 pub use runtime::{plane_for, Agent, AgentBuilder, AgentError, AgentHandle};
 pub use supervisor::RestartPolicy;
 
-/// The agent's version, as reported in heartbeats and `fleet-agent version`.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The agent's version, as reported in heartbeats and `fleet-agent version`:
+/// `FLEET_AGENT_VERSION` at build time (release pipelines, the self-upgrade tests' v2),
+/// else the crate version.
+pub const VERSION: &str = match option_env!("FLEET_AGENT_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
 
 #[cfg(panic = "abort")]
 compile_error!(

@@ -14,6 +14,8 @@ pub fn compiled_in() -> Vec<Descriptor> {
         fleet_mod_init_containers::DESCRIPTOR,
         #[cfg(feature = "system-upgrade")]
         fleet_mod_system_upgrade::DESCRIPTOR,
+        #[cfg(feature = "self-upgrade")]
+        fleet_mod_self_upgrade::DESCRIPTOR,
     ]
 }
 

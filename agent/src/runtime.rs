@@ -1,8 +1,10 @@
 //! The agent runtime: wires modules, probes them, runs them under the supervisor, feeds them
 //! desired state, routes commands and writes heartbeats, until shutdown.
 
+mod agent_self;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use fleet_contract::{Deployment, DeploymentStatus, DeviceId, Phase};
@@ -28,6 +30,8 @@ use crate::{modules, notify, VERSION};
 
 /// How long a module's probe may take before it counts as unavailable.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest time between two refreshes of the modules' check-in signal.
+const CHECKIN_EVERY: Duration = Duration::from_secs(2);
 /// How long shutdown waits for modules before abandoning them (systemd allows 15 s).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 
@@ -43,6 +47,9 @@ pub enum AgentError {
     /// Modules could not be wired together (a build defect).
     #[error("wiring modules: {0}")]
     Wiring(String),
+    /// A module asked for a restart (self-upgrade cutover or missed deadline); exit code 3.
+    #[error("restart requested: {0}")]
+    Restart(String),
 }
 
 impl AgentError {
@@ -50,6 +57,7 @@ impl AgentError {
     pub fn exit_code(&self) -> u8 {
         match self {
             AgentError::Config(_) => 2,
+            AgentError::Restart(_) => 3,
             _ => 1,
         }
     }
@@ -126,6 +134,13 @@ impl AgentBuilder {
         let store = Arc::new(store);
 
         let mut ext = ExtensionsBuilder::new();
+        let agent_self = Arc::new(agent_self::RuntimeSelf {
+            shared: OnceLock::new(),
+            nats: self.config.control.nats.clone(),
+            restart: CancellationToken::new(),
+            reason: Mutex::new(None),
+        });
+        ext.provide::<dyn fleet_module_api::AgentSelf>(agent_self.clone());
         let mut runtime_providers = Vec::new();
         for m in &modules {
             // Provided alone first, to learn which modules provide the container runtime.
@@ -152,6 +167,7 @@ impl AgentBuilder {
         let sink = Arc::new(RuntimeSink {
             store: store.clone(),
             details: Mutex::new(serde_json::Map::new()),
+            detail_changed: tokio::sync::Notify::new(),
             published: watch::channel(snapshot).0,
         });
         let shutdown = CancellationToken::new();
@@ -239,7 +255,9 @@ impl AgentBuilder {
             runtime_providers,
             checkin: checkin_tx,
         });
+        let _ = agent_self.shared.set(Arc::downgrade(&shared));
         Ok(Agent {
+            agent_self,
             config: self.config,
             shared,
             plane,
@@ -269,6 +287,7 @@ fn kind_name(k: ExtensionKind) -> &'static str {
     match k {
         ExtensionKind::ContainerRuntime => "a container runtime",
         ExtensionKind::LifecycleHook => "a lifecycle hook",
+        ExtensionKind::AgentSelf => "the agent runtime",
     }
 }
 
@@ -329,7 +348,7 @@ impl Shared {
     /// Feeds the modules' check-in signal: every available module healthy (unavailable
     /// ones are not counted). `plane_reached` is set by the desired-state task.
     fn update_checkin(&self, hb: &Heartbeat) {
-        let unhealthy: Vec<String> = hb
+        let unhealthy: Vec<(String, String)> = hb
             .modules
             .iter()
             .filter(|m| m.probe.get("state").and_then(|s| s.as_str()) == Some("available"))
@@ -340,7 +359,7 @@ impl Shared {
                     .get("state")
                     .and_then(|s| s.as_str())
                     .unwrap_or("?");
-                format!("{} {state}", m.name)
+                (m.name.clone(), state.to_owned())
             })
             .collect();
         let probed = hb
@@ -348,9 +367,8 @@ impl Shared {
             .iter()
             .all(|m| m.probe.get("state").and_then(|s| s.as_str()) != Some("pending"));
         self.checkin.send_if_modified(|c| {
-            let all_healthy = probed && unhealthy.is_empty();
-            let changed = c.all_healthy != all_healthy || c.unhealthy != unhealthy;
-            c.all_healthy = all_healthy;
+            let changed = c.probed != probed || c.unhealthy != unhealthy;
+            c.probed = probed;
             c.unhealthy = unhealthy;
             changed
         });
@@ -433,6 +451,7 @@ impl AgentHandle {
 
 /// The agent, wired and ready to run.
 pub struct Agent {
+    agent_self: Arc<agent_self::RuntimeSelf>,
     config: Config,
     shared: Arc<Shared>,
     plane: Arc<dyn ControlPlane>,
@@ -581,13 +600,26 @@ impl Agent {
 
         let interval = Duration::from_secs(self.config.heartbeat_interval_secs);
         let watchdog = notify::watchdog_interval();
-        let tick = watchdog.map_or(interval, |w| (w / 2).min(interval));
+        // The check-in signal (module health) is refreshed every tick, so at least every
+        // CHECKIN_EVERY whatever the heartbeat interval: upgrade commits wait on it.
+        let tick = watchdog
+            .map_or(interval, |w| (w / 2).min(interval))
+            .min(CHECKIN_EVERY);
         let mut next_heartbeat = Instant::now() + interval;
+        let mut next_tick = tokio::time::Instant::now() + tick;
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
-                () = tokio::time::sleep(tick) => {}
+                () = self.agent_self.restart.cancelled() => break,
+                () = tokio::time::sleep_until(next_tick) => {}
+                // A module's detail changed (e.g. an upgrade phase): publish it now, not at
+                // the next interval. The tick keeps its own schedule (watchdog pets).
+                () = shared.sink.detail_changed.notified() => {
+                    let _ = shared.write_heartbeat(false);
+                    continue;
+                }
             }
+            next_tick = tokio::time::Instant::now() + tick;
             // Computing health polls every module: the pet proves the whole loop is alive.
             let hb = shared.heartbeat(false);
             shared.update_checkin(&hb);
@@ -623,7 +655,16 @@ impl Agent {
         }
         let _ = shared.write_heartbeat(true);
         tracing::info!("fleet-agent stopped");
-        Ok(())
+        let restart = self
+            .agent_self
+            .reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match restart {
+            Some(reason) => Err(AgentError::Restart(reason)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -789,6 +830,8 @@ async fn apply_desired(
 struct RuntimeSink {
     store: Arc<Store>,
     details: Mutex<serde_json::Map<String, serde_json::Value>>,
+    /// Wakes the main loop to write a heartbeat when a detail changed.
+    detail_changed: tokio::sync::Notify,
     /// What the control plane publishes.
     published: watch::Sender<StatusSnapshot>,
 }
@@ -835,9 +878,13 @@ impl StatusSink for RuntimeSink {
     }
 
     fn detail(&self, module: &'static str, detail: serde_json::Value) {
-        self.details
+        let old = self
+            .details
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(module.to_owned(), detail);
+            .insert(module.to_owned(), detail.clone());
+        if old.as_ref() != Some(&detail) {
+            self.detail_changed.notify_one();
+        }
     }
 }

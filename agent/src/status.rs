@@ -37,7 +37,7 @@ pub struct StatusReport {
     /// Every deployment's status.
     pub deployments: Vec<DeploymentStatus>,
     /// Module-specific detail documents from the last heartbeat, by module name (e.g.
-    /// `system-upgrade`: the OS upgrade's phase).
+    /// `system-upgrade`, `self-upgrade`: the upgrade's phase).
     pub details: serde_json::Map<String, serde_json::Value>,
     /// The store itself.
     pub store: StoreReport,

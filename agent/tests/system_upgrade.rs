@@ -109,7 +109,13 @@ impl Device {
 
     /// As [`start`], with one more module beside system-upgrade.
     fn start_with(&self, extra: Option<Arc<dyn Capability>>) -> Running {
-        let path = common::write_config(&self.root, "");
+        // Heartbeats only hourly: status must still show every phase change at once.
+        let path = self.root.write_config(&format!(
+            "device_id = \"test-dev\"\nstate_dir = {:?}\nrun_dir = {:?}\nheartbeat_interval_secs = 3600\n[control]\ndeployments_dir = {:?}\n",
+            self.root.state(),
+            self.root.run(),
+            self.root.deployments()
+        ));
         let config = Config::load(&path).unwrap();
         let mut builder = Agent::builder(config)
             .without_compiled_in()
@@ -363,6 +369,17 @@ async fn clean_upgrade_reboots_into_the_trial_and_commits_after_check_in() {
     );
     run.stop().await;
 
+    // `fleet-agent status --json` (the VM scenarios' oracle) shows it, read from the store.
+    let st = common::status(&dev.root.config_path()).unwrap();
+    assert_eq!(
+        st["details"]["system-upgrade"]["phase"], "Committed",
+        "{st:#}"
+    );
+    assert_eq!(
+        st["details"]["system-upgrade"]["bootState"]["state"],
+        "committed"
+    );
+
     // Boot 3, request still desired: idempotent by id, nothing runs again.
     std::fs::write(dev.p("boot_id"), "boot-3\n").unwrap();
     let run = dev.start();
@@ -610,5 +627,156 @@ async fn a_snapshot_that_is_not_ours_is_never_removed() {
     assert!(dev.lvm.exists("vg0", "root_preupgrade"), "left alone");
     assert_eq!(dev.state(), None, "the boot partition was not touched");
     assert_eq!(read(dev.boot().join("config.txt")), OLD_CONFIG);
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_accepted_but_not_started_is_carried_out_once_after_a_restart() {
+    use fleet_mod_system_upgrade::record::{Phase, Record};
+    let dev = Device::new("");
+    let dev = Device {
+        command: format!("echo ran >> {}", dev.p("ran").display()),
+        ..dev
+    };
+    // The store as an agent leaves it when it stopped right after accepting `u-q`.
+    let path = common::write_config(&dev.root, "");
+    let config = Config::load(&path).unwrap();
+    let (store, _) = fleet_agent::store::Store::open(
+        &config.state_db(),
+        Duration::from_secs(5),
+        config.store.audit_max_entries,
+    )
+    .unwrap();
+    let mut rec = Record {
+        id: "u-q".into(),
+        command: dev.command.clone(),
+        deadline_secs: 300,
+        max_boots: 2,
+        requested_by: "command:alice".into(),
+        phase: Phase::Checking,
+        message: String::new(),
+        reason: None,
+        boots: None,
+        boot_id: String::new(),
+        started_at: 1,
+        updated_at: 1,
+        history: Vec::new(),
+    };
+    rec.enter(Phase::Checking, "accepted", 1, "boot-1");
+    store
+        .kv_put(
+            "system-upgrade",
+            "upgrade.u-q",
+            &serde_json::to_vec(&rec).unwrap(),
+        )
+        .unwrap();
+    store.kv_put("system-upgrade", "current", b"u-q").unwrap();
+    drop(store);
+
+    let run = dev.start();
+    wait_file(&dev.p("reboots")).await;
+    let d = run.wait_phase("Rebooting").await;
+    assert_eq!(
+        (d["id"].as_str(), d["requestedBy"].as_str()),
+        (Some("u-q"), Some("command:alice"))
+    );
+    assert_eq!(dev.state().unwrap().state, State::Trial);
+    run.stop().await;
+    assert_eq!(dev.lines("ran"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_desired_request_refused_during_an_upgrade_starts_when_it_ends() {
+    let dev = Device::new("");
+    let dev = Device {
+        command: format!("echo ran >> {}", dev.p("ran").display()),
+        ..dev
+    };
+    let run = dev.start();
+    dev.request("u-a");
+    wait_file(&dev.p("reboots")).await;
+    run.wait_phase("Rebooting").await;
+    run.stop().await;
+
+    dev.reboot_into_trial(2, "u-a");
+    let gate = Arc::new(Gate {
+        healthy: AtomicBool::new(false),
+    });
+    let run = dev.start_with(Some(gate.clone()));
+    run.wait_phase("Probation").await;
+    dev.request("u-b");
+    let d = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let d = run.detail();
+            if d["rejected"]
+                .as_str()
+                .is_some_and(|r| r.contains("u-a is in progress"))
+            {
+                return d;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("u-b not refused: {:#}", run.detail()));
+    assert_eq!(d["id"], "u-a");
+    // u-a commits; then u-b runs without any change to the desired state.
+    dev.good_boot();
+    gate.healthy.store(true, Ordering::SeqCst);
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !(run.detail()["id"] == "u-b" && run.detail()["phase"] == "Rebooting") {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("u-b did not run: {:#}", run.detail()));
+    assert_eq!(dev.lines("ran"), 2, "u-a once, u-b once");
+    assert_eq!(run.detail()["rejected"], serde_json::Value::Null);
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_cleanup_failed_is_finished_at_the_next_start() {
+    let dev = Device::new("true");
+    let run = dev.start();
+    dev.request("u-c");
+    wait_file(&dev.p("reboots")).await;
+    run.wait_phase("Rebooting").await;
+    run.stop().await;
+
+    dev.reboot_into_trial(2, "u-c");
+    dev.good_boot();
+    dev.lvm.fail_next("remove");
+    let run = dev.start();
+    let d = run.wait_phase("Committed").await;
+    assert!(
+        d["message"]
+            .as_str()
+            .unwrap()
+            .contains("cleanup incomplete"),
+        "{d:#}"
+    );
+    assert!(dev.lvm.exists("vg0", "root_preupgrade"));
+    assert_eq!(dev.state().unwrap().state, State::Committed);
+    run.stop().await;
+
+    std::fs::write(dev.p("boot_id"), "boot-3\n").unwrap();
+    let run = dev.start();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while dev.lvm.exists("vg0", "root_preupgrade") {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the snapshot is removed at the next start");
+    let d = run.wait_phase("Committed").await;
+    assert!(
+        d["message"]
+            .as_str()
+            .unwrap()
+            .contains("snapshot and saved boot set removed"),
+        "{d:#}"
+    );
+    assert!(!dev.boot().join("fleet/preupgrade").exists());
     run.stop().await;
 }

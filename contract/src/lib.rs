@@ -10,6 +10,7 @@ mod command;
 mod device;
 mod manifest;
 pub mod names;
+pub mod release;
 mod status;
 mod system;
 

@@ -28,6 +28,10 @@ pub fn kv_system_key(device: &str) -> String {
 pub fn mqtt_desired_system(device: &str) -> String {
     format!("fleet/{device}/desired/system")
 }
+/// KV key of the agent release a device should run (self-upgrade): `<device>.agent`.
+pub fn kv_agent_key(device: &str) -> String {
+    format!("{device}.agent")
+}
 /// KV status key of the device's info (heartbeat): `<device>.info`.
 pub fn kv_info_key(device: &str) -> String {
     format!("{device}.info")
@@ -54,6 +58,10 @@ pub fn mqtt_prefix(device: &str) -> String {
 /// MQTT retained desired-state topic of a deployment.
 pub fn mqtt_desired_deploy(device: &str, name: &str) -> String {
     format!("fleet/{device}/desired/deploy/{name}")
+}
+/// MQTT retained desired-state topic of the agent release (self-upgrade).
+pub fn mqtt_desired_agent(device: &str) -> String {
+    format!("fleet/{device}/desired/agent")
 }
 /// MQTT filter for a device's desired state.
 pub fn mqtt_desired_filter(device: &str) -> String {

@@ -1,5 +1,6 @@
 //! `fleetctl`: the operator's CLI, over NATS (`--nats URL`) or MQTT 5 (`--mqtt HOST:PORT`).
 
+mod release;
 mod transport;
 
 use std::path::PathBuf;
@@ -140,6 +141,44 @@ enum Verb {
         #[arg(long, default_value = "operator")]
         actor: String,
     },
+    /// Agent releases: sign a binary with a release key.
+    #[command(subcommand)]
+    Release(release::ReleaseCmd),
+    /// Release artifacts in the fleet's object store.
+    #[command(subcommand)]
+    Artifacts(release::ArtifactsCmd),
+    /// Upgrade a device's agent to a signed release (signed `agent-upgrade` command, admin);
+    /// follow the phases with `fleetctl status`.
+    #[command(disable_version_flag = true)]
+    AgentUpgrade {
+        /// Target device id.
+        device: String,
+        /// Version to install (must match the signature document).
+        #[arg(long)]
+        version: String,
+        /// Where the device fetches it: nats-object://<name> or file:///<path>.
+        #[arg(long)]
+        artifact: String,
+        /// Signature document printed by `fleetctl release sign`.
+        #[arg(long)]
+        signature: PathBuf,
+        /// Operator private key (role admin on the device); not needed with --desired.
+        #[arg(long, env = "FLEETCTL_KEY", required_unless_present = "desired")]
+        key: Option<PathBuf>,
+        /// Instead of a command, put the release into the device's desired state
+        /// (`<device>.agent` in KV fleet-desired); the agent converges to it.
+        #[arg(long)]
+        desired: bool,
+        /// Actor name recorded in the audit log.
+        #[arg(long, default_value = "operator")]
+        actor: String,
+        /// Seconds the command stays valid.
+        #[arg(long, default_value_t = 300)]
+        ttl: u64,
+        /// Seconds to wait for the reply.
+        #[arg(long, default_value_t = 15)]
+        timeout: u64,
+    },
     /// Validate deployment manifests (TOML) exactly as the agent will decode them.
     Validate {
         /// Manifest files.
@@ -211,6 +250,67 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 out.display()
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Verb::Release(release::ReleaseCmd::Sign {
+            file,
+            version,
+            key,
+            key_name,
+        }) => {
+            let sig = release::sign(&file, &version, &key, &key_name)?;
+            println!("{}", serde_json::to_string_pretty(&sig)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Verb::Artifacts(release::ArtifactsCmd::Put { file, name }) => {
+            let name = match name {
+                Some(n) => n,
+                None => file
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .ok_or_else(|| anyhow!("{}: no file name; pass --name", file.display()))?,
+            };
+            let t = transport(&cli.conn).await?;
+            let size = release::put_artifact(&t, &file, &name).await?;
+            println!("nats-object://{name} ({size} bytes)");
+            Ok(ExitCode::SUCCESS)
+        }
+        Verb::AgentUpgrade {
+            device,
+            version,
+            artifact,
+            signature,
+            key,
+            desired,
+            actor,
+            ttl,
+            timeout,
+        } => {
+            let text = std::fs::read_to_string(&signature)
+                .with_context(|| format!("read {}", signature.display()))?;
+            let sig: fleet_contract::release::ReleaseSignature = serde_json::from_str(&text)
+                .with_context(|| {
+                    format!("{}: not a release signature document", signature.display())
+                })?;
+            let args = release::upgrade_args(&sig, &version, &artifact)?;
+            let t = transport(&cli.conn).await?;
+            if desired {
+                let rev = release::put_desired(&t, &device, &args).await?;
+                println!("desired agent release of {device}: {version} (revision {rev})");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let key = key.ok_or_else(|| anyhow!("--key is required without --desired"))?;
+            release::send(
+                &t,
+                &device,
+                "agent-upgrade",
+                args,
+                &key,
+                &actor,
+                ttl,
+                timeout,
+                now(),
+            )
+            .await
         }
         Verb::Init => {
             let t = transport(&cli.conn).await?;
@@ -517,6 +617,20 @@ fn render_status(views: &std::collections::BTreeMap<String, DeviceView>) -> Stri
             .and_then(|i| i["version"].as_str())
             .unwrap_or("?");
         let _ = writeln!(out, "{dev}  fleet-agent {version}");
+        if let Some(su) = v.info.as_ref().map(|i| &i["details"]["self-upgrade"]) {
+            if let Some(phase) = su["phase"].as_str() {
+                let _ = writeln!(
+                    out,
+                    "  agent upgrade: {phase}{}{}",
+                    su["target"]
+                        .as_str()
+                        .map_or(String::new(), |t| format!(" ({t})")),
+                    su["message"]
+                        .as_str()
+                        .map_or(String::new(), |m| format!(": {m}"))
+                );
+            }
+        }
         if let Some(mods) = v.info.as_ref().and_then(|i| i["modules"].as_array()) {
             for m in mods {
                 let _ = writeln!(

@@ -319,7 +319,12 @@ impl Transport {
         Ok(AsyncClient::new(o, 64))
     }
 
-    async fn mqtt_publish(&self, topic: &str, body: Vec<u8>, retain: bool) -> Result<()> {
+    pub(crate) async fn mqtt_publish(
+        &self,
+        topic: &str,
+        body: Vec<u8>,
+        retain: bool,
+    ) -> Result<()> {
         let (client, mut ev) = self.mqtt_connect(true)?;
         client
             .publish(topic, QoS::AtLeastOnce, retain, body)

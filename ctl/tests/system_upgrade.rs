@@ -14,7 +14,7 @@ use fleet_mod_system_upgrade::fake_lvm::FakeLvm;
 use fleet_mod_system_upgrade::selector::VmSelector;
 use fleet_mod_system_upgrade::{Config as ModConfig, SelectorKind, SystemUpgradeModule};
 use fleet_module_api::CancellationToken;
-use fleet_testkit::{require, NatsServer, TempRoot};
+use fleet_testkit::{require, Mosquitto, NatsServer, TempRoot};
 
 const CTL: &str = env!("CARGO_BIN_EXE_fleetctl");
 const DEV: &str = "pi-7";
@@ -30,8 +30,9 @@ async fn ctl(args: Vec<String>) -> Output {
     .unwrap()
 }
 
+/// `conn` is `--nats URL` or `--mqtt HOST:PORT`, as one string with a space.
 fn args(conn: &str, rest: &[&str]) -> Vec<String> {
-    let mut v = vec!["--nats".to_owned(), conn.to_owned()];
+    let mut v: Vec<String> = conn.split(' ').map(str::to_owned).collect();
     v.extend(rest.iter().map(|s| s.to_string()));
     v
 }
@@ -96,13 +97,36 @@ async fn wait_status(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fleetctl_requests_an_os_upgrade_and_shows_its_progress() {
+async fn fleetctl_requests_an_os_upgrade_and_shows_its_progress_over_nats() {
     if !require("nats-server") {
         return;
     }
     let nats = NatsServer::start_jetstream().unwrap();
-    let url = nats.url();
-    assert!(ctl(args(&url, &["init"])).await.status.success());
+    let conn = format!("--nats {}", nats.url());
+    assert!(ctl(args(&conn, &["init"])).await.status.success());
+    let plane = format!(
+        "plane = \"nats\"\n[control.nats]\nservers = [\"{}\"]\n",
+        nats.url()
+    );
+    scenario(&conn, &plane).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleetctl_requests_an_os_upgrade_and_shows_its_progress_over_mqtt() {
+    if !require("mosquitto") {
+        return;
+    }
+    let mq = Mosquitto::start().unwrap();
+    let conn = format!("--mqtt 127.0.0.1:{}", mq.port());
+    let plane = format!(
+        "plane = \"mqtt\"\n[control.mqtt]\nhost = \"127.0.0.1\"\nport = {}\n",
+        mq.port()
+    );
+    scenario(&conn, &plane).await;
+}
+
+async fn scenario(url: &str, plane: &str) {
+    let url = url.to_owned();
     let keys = TempRoot::new().unwrap();
     let (admin, admin_pub) = keygen(keys.path(), "admin.key").await;
     let (viewer, viewer_pub) = keygen(keys.path(), "viewer.key").await;
@@ -111,7 +135,7 @@ async fn fleetctl_requests_an_os_upgrade_and_shows_its_progress() {
     let boot = boot_partition(root.path());
     let path = root.write_config(&format!(
         "device_id = \"{DEV}\"\nstate_dir = {:?}\nrun_dir = {:?}\nheartbeat_interval_secs = 1\n\
-         [control]\nplane = \"nats\"\n[control.nats]\nservers = [\"{url}\"]\n\
+         [control]\n{plane}\
          [[trust.operators]]\nname = \"admin\"\npublic_key = \"{admin_pub}\"\nrole = \"admin\"\n\
          [[trust.operators]]\nname = \"viewer\"\npublic_key = \"{viewer_pub}\"\nrole = \"viewer\"\n",
         root.state(),

@@ -29,6 +29,7 @@ mod nats;
 mod notify;
 mod podman;
 mod registry;
+mod restart_loop;
 mod root;
 mod wait;
 
@@ -38,6 +39,7 @@ pub use nats::NatsServer;
 pub use notify::NotifySocket;
 pub use podman::{busybox_image, podman, PodmanScope, BUSYBOX_REPO, SCOPE_LABEL};
 pub use registry::Registry;
+pub use restart_loop::{ArgsFor, Start, SystemdRestartLoop, Unit};
 pub use root::{TempRoot, KEEP_TEMP_ENV};
 pub use wait::{find_on_path, free_port, require, wait_until, POLL_INTERVAL, REQUIRE_DAEMONS_ENV};
 

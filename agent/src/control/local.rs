@@ -270,6 +270,7 @@ fn scan_dir(dir: &Path) -> Result<DesiredUpdate, ControlError> {
         state: Arc::new(DesiredState {
             deployments,
             system: None,
+            ..DesiredState::default()
         }),
         records,
     })

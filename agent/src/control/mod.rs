@@ -124,11 +124,16 @@ pub(crate) fn decode_system(source: &str, bytes: &[u8]) -> DesiredSystem {
     }
 }
 
-/// Builds a [`DesiredUpdate`] from a map of deployment name -> (source, raw bytes) and the
-/// OS upgrade request document (source, raw bytes), if any.
-pub(crate) fn update_from_docs_with_system(
-    docs: &BTreeMap<String, (String, Vec<u8>)>,
-    system: Option<&(String, Vec<u8>)>,
+/// A document as received: (source, raw bytes).
+pub(crate) type Doc = (String, Vec<u8>);
+
+/// Builds a [`DesiredUpdate`] from a map of deployment name -> document, the OS upgrade
+/// request (`<device>.system`) and the agent release (`<device>.agent`), if any. The agent
+/// release is not cached: a device that starts offline does not upgrade itself from cache.
+pub(crate) fn update_from_docs(
+    docs: &BTreeMap<String, Doc>,
+    system: Option<&Doc>,
+    agent: Option<&Doc>,
 ) -> DesiredUpdate {
     let mut deployments = BTreeMap::new();
     let mut records = Vec::new();
@@ -155,10 +160,20 @@ pub(crate) fn update_from_docs_with_system(
         });
         decode_system(source, bytes)
     });
+    let agent = agent.map(|(source, bytes)| {
+        match fleet_contract::release::AgentRelease::from_json_slice(bytes) {
+            Ok(rel) => fleet_module_api::DesiredAgent::Valid(rel),
+            Err(error) => fleet_module_api::DesiredAgent::Invalid {
+                source_name: source.clone(),
+                error,
+            },
+        }
+    });
     DesiredUpdate {
         state: Arc::new(DesiredState {
             deployments,
             system,
+            agent,
         }),
         records,
     }

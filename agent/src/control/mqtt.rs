@@ -24,8 +24,7 @@ use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
-    update_from_docs_with_system, Backoff, CommandRequest, ControlError, ControlPlane, PlaneIo,
-    StatusSnapshot,
+    update_from_docs, Backoff, CommandRequest, ControlError, ControlPlane, PlaneIo, StatusSnapshot,
 };
 use crate::config::MqttConfig;
 
@@ -172,6 +171,8 @@ impl ControlPlane for MqttPlane {
         } = io;
         let mut docs: BTreeMap<String, (String, Vec<u8>)> = BTreeMap::new();
         let mut system: Option<(String, Vec<u8>)> = None;
+        let agent_topic = names::mqtt_desired_agent(&dev);
+        let mut agent_doc: Option<(String, Vec<u8>)> = None;
         // Some(deadline) while a retained replay is settling.
         let mut settling: Option<tokio::time::Instant> = None;
         let mut connected = false;
@@ -185,7 +186,7 @@ impl ControlPlane for MqttPlane {
                 () = tokio::time::sleep_until(settle_at), if settling.is_some() => {
                     settling = None;
                     tracing::info!(deployments = docs.len(), "MQTT desired state replayed");
-                    desired.send_replace(update_from_docs_with_system(&docs, system.as_ref()));
+                    desired.send_replace(update_from_docs(&docs, system.as_ref(), agent_doc.as_ref()));
                 }
                 msg = in_rx.recv() => match msg {
                     None => break Ok(()),
@@ -200,6 +201,7 @@ impl ControlPlane for MqttPlane {
                         }
                         docs.clear();
                         system = None;
+                        agent_doc = None;
                         settling = Some(tokio::time::Instant::now() + SETTLE * 3);
                         let _ = client.publish(names::mqtt_online(&dev), QoS::AtLeastOnce, true, "true").await;
                         // Re-publish everything after every (re)connect.
@@ -220,25 +222,31 @@ impl ControlPlane for MqttPlane {
                         connected = false;
                     }
                     Some(Incoming::Publish { topic, payload, props }) => {
-                        if topic == names::mqtt_desired_system(&dev) {
-                            system = (!payload.is_empty()).then(|| (format!("mqtt:{topic}"), payload.to_vec()));
-                            match settling {
-                                Some(_) => settling = Some(tokio::time::Instant::now() + SETTLE),
-                                None => { desired.send_replace(update_from_docs_with_system(&docs, system.as_ref())); }
-                            }
+                        // A retained desired-state document; an empty payload deletes it.
+                        let doc = || (!payload.is_empty()).then(|| (format!("mqtt:{topic}"), payload.to_vec()));
+                        let is_desired = if topic == names::mqtt_desired_system(&dev) {
+                            system = doc();
+                            true
+                        } else if topic == agent_topic {
+                            agent_doc = doc();
+                            true
                         } else if let Some(name) = names::deploy_name_from_mqtt_topic(&dev, &topic) {
                             if DeviceId::parse(name).is_err() {
                                 tracing::warn!(%topic, "ignoring desired-state topic with an invalid deployment name");
                                 continue;
                             }
-                            if payload.is_empty() {
-                                docs.remove(name);
-                            } else {
-                                docs.insert(name.to_owned(), (format!("mqtt:{topic}"), payload.to_vec()));
-                            }
+                            match doc() {
+                                Some(d) => docs.insert(name.to_owned(), d),
+                                None => docs.remove(name),
+                            };
+                            true
+                        } else {
+                            false
+                        };
+                        if is_desired {
                             match settling {
                                 Some(_) => settling = Some(tokio::time::Instant::now() + SETTLE),
-                                None => { desired.send_replace(update_from_docs_with_system(&docs, system.as_ref())); }
+                                None => { desired.send_replace(update_from_docs(&docs, system.as_ref(), agent_doc.as_ref())); }
                             }
                         } else if topic == names::mqtt_cmd(&dev) {
                             let Some((reply_to, corr)) = props.and_then(|p| p.response_topic.map(|t| (t, p.correlation_data))) else {

@@ -19,8 +19,8 @@ use futures::StreamExt;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::{
-    update_from_docs_with_system, Backoff, CommandRequest, ControlError, ControlPlane,
-    DesiredUpdate, PlaneIo, StatusSnapshot,
+    update_from_docs, Backoff, CommandRequest, ControlError, ControlPlane, DesiredUpdate, PlaneIo,
+    StatusSnapshot,
 };
 use crate::config::NatsConfig;
 
@@ -167,10 +167,13 @@ impl NatsPlane {
 
         let mut docs: BTreeMap<String, (String, Vec<u8>)> = BTreeMap::new();
         let mut system: Option<(String, Vec<u8>)> = None;
+        let system_key = names::kv_system_key(dev);
+        let agent_key = names::kv_agent_key(dev);
+        let mut agent_doc: Option<(String, Vec<u8>)> = None;
         let mut caught_up = n_subjects == 0;
         if caught_up {
             io.desired
-                .send_replace(update_from_docs_with_system(&docs, system.as_ref()));
+                .send_replace(update_from_docs(&docs, system.as_ref(), agent_doc.as_ref()));
         }
         // Publish everything after every (re)connect.
         let mut published = StatusSnapshot::default();
@@ -187,33 +190,34 @@ impl NatsPlane {
                         Some(Err(e)) => return Err(format!("desired-state watch: {e}")),
                         Some(Ok(e)) => e,
                     };
-                    if entry.key == names::kv_system_key(dev) {
-                        system = match entry.operation {
-                            kv::Operation::Put => Some((
-                                format!("nats:{DESIRED_BUCKET}/{}@{}", entry.key, entry.revision),
-                                entry.value.to_vec(),
-                            )),
-                            kv::Operation::Delete | kv::Operation::Purge => None,
-                        };
+                    let doc = || {
+                        matches!(entry.operation, kv::Operation::Put).then(|| {
+                            let source = format!("nats:{DESIRED_BUCKET}/{}@{}", entry.key, entry.revision);
+                            (source, entry.value.to_vec())
+                        })
+                    };
+                    if entry.key == system_key {
+                        system = doc();
+                    } else if entry.key == agent_key {
+                        agent_doc = doc();
                     } else {
-                    match names::deploy_name_from_kv_key(dev, &entry.key) {
-                        Some(name) if fleet_contract::DeviceId::parse(name).is_ok() => match entry.operation {
-                            kv::Operation::Put => {
-                                let source = format!("nats:{DESIRED_BUCKET}/{}@{}", entry.key, entry.revision);
-                                docs.insert(name.to_owned(), (source, entry.value.to_vec()));
-                            }
-                            kv::Operation::Delete | kv::Operation::Purge => {
-                                docs.remove(name);
-                            }
-                        },
-                        _ => tracing::warn!(key = %entry.key, "ignoring desired-state key this agent does not understand"),
-                    }
+                        match names::deploy_name_from_kv_key(dev, &entry.key) {
+                            Some(name) if fleet_contract::DeviceId::parse(name).is_ok() => match doc() {
+                                Some(d) => {
+                                    docs.insert(name.to_owned(), d);
+                                }
+                                None => {
+                                    docs.remove(name);
+                                }
+                            },
+                            _ => tracing::warn!(key = %entry.key, "ignoring desired-state key this agent does not understand"),
+                        }
                     }
                     if !caught_up && entry.delta == 0 {
                         caught_up = true;
                     }
                     if caught_up {
-                        io.desired.send_replace(update_from_docs_with_system(&docs, system.as_ref()));
+                        io.desired.send_replace(update_from_docs(&docs, system.as_ref(), agent_doc.as_ref()));
                     }
                 }
                 changed = io.status.changed() => {

@@ -38,17 +38,31 @@ pub struct CheckIn {
     /// The control plane delivered desired state in this run of the agent (local plane: the
     /// deployments directory was read).
     pub plane_reached: bool,
-    /// Every module whose probe found it available reports healthy (modules unavailable on
-    /// this device are not counted); `false` until every one has been checked.
-    pub all_healthy: bool,
-    /// Available modules that are not healthy, with their health state, for messages.
-    pub unhealthy: Vec<String>,
+    /// Every module's probe has finished.
+    pub probed: bool,
+    /// Available modules that are not healthy (modules unavailable on this device are not
+    /// counted), as `(name, health state)`.
+    pub unhealthy: Vec<(String, String)>,
 }
 
 impl CheckIn {
-    /// Control plane reached and every available module healthy.
-    pub fn ok(&self) -> bool {
-        self.plane_reached && self.all_healthy
+    /// Why the agent has not checked in yet, not counting module `except` (the asking
+    /// upgrade module itself); `None` once the control plane was reached and every other
+    /// available module is healthy. Upgrades commit or confirm only on `None`.
+    pub fn waiting_for(&self, except: &str) -> Option<String> {
+        if !self.plane_reached {
+            return Some("control plane not reached yet".to_owned());
+        }
+        if !self.probed {
+            return Some("modules not checked yet".to_owned());
+        }
+        let unhealthy: Vec<String> = self
+            .unhealthy
+            .iter()
+            .filter(|(name, _)| name != except)
+            .map(|(name, state)| format!("{name} {state}"))
+            .collect();
+        (!unhealthy.is_empty()).then(|| format!("unhealthy: {}", unhealthy.join(", ")))
     }
 }
 
@@ -75,6 +89,8 @@ pub type DesiredStream = watch::Receiver<Arc<DesiredState>>;
 pub struct DesiredState {
     /// Deployments by name.
     pub deployments: BTreeMap<String, DesiredDeployment>,
+    /// `<device>.agent`: the agent release this device should run (self-upgrade).
+    pub agent: Option<DesiredAgent>,
     /// The OS upgrade request (`<device>.system`), when there is one.
     pub system: Option<DesiredSystem>,
 }
@@ -90,6 +106,20 @@ pub enum DesiredSystem {
         source_name: String,
         /// Why it was rejected (line, field, message).
         error: DecodeError,
+    },
+}
+
+/// The desired agent release, or why its document could not be used.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DesiredAgent {
+    /// A decoded document (its signature is checked by the self-upgrade module).
+    Valid(fleet_contract::release::AgentRelease),
+    /// The document was rejected.
+    Invalid {
+        /// Where it came from (KV key and revision).
+        source_name: String,
+        /// Why, naming the field.
+        error: String,
     },
 }
 

@@ -17,6 +17,8 @@ pub enum ExtensionKind {
     ContainerRuntime,
     /// [`LifecycleHook`], provided by `init-containers` and `secrets`.
     LifecycleHook,
+    /// [`AgentSelf`], provided by the runtime itself (not by a module).
+    AgentSelf,
 }
 
 impl ExtensionKind {
@@ -24,6 +26,7 @@ impl ExtensionKind {
         match self {
             ExtensionKind::ContainerRuntime => TypeId::of::<dyn ContainerRuntime>(),
             ExtensionKind::LifecycleHook => TypeId::of::<dyn LifecycleHook>(),
+            ExtensionKind::AgentSelf => TypeId::of::<dyn AgentSelf>(),
         }
     }
 }
@@ -81,6 +84,28 @@ pub trait LifecycleHook: Send + Sync + 'static {
     async fn after_stop(&self, _deployment: &Deployment) -> Result<(), RuntimeError> {
         Ok(())
     }
+}
+
+/// What the runtime tells modules about the agent process itself (self-upgrade): its
+/// version, artifact downloads through the configured control plane, the check-in (control
+/// plane reached, modules healthy) and a way to ask for a clean exit so systemd restarts it.
+#[async_trait]
+pub trait AgentSelf: Send + Sync + 'static {
+    /// The running agent's version (`fleet-agent version`).
+    fn version(&self) -> &str;
+    /// Downloads object `name` from the control plane's artifact store into `dest`, at most
+    /// `max_bytes`; returns the bytes written.
+    async fn fetch_artifact(
+        &self,
+        name: &str,
+        dest: &std::path::Path,
+        max_bytes: u64,
+    ) -> Result<u64, RuntimeError>;
+    /// Is the control plane reachable now and is every available module other than
+    /// `except` healthy? `Ok` carries a one-line summary, `Err` the first reason why not.
+    async fn check_in(&self, except: &str) -> Result<String, String>;
+    /// Asks the runtime to drain and exit non-zero (systemd then starts the current link).
+    fn request_restart(&self, reason: String);
 }
 
 /// Collects extension points while modules are wired; frozen into [`Extensions`].

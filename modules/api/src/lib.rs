@@ -47,12 +47,12 @@ pub use capability::{BuildFn, Capability, Descriptor, Health, Needs, Probe};
 pub use clock::{Clock, SystemClock};
 pub use command::{Command, Reply};
 pub use context::{
-    CheckIn, CheckInStream, Context, DesiredDeployment, DesiredState, DesiredStream, DesiredSystem,
-    ModuleStore, Paths, StatusSink, StoreError,
+    CheckIn, CheckInStream, Context, DesiredAgent, DesiredDeployment, DesiredState, DesiredStream,
+    DesiredSystem, ModuleStore, Paths, StatusSink, StoreError,
 };
 pub use error::{parse_section, CommandError, ConfigError, ModuleError};
 pub use extensions::{
-    ContainerRuntime, ExtensionKind, Extensions, ExtensionsBuilder, LifecycleHook, RunOutcome,
-    RunSpec, RuntimeError,
+    AgentSelf, ContainerRuntime, ExtensionKind, Extensions, ExtensionsBuilder, LifecycleHook,
+    RunOutcome, RunSpec, RuntimeError,
 };
 pub use tokio_util::sync::CancellationToken;

@@ -41,6 +41,17 @@ pub enum Begin {
     Known(Record),
 }
 
+/// What is left after [`Engine::recover`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// Nothing to do until the next request.
+    Nothing,
+    /// On the trial: commit after check-in.
+    Probation,
+    /// An accepted upgrade that has not started changing anything: execute it.
+    Execute(Box<Record>),
+}
+
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -439,14 +450,16 @@ impl Engine {
         if !problems.is_empty() {
             full.push_str(&format!(" (cleanup: {})", problems.join("; ")));
         }
-        // Only an upgrade that reached the boot partition leaves `failed` there.
-        let ours = self
-            .files
-            .current()
-            .ok()
-            .flatten()
-            .is_some_and(|b| b.upgrade == rec.id);
-        if ours {
+        // Only an upgrade that reached the boot partition (past Checking) leaves `failed`
+        // there; a state naming this id from elsewhere (a lost store) is not touched.
+        let wrote_state = rec.phase != Phase::Checking
+            && self
+                .files
+                .current()
+                .ok()
+                .flatten()
+                .is_some_and(|b| b.upgrade == rec.id);
+        if wrote_state {
             let mut st = self.boot_state_for(rec, State::Failed);
             st.reason = full.clone();
             if let Err(e) = self.write_state(&st) {
@@ -487,9 +500,8 @@ impl Engine {
 
     /// Works out where the last upgrade stands after a start (restart or reboot) and acts:
     /// resumes the reboot, enters Probation on the trial, reports what the initramfs did,
-    /// finishes a commit, and never runs the command again. Returns true when the caller
-    /// should try to commit (Probation).
-    pub async fn recover(&self) -> bool {
+    /// finishes a commit, and never runs the command again. Tells the caller what is left.
+    pub async fn recover(&self) -> Resume {
         let boot = match self.files.current() {
             Ok(b) => b,
             Err(e) => {
@@ -533,7 +545,7 @@ impl Engine {
                 }
             }
             self.publish();
-            return false;
+            return Resume::Nothing;
         };
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(rec.clone());
         if rec.phase.is_terminal() {
@@ -543,22 +555,19 @@ impl Engine {
                 }
             }
             self.publish();
-            return false;
+            return Resume::Nothing;
+        }
+        if rec.phase == Phase::Checking {
+            // Accepted, nothing changed yet (Checking only reads): carry it out now.
+            return Resume::Execute(Box::new(rec));
         }
         let same_boot = rec.boot_id == this_boot;
-        let b = match boot.filter(|b| b.upgrade == rec.id) {
-            Some(b) => b,
-            None => {
-                if rec.phase == Phase::Checking {
-                    let reason = "the agent stopped during Checking; nothing was changed";
-                    self.fail_clean(&mut rec, reason, false).await;
-                } else {
-                    let reason = "the boot partition's state does not name this upgrade (lost or overwritten)";
-                    rec.reason = Some(reason.into());
-                    self.enter(&mut rec, Phase::Failed, reason);
-                }
-                return false;
-            }
+        let Some(b) = boot.filter(|b| b.upgrade == rec.id) else {
+            let reason =
+                "the boot partition's state does not name this upgrade (lost or overwritten)";
+            rec.reason = Some(reason.into());
+            self.enter(&mut rec, Phase::Failed, reason);
+            return Resume::Nothing;
         };
         match b.state {
             State::Upgrading if same_boot => match rec.phase {
@@ -589,7 +598,7 @@ impl Engine {
                         b.max_boots
                     ),
                 );
-                return true;
+                return Resume::Probation;
             }
             State::Trial if same_boot && rec.phase == Phase::Rebooting => {
                 // The agent restarted before the reboot happened: arm and reboot again.
@@ -622,7 +631,7 @@ impl Engine {
                 self.enter(&mut rec, Phase::Failed, reason);
             }
         }
-        false
+        Resume::Nothing
     }
 
     /// Takes over an outcome written by the initramfs (or an earlier commit).
@@ -650,17 +659,8 @@ impl Engine {
             return true;
         };
         let boot = self.files.current().ok().flatten();
-        let wait = if !checkin.ok() {
-            Some(if !checkin.plane_reached {
-                "waiting for check-in: control plane not reached yet".to_owned()
-            } else if checkin.unhealthy.is_empty() {
-                "waiting for check-in: modules not checked yet".to_owned()
-            } else {
-                format!(
-                    "waiting for check-in: unhealthy: {}",
-                    checkin.unhealthy.join(", ")
-                )
-            })
+        let wait = if let Some(why) = checkin.waiting_for(crate::NAME) {
+            Some(format!("waiting for check-in: {why}"))
         } else if boot
             .as_ref()
             .is_some_and(|b| b.upgrade == rec.id && b.state == State::Trial && b.bootcount > 0)
@@ -774,6 +774,10 @@ impl Engine {
         }
         if let Err(e) = self.boot.remove_saved() {
             problems.push(format!("removing the saved boot set: {e}"));
+        }
+        // Again, in case a good-boot unit re-armed the trial while the commit ran.
+        if let Err(e) = self.selector.disarm() {
+            problems.push(format!("disarming: {e}"));
         }
         let text = if problems.is_empty() {
             "committed: the new system is the default; snapshot and saved boot set removed"

@@ -32,7 +32,7 @@ use fleet_module_api::{
 use tokio::sync::mpsc;
 
 pub use config::{Config, SelectorKind};
-use engine::{Begin, Engine, Refusal};
+use engine::{Begin, Engine, Refusal, Resume};
 use lvm::{Lvm, LvmCli};
 use record::Record;
 use selector::{BootSelector, RpiTryboot, VmSelector};
@@ -205,14 +205,34 @@ impl Capability for SystemUpgradeModule {
     async fn run(self: Arc<Self>, ctx: Context) -> Result<(), ModuleError> {
         let engine = self.engine(&ctx);
         let mut starts = self.start_rx.lock().await;
-        let mut probation = engine.recover().await;
+        // Requests accepted while `run` was not running are in the store as Checking too:
+        // recover() returns the current one; the channel's copies are stale then.
+        while starts.try_recv().is_ok() {}
+        let mut probation = false;
+        match engine.recover().await {
+            Resume::Nothing => {}
+            Resume::Probation => probation = true,
+            Resume::Execute(rec) => {
+                self.set_health(Health::Healthy);
+                engine.execute(*rec, &ctx.shutdown).await;
+            }
+        }
         self.set_health(Health::Healthy);
         let mut desired = ctx.desired.clone();
         let mut checkin = ctx.checkin.clone();
         let mut desired_open = true;
         let mut checkin_open = true;
         let mut desired_dirty = true;
+        let mut was_done = true;
         loop {
+            if probation {
+                let c = checkin.borrow_and_update().clone();
+                probation = !engine.try_commit(&c).await;
+            }
+            // An upgrade just ended: a desired request refused while it ran gets its turn.
+            let done = engine.current().is_none_or(|c| c.phase.is_terminal());
+            desired_dirty |= done && !was_done;
+            was_done = done;
             if desired_dirty {
                 desired_dirty = false;
                 let state = desired.borrow_and_update().clone();
@@ -221,10 +241,6 @@ impl Capability for SystemUpgradeModule {
                     continue;
                 }
             }
-            if probation {
-                let c = checkin.borrow_and_update().clone();
-                probation = !engine.try_commit(&c).await;
-            }
             tokio::select! {
                 () = ctx.shutdown.cancelled() => return Ok(()),
                 changed = desired.changed(), if desired_open => {
@@ -232,7 +248,15 @@ impl Capability for SystemUpgradeModule {
                     desired_dirty = desired_open;
                 }
                 changed = checkin.changed(), if checkin_open => checkin_open = changed.is_ok(),
-                Some(rec) = starts.recv() => engine.execute(rec, &ctx.shutdown).await,
+                Some(rec) = starts.recv() => {
+                    // Only what is still the current, untouched request (never twice).
+                    let fresh = engine
+                        .current()
+                        .is_some_and(|c| c.id == rec.id && c.phase == record::Phase::Checking);
+                    if fresh {
+                        engine.execute(rec, &ctx.shutdown).await;
+                    }
+                }
                 () = tokio::time::sleep(PROBATION_TICK), if probation => {}
             }
         }

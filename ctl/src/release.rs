@@ -1,0 +1,172 @@
+//! Agent self-upgrade from the operator's side: `release sign`, `artifacts put`,
+//! `agent-upgrade` (ARCHITECTURE §6).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use clap::Subcommand;
+use fleet_contract::release::{sha256_hex, ReleaseSignature};
+use fleet_contract::{CommandEnvelope, CommandReply, SignedCommand, COMMAND_API_VERSION};
+
+use crate::transport::Transport;
+
+/// `fleetctl release ...`.
+#[derive(Debug, Subcommand)]
+pub enum ReleaseCmd {
+    /// Sign an agent binary with a release key: prints the signature document (JSON) that
+    /// `agent-upgrade --signature` takes. Devices trust release keys in
+    /// `[[modules.self-upgrade.release_keys]]`, not their operator keys.
+    #[command(disable_version_flag = true)]
+    Sign {
+        /// The agent binary.
+        file: PathBuf,
+        /// The version it reports (`fleet-agent version`).
+        #[arg(long)]
+        version: String,
+        /// Release private key (from `fleetctl keygen`).
+        #[arg(long, env = "FLEETCTL_RELEASE_KEY")]
+        key: PathBuf,
+        /// Key name, as in the devices' release_keys.
+        #[arg(long)]
+        key_name: String,
+    },
+}
+
+/// `fleetctl artifacts ...`.
+#[derive(Debug, Subcommand)]
+pub enum ArtifactsCmd {
+    /// Upload a file to the fleet's object store (`fleet-artifacts`); devices fetch it as
+    /// `nats-object://<name>`.
+    Put {
+        /// The file.
+        file: PathBuf,
+        /// Object name (default: the file name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+/// Signs `file` as release `version`.
+pub fn sign(file: &Path, version: &str, key: &Path, key_name: &str) -> Result<ReleaseSignature> {
+    let bytes = std::fs::read(file).with_context(|| format!("read {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(key).with_context(|| format!("read key {}", key.display()))?;
+    let kp =
+        fleet_contract::key_pair_from_b64(&text).map_err(|e| anyhow!("{}: {e}", key.display()))?;
+    ReleaseSignature::sign(version, &sha256_hex(&bytes), key_name, &kp).map_err(|e| anyhow!(e))
+}
+
+/// Uploads `file` to the object store as `name`; returns the size.
+pub async fn put_artifact(t: &Transport, file: &Path, name: &str) -> Result<u64> {
+    let Transport::Nats(client) = t else {
+        bail!("artifacts live in the NATS object store; over MQTT use an HTTPS URL or file://");
+    };
+    let js = async_nats::jetstream::new(client.clone());
+    let store = js
+        .get_object_store(fleet_contract::names::ARTIFACTS_BUCKET)
+        .await
+        .with_context(|| {
+            format!(
+                "object store {} (run `fleetctl init`)",
+                fleet_contract::names::ARTIFACTS_BUCKET
+            )
+        })?;
+    let mut f = tokio::fs::File::open(file)
+        .await
+        .with_context(|| format!("open {}", file.display()))?;
+    let info = store
+        .put(name, &mut f)
+        .await
+        .map_err(|e| anyhow!("put {name}: {e}"))?;
+    Ok(info.size as u64)
+}
+
+/// The `agent-upgrade` command arguments from a signature document and a location.
+pub fn upgrade_args(
+    sig: &ReleaseSignature,
+    version: &str,
+    artifact: &str,
+) -> Result<serde_json::Value> {
+    if sig.version != version {
+        bail!(
+            "--version {version:?} does not match the signature's version {:?}",
+            sig.version
+        );
+    }
+    Ok(serde_json::json!({
+        "version": sig.version,
+        "artifact": artifact,
+        "sha256": sig.sha256,
+        "signature": sig.signature,
+        "key": sig.key,
+    }))
+}
+
+/// Puts the desired agent release into the device's desired state: `<device>.agent` in KV
+/// `fleet-desired` (returns the revision) or retained `fleet/<device>/desired/agent` (0).
+pub async fn put_desired(t: &Transport, device: &str, args: &serde_json::Value) -> Result<u64> {
+    let mut doc = args.clone();
+    doc["apiVersion"] = fleet_contract::API_VERSION.into();
+    let body = serde_json::to_vec(&doc)?;
+    // The agent decodes exactly this; refuse to publish what it would reject.
+    fleet_contract::release::AgentRelease::from_json_slice(&body).map_err(|e| anyhow!(e))?;
+    let Transport::Nats(client) = t else {
+        t.mqtt_publish(
+            &fleet_contract::names::mqtt_desired_agent(device),
+            body,
+            true,
+        )
+        .await?;
+        return Ok(0);
+    };
+    let kv = async_nats::jetstream::new(client.clone())
+        .get_key_value(fleet_contract::names::DESIRED_BUCKET)
+        .await
+        .context("KV bucket fleet-desired (run `fleetctl init`)")?;
+    kv.put(fleet_contract::names::kv_agent_key(device), body.into())
+        .await
+        .context("put")
+}
+
+/// Signs and sends one command; prints the reply.
+#[allow(clippy::too_many_arguments)]
+pub async fn send(
+    t: &Transport,
+    device: &str,
+    verb: &str,
+    args: serde_json::Value,
+    key: &Path,
+    actor: &str,
+    ttl: u64,
+    timeout: u64,
+    now: u64,
+) -> Result<ExitCode> {
+    let text =
+        std::fs::read_to_string(key).with_context(|| format!("read key {}", key.display()))?;
+    let kp =
+        fleet_contract::key_pair_from_b64(&text).map_err(|e| anyhow!("{}: {e}", key.display()))?;
+    let id: [u8; 12] = rand::random();
+    let env = CommandEnvelope {
+        api_version: COMMAND_API_VERSION.into(),
+        id: id.iter().map(|b| format!("{b:02x}")).collect(),
+        device: device.to_owned(),
+        verb: verb.to_owned(),
+        args,
+        actor: actor.to_owned(),
+        issued_at: now,
+        expires_at: now + ttl.max(1),
+    };
+    let signed = SignedCommand::sign(&env, &kp).encode();
+    let bytes = t
+        .command(device, signed, Duration::from_secs(timeout))
+        .await?;
+    let reply: CommandReply = serde_json::from_slice(&bytes).context("decode reply")?;
+    println!("{}", serde_json::to_string_pretty(&reply)?);
+    Ok(if reply.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
