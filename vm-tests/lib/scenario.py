@@ -153,7 +153,9 @@ class Run:
         self.step_times: list[tuple[str, float]] = []
         self._lock = threading.Lock()
         self.services: dict = {}
-        self.subst: dict[str, str] = {}
+        # @NAME@ -> text in every step's strings: service URLs, `export`ed host output, and
+        # @REPO@ (the repository, for host steps that build or sign things).
+        self.subst: dict[str, str] = {"@REPO@": str(REPO)}
 
     def start_services(self) -> None:
         """`[services]` of the scenario: `apt = "<variant>"` (a local apt repository with
@@ -326,6 +328,9 @@ def step_ssh(r: Run, st: dict) -> None:
             raise StepFailed(st.get("message", "ssh step failed") + f": {err}")
         time.sleep(float(st.get("interval", 3)))
     r.save(st, value)
+    if st.get("export"):
+        # A host step's output (e.g. a public key) for later steps' strings: @NAME@.
+        r.subst[f"@{st['export']}@"] = p.stdout.strip()
 
 
 def _host(r: Run, command: str, timeout: float) -> subprocess.CompletedProcess[str]:
