@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::bootstate::sync_dir;
+use crate::bootstate::{rename_durable, sync_dir};
 
 /// `config.txt` appendix that makes any boot during the upgrade use the saved (old) set.
 pub const SAVED_SET_PREFIX: &str = "fleet/preupgrade/";
@@ -97,8 +97,7 @@ impl BootDir {
             copy_dir(&self.root.join(d), &tmp.join(d))?;
         }
         sync_dir(&tmp)?;
-        std::fs::rename(&tmp, self.saved())?;
-        sync_dir(&self.fleet())?;
+        rename_durable(&tmp, &self.saved())?;
         let mut all = files;
         all.extend(dirs.into_iter().map(|d| format!("{d}/")));
         Ok(all)
@@ -189,8 +188,7 @@ impl BootDir {
             f.write_all(bytes)?;
             f.sync_all()?;
         }
-        std::fs::rename(&tmp, &path)?;
-        sync_dir(&dir)
+        rename_durable(&tmp, &path)
     }
 
     /// Appends `<unix> agent <text>` to `fleet/boot.log`, trimming it to its last 200 lines

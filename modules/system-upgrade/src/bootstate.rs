@@ -349,6 +349,19 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Renames `from` to `to` so that the rename survives a power cut on the FAT boot partition:
+/// Linux vfat writes a renamed entry's directory record only when the renamed file or
+/// directory itself is written back, so fsync it first, then its parent (CONTRACT §2; a cut
+/// after a plain rename + parent fsync left `config.txt` on a freed cluster in the VM).
+pub fn rename_durable(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::rename(from, to)?;
+    std::fs::File::open(to)?.sync_all()?;
+    match to.parent() {
+        Some(parent) => sync_dir(parent),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
