@@ -152,6 +152,14 @@ impl DecodeError {
         }
     }
 
+    /// An error about one field, with no position (e.g. a JSON document's semantic check).
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: Some(field.into()),
+            ..Self::whole(message)
+        }
+    }
+
     /// Attaches the file or key name the document came from.
     pub fn with_source(mut self, name: impl Into<String>) -> Self {
         self.source_name = Some(name.into());
@@ -182,27 +190,9 @@ impl Deployment {
     /// Decodes and validates a JSON manifest (the network format).
     pub fn from_json_slice(bytes: &[u8]) -> Result<Self, DecodeError> {
         check_size(bytes.len())?;
-        let mut de = serde_json::Deserializer::from_slice(bytes);
-        let d: Deployment = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            DecodeError {
-                source_name: None,
-                line: Some(inner.line()),
-                column: Some(inner.column()),
-                // "." is serde_path_to_error's name for the document root.
-                field: unknown_or_missing_field(&inner.to_string())
-                    .or_else(|| (path != ".").then_some(path)),
-                message: inner.to_string(),
-            }
-        })?;
-        d.validate().map_err(|(field, message)| DecodeError {
-            source_name: None,
-            line: None,
-            column: None,
-            field: Some(field),
-            message,
-        })?;
+        let d: Deployment = decode_json(bytes)?;
+        d.validate()
+            .map_err(|(field, message)| DecodeError::field(field, message))?;
         Ok(d)
     }
 
@@ -329,6 +319,25 @@ fn is_signal_name(s: &str) -> bool {
     SIGNALS.contains(&s)
 }
 
+/// Decodes any JSON document, turning errors into a [`DecodeError`] with line, column and the
+/// field's path.
+pub(crate) fn decode_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        DecodeError {
+            source_name: None,
+            line: Some(inner.line()),
+            column: Some(inner.column()),
+            // "." is serde_path_to_error's name for the document root.
+            field: unknown_or_missing_field(&inner.to_string())
+                .or_else(|| (path != ".").then_some(path)),
+            message: inner.to_string(),
+        }
+    })
+}
+
 /// Decodes any TOML document, turning errors into a [`DecodeError`] with line, column and field.
 pub fn decode_toml<T: serde::de::DeserializeOwned>(src: &str) -> Result<T, DecodeError> {
     toml::from_str(src).map_err(|e| toml_error(src, &e))
@@ -378,7 +387,7 @@ fn line_col(src: &str, offset: usize) -> (usize, usize) {
 }
 
 /// serde's "unknown field `x`" / "missing field `x`" messages name the field already.
-pub(crate) fn unknown_or_missing_field(message: &str) -> Option<String> {
+fn unknown_or_missing_field(message: &str) -> Option<String> {
     let rest = message
         .strip_prefix("unknown field `")
         .or_else(|| message.strip_prefix("missing field `"))?;

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::{decode_toml, located_error, unknown_or_missing_field, DecodeError};
+use crate::manifest::{decode_json, decode_toml, located_error, DecodeError};
 use crate::API_VERSION;
 
 /// Largest request document accepted, in bytes.
@@ -65,26 +65,9 @@ impl SystemUpgrade {
     /// Decodes JSON bytes (the network format and the verb's arguments).
     pub fn from_json_slice(bytes: &[u8]) -> Result<Self, DecodeError> {
         check_size(bytes.len())?;
-        let mut de = serde_json::Deserializer::from_slice(bytes);
-        let s: SystemUpgrade = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            DecodeError {
-                source_name: None,
-                line: Some(inner.line()),
-                column: Some(inner.column()),
-                field: unknown_or_missing_field(&inner.to_string())
-                    .or_else(|| (path != ".").then_some(path)),
-                message: inner.to_string(),
-            }
-        })?;
-        s.validate().map_err(|(field, message)| DecodeError {
-            source_name: None,
-            line: None,
-            column: None,
-            field: Some(field),
-            message,
-        })?;
+        let s: SystemUpgrade = decode_json(bytes)?;
+        s.validate()
+            .map_err(|(field, message)| DecodeError::field(field, message))?;
         Ok(s)
     }
 
