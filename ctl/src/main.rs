@@ -292,23 +292,23 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     format!("{}: not a release signature document", signature.display())
                 })?;
             let args = release::upgrade_args(&sig, &version, &artifact)?;
-            let t = transport(&cli.conn).await?;
             if desired {
+                let t = transport(&cli.conn).await?;
                 let rev = release::put_desired(&t, &device, &args).await?;
                 println!("desired agent release of {device}: {version} (revision {rev})");
                 return Ok(ExitCode::SUCCESS);
             }
             let key = key.ok_or_else(|| anyhow!("--key is required without --desired"))?;
-            release::send(
-                &t,
+            send_command(
+                &cli.conn,
                 &device,
-                "agent-upgrade",
+                "agent-upgrade".into(),
                 args,
                 &key,
-                &actor,
+                actor,
+                None,
                 ttl,
                 timeout,
-                now(),
             )
             .await
         }

@@ -2,13 +2,10 @@
 //! `agent-upgrade` (ARCHITECTURE §6).
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::Subcommand;
 use fleet_contract::release::{sha256_hex, ReleaseSignature};
-use fleet_contract::{CommandEnvelope, CommandReply, SignedCommand, COMMAND_API_VERSION};
 
 use crate::transport::Transport;
 
@@ -128,45 +125,4 @@ pub async fn put_desired(t: &Transport, device: &str, args: &serde_json::Value) 
     kv.put(fleet_contract::names::kv_agent_key(device), body.into())
         .await
         .context("put")
-}
-
-/// Signs and sends one command; prints the reply.
-#[allow(clippy::too_many_arguments)]
-pub async fn send(
-    t: &Transport,
-    device: &str,
-    verb: &str,
-    args: serde_json::Value,
-    key: &Path,
-    actor: &str,
-    ttl: u64,
-    timeout: u64,
-    now: u64,
-) -> Result<ExitCode> {
-    let text =
-        std::fs::read_to_string(key).with_context(|| format!("read key {}", key.display()))?;
-    let kp =
-        fleet_contract::key_pair_from_b64(&text).map_err(|e| anyhow!("{}: {e}", key.display()))?;
-    let id: [u8; 12] = rand::random();
-    let env = CommandEnvelope {
-        api_version: COMMAND_API_VERSION.into(),
-        id: id.iter().map(|b| format!("{b:02x}")).collect(),
-        device: device.to_owned(),
-        verb: verb.to_owned(),
-        args,
-        actor: actor.to_owned(),
-        issued_at: now,
-        expires_at: now + ttl.max(1),
-    };
-    let signed = SignedCommand::sign(&env, &kp).encode();
-    let bytes = t
-        .command(device, signed, Duration::from_secs(timeout))
-        .await?;
-    let reply: CommandReply = serde_json::from_slice(&bytes).context("decode reply")?;
-    println!("{}", serde_json::to_string_pretty(&reply)?);
-    Ok(if reply.ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
 }
