@@ -109,20 +109,10 @@ pub async fn put_desired(t: &Transport, device: &str, args: &serde_json::Value) 
     let body = serde_json::to_vec(&doc)?;
     // The agent decodes exactly this; refuse to publish what it would reject.
     fleet_contract::release::AgentRelease::from_json_slice(&body).map_err(|e| anyhow!(e))?;
-    let Transport::Nats(client) = t else {
-        t.mqtt_publish(
-            &fleet_contract::names::mqtt_desired_agent(device),
-            body,
-            true,
-        )
-        .await?;
-        return Ok(0);
-    };
-    let kv = async_nats::jetstream::new(client.clone())
-        .get_key_value(fleet_contract::names::DESIRED_BUCKET)
-        .await
-        .context("KV bucket fleet-desired (run `fleetctl init`)")?;
-    kv.put(fleet_contract::names::kv_agent_key(device), body.into())
-        .await
-        .context("put")
+    t.put_device_doc(
+        fleet_contract::names::kv_agent_key(device),
+        &fleet_contract::names::mqtt_desired_agent(device),
+        body,
+    )
+    .await
 }

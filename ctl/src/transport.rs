@@ -141,19 +141,32 @@ impl Transport {
 
     /// Puts an OS upgrade request into `device`'s desired state (`<device>.system`).
     pub async fn put_system(&self, device: &str, body: Vec<u8>) -> Result<u64> {
+        self.put_device_doc(
+            names::kv_system_key(device),
+            &names::mqtt_desired_system(device),
+            body,
+        )
+        .await
+    }
+
+    /// Puts a device-level desired document (not a deployment): KV `kv_key` in
+    /// `fleet-desired` (returns its revision) or the retained `mqtt_topic` (returns 0).
+    pub async fn put_device_doc(
+        &self,
+        kv_key: String,
+        mqtt_topic: &str,
+        body: Vec<u8>,
+    ) -> Result<u64> {
         match self {
             Transport::Nats(client) => {
                 let kv = jetstream::new(client.clone())
                     .get_key_value(DESIRED_BUCKET)
                     .await
                     .with_context(|| format!("KV bucket {DESIRED_BUCKET} (run `fleetctl init`)"))?;
-                kv.put(names::kv_system_key(device), body.into())
-                    .await
-                    .context("put")
+                kv.put(kv_key, body.into()).await.context("put")
             }
             Transport::Mqtt { .. } => {
-                self.mqtt_publish(&names::mqtt_desired_system(device), body, true)
-                    .await?;
+                self.mqtt_publish(mqtt_topic, body, true).await?;
                 Ok(0)
             }
         }
