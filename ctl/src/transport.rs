@@ -24,6 +24,9 @@ pub struct DeviceView {
     pub online: Option<bool>,
 }
 
+/// Upper bound for reading the status of the fleet (or one device).
+pub const STATUS_LIMIT: Duration = Duration::from_secs(30);
+
 pub enum Transport {
     Nats(async_nats::Client),
     Mqtt { host: String, port: u16 },
@@ -193,7 +196,19 @@ impl Transport {
     }
 
     /// Status of every device (or one), read back from the status bucket / retained topics.
+    /// Gives up after [`STATUS_LIMIT`] rather than hang on a broker that stopped answering.
     pub async fn status(&self, device: Option<&str>) -> Result<BTreeMap<String, DeviceView>> {
+        tokio::time::timeout(STATUS_LIMIT, self.read_status(device))
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "no complete status from the broker within {} s",
+                    STATUS_LIMIT.as_secs()
+                )
+            })?
+    }
+
+    async fn read_status(&self, device: Option<&str>) -> Result<BTreeMap<String, DeviceView>> {
         let mut out: BTreeMap<String, DeviceView> = BTreeMap::new();
         match self {
             Transport::Nats(client) => {
@@ -201,15 +216,30 @@ impl Transport {
                     .get_key_value(STATUS_BUCKET)
                     .await
                     .with_context(|| format!("KV bucket {STATUS_BUCKET} (run `fleetctl init`)"))?;
-                let mut keys = kv.keys().await?;
-                while let Some(key) = keys.next().await {
-                    let key = key?;
+                // The keys come from the stream's per-subject counts (one request), not
+                // `kv.keys()`: that ordered consumer can wait forever on nats-server 2.9
+                // while the bucket is being written (nats-server#3481).
+                let filter = match device {
+                    Some(d) => format!("{}{d}.>", kv.prefix),
+                    None => format!("{}>", kv.prefix),
+                };
+                let mut keys = Vec::new();
+                let mut subjects = kv
+                    .stream
+                    .info_with_subjects(filter)
+                    .await
+                    .context("list status keys")?;
+                while let Some(s) = subjects.next().await {
+                    let (subject, _count) = s.context("list status keys")?;
+                    if let Some(key) = subject.strip_prefix(kv.prefix.as_str()) {
+                        keys.push(key.to_owned());
+                    }
+                }
+                keys.sort();
+                for key in keys {
                     let Some((dev, rest)) = key.split_once('.') else {
                         continue;
                     };
-                    if device.is_some_and(|d| d != dev) {
-                        continue;
-                    }
                     let Some(value) = kv.get(&key).await? else {
                         continue;
                     };

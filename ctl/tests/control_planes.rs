@@ -60,15 +60,20 @@ struct Keys {
 }
 
 fn ctl(args: &[&str]) -> Output {
-    std::process::Command::new(CTL).args(args).output().unwrap()
+    fleet_testkit::output_within(
+        std::process::Command::new(CTL).args(args),
+        fleet_testkit::COMMAND_LIMIT,
+    )
+    .unwrap()
 }
 
 async fn ctl_async(args: Vec<String>) -> Output {
     tokio::task::spawn_blocking(move || {
-        std::process::Command::new(CTL)
-            .args(&args)
-            .output()
-            .unwrap()
+        fleet_testkit::output_within(
+            std::process::Command::new(CTL).args(&args),
+            fleet_testkit::COMMAND_LIMIT,
+        )
+        .unwrap()
     })
     .await
     .unwrap()

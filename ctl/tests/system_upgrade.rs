@@ -21,10 +21,11 @@ const DEV: &str = "pi-7";
 
 async fn ctl(args: Vec<String>) -> Output {
     tokio::task::spawn_blocking(move || {
-        std::process::Command::new(CTL)
-            .args(&args)
-            .output()
-            .unwrap()
+        fleet_testkit::output_within(
+            std::process::Command::new(CTL).args(&args),
+            fleet_testkit::COMMAND_LIMIT,
+        )
+        .unwrap()
     })
     .await
     .unwrap()

@@ -64,6 +64,16 @@ pub enum Error {
         /// The deadline that passed.
         timeout: Duration,
     },
+    /// A one-shot command did not exit within its limit and was killed.
+    #[error("`{command}` still running after {limit:?}, killed; output tail:\n{output_tail}")]
+    Hung {
+        /// The command line that was run.
+        command: String,
+        /// The limit that passed.
+        limit: Duration,
+        /// The last lines of what it printed.
+        output_tail: String,
+    },
     /// A file needed by a daemon or image build is missing.
     #[error("missing {0}")]
     Missing(PathBuf),

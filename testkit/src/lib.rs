@@ -31,6 +31,7 @@ mod podman;
 mod registry;
 mod restart_loop;
 mod root;
+mod run;
 mod wait;
 
 pub use error::{Error, Result};
@@ -41,6 +42,7 @@ pub use podman::{busybox_image, podman, PodmanScope, BUSYBOX_REPO, SCOPE_LABEL};
 pub use registry::Registry;
 pub use restart_loop::{ArgsFor, Start, SystemdRestartLoop, Unit};
 pub use root::{TempRoot, KEEP_TEMP_ENV};
+pub use run::{output_within, COMMAND_LIMIT};
 pub use wait::{find_on_path, free_port, require, wait_until, POLL_INTERVAL, REQUIRE_DAEMONS_ENV};
 
 /// A process-wide unique id: `<prefix>-<pid>-<counter>-<nanos>`.

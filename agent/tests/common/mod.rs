@@ -117,11 +117,11 @@ impl Drop for AgentProc {
 
 /// Runs `fleet-agent <args>` to completion.
 pub fn agent(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env_remove("NOTIFY_SOCKET")
-        .output()
-        .expect("run fleet-agent")
+    fleet_testkit::output_within(
+        Command::new(BIN).args(args).env_remove("NOTIFY_SOCKET"),
+        fleet_testkit::COMMAND_LIMIT,
+    )
+    .expect("run fleet-agent")
 }
 
 /// `fleet-agent status --json`, parsed; `None` while the store does not exist yet.

@@ -116,7 +116,11 @@ pub struct Device {
 }
 
 pub fn ctl(args: &[&str]) -> Output {
-    Command::new(&v2().fleetctl).args(args).output().unwrap()
+    fleet_testkit::output_within(
+        Command::new(&v2().fleetctl).args(args),
+        fleet_testkit::COMMAND_LIMIT,
+    )
+    .unwrap()
 }
 
 fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
@@ -248,15 +252,16 @@ impl Device {
 
     /// `fleet-agent status --json`.
     pub fn status(&self) -> Option<serde_json::Value> {
-        let out = Command::new(V1_BIN)
-            .args([
+        let out = fleet_testkit::output_within(
+            Command::new(V1_BIN).args([
                 "--config",
                 self.config.to_str().unwrap(),
                 "status",
                 "--json",
-            ])
-            .output()
-            .ok()?;
+            ]),
+            fleet_testkit::COMMAND_LIMIT,
+        )
+        .ok()?;
         serde_json::from_slice(&out.stdout).ok()
     }
 
