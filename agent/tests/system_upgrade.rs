@@ -160,6 +160,7 @@ impl Device {
         // The initramfs counts the trial boot and arms the trial again (CONTRACT §6 `count`).
         let mut st = self.state().unwrap();
         st.bootcount += 1;
+        st.trials += 1;
         StateFiles::new(self.boot().join("fleet"))
             .write(&st)
             .unwrap();
@@ -297,10 +298,12 @@ async fn clean_upgrade_reboots_into_the_trial_and_commits_after_check_in() {
             st.upgrade.as_str(),
             st.bootcount,
             st.max_boots,
+            (st.trials, st.max_trials),
             st.deadline_secs,
             st.selector.as_str()
         ),
-        (State::Trial, "u-1", 0, 2, 300, "vm")
+        // max_trials: max_boots + the default spare_trial_boots (2).
+        (State::Trial, "u-1", 0, 2, (0, 4), 300, "vm")
     );
     assert!(dev.lvm.exists("vg0", "root_preupgrade"));
     let b = dev.boot();
@@ -347,11 +350,18 @@ async fn clean_upgrade_reboots_into_the_trial_and_commits_after_check_in() {
     assert_eq!(dev.state().unwrap().state, State::Trial);
     dev.good_boot();
     let d = run.wait_phase("Committed").await;
-    assert!(d["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|s| s["phase"] == "Probation"));
+    assert!(
+        d["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["phase"] == "Probation"
+                && s["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("trial boot 1 of at most 4")),
+        "{d:#}"
+    );
     let st = dev.state().unwrap();
     assert_eq!((st.state, st.upgrade.as_str()), (State::Committed, "u-1"));
     assert_eq!(d["bootState"]["state"], "committed");

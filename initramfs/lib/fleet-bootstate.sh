@@ -9,10 +9,13 @@
 #
 # API (names and variables are shared with the Rust cross-test, keep them):
 #   fleet_state_read DIR      -> FS_SEQ FS_UPGRADE FS_STATE FS_BOOTCOUNT FS_MAX_BOOTS
-#                                FS_DEADLINE_SECS FS_SELECTOR FS_REASON FS_BOOTS (+ FS_SLOT);
+#                                FS_TRIALS FS_MAX_TRIALS FS_DEADLINE_SECS FS_SELECTOR
+#                                FS_REASON FS_BOOTS (+ FS_SLOT);
 #                                returns 1 (and FS_STATE=none) when neither copy is valid
 #   fleet_state_write DIR     <- the FS_* variables; seq = on-disk winner's seq + 1
 #   fleet_decide STATE TRIAL OVER SNAPSHOT   prints "ACTION REASON" (decision-table)
+#   fleet_over                the limit the next trial boot passes (from FS_*): prints
+#                             boots | trials, returns 1 when neither (the table's OVER input)
 #   fleet_on_trial UPGRADE    0 when the kernel command line carries fleet.upgrade=UPGRADE
 #   fleet_arm_trial DIR / fleet_disarm_trial DIR   per FS_SELECTOR (vm | rpi-tryboot)
 #   fleet_log DIR WHO TEXT    console (stderr, or $FLEET_CONSOLE) + DIR/fleet/boot.log
@@ -44,8 +47,8 @@ fleet__crc() {
 # fleet__parse FILE: parse one copy into _p_* variables; 1 when invalid (crc, syntax).
 fleet__parse() {
     [ -f "$1" ] || return 1
-    _p_seq=0 _p_upgrade='' _p_state='' _p_bootcount=0 _p_max_boots=0 _p_deadline_secs=0
-    _p_selector='' _p_reason='' _p_boots=0 _p_crc=''
+    _p_seq=0 _p_upgrade='' _p_state='' _p_bootcount=0 _p_max_boots=0 _p_trials=0
+    _p_max_trials=0 _p_deadline_secs=0 _p_selector='' _p_reason='' _p_boots=0 _p_crc=''
     _p_body=''
     _p_nl='
 '
@@ -70,6 +73,8 @@ fleet__parse() {
             state) _p_state=$_p_val ;;
             bootcount) _p_bootcount=$_p_val ;;
             max_boots) _p_max_boots=$_p_val ;;
+            trials) _p_trials=$_p_val ;;
+            max_trials) _p_max_trials=$_p_val ;;
             deadline_secs) _p_deadline_secs=$_p_val ;;
             selector) _p_selector=$_p_val ;;
             reason) _p_reason=$_p_val ;;
@@ -80,11 +85,13 @@ fleet__parse() {
     done <"$1"
     fleet__is_uint "$_p_crc" || return 1
     [ "$(printf '%s' "$_p_body" | fleet__crc)" = "$_p_crc" ] || return 1
-    for _p_n in "$_p_seq" "$_p_bootcount" "$_p_max_boots" "$_p_deadline_secs" "$_p_boots"; do
+    for _p_n in "$_p_seq" "$_p_bootcount" "$_p_max_boots" "$_p_trials" "$_p_max_trials" \
+        "$_p_deadline_secs" "$_p_boots"; do
         [ -z "$_p_n" ] && continue
         fleet__is_uint "$_p_n" || return 1
     done
-    : "${_p_seq:=0}" "${_p_bootcount:=0}" "${_p_max_boots:=0}" "${_p_deadline_secs:=0}" "${_p_boots:=0}"
+    : "${_p_seq:=0}" "${_p_bootcount:=0}" "${_p_max_boots:=0}" "${_p_trials:=0}" \
+        "${_p_max_trials:=0}" "${_p_deadline_secs:=0}" "${_p_boots:=0}"
     case $_p_state in
         '' | idle | upgrading | trial | committing | committed | rollback | rolled-back | failed) ;;
         *) return 1 ;;
@@ -107,13 +114,14 @@ fleet_state_read() {
     fleet__winner "$1"
     FS_SLOT=$_w_slot
     if [ -z "$_w_slot" ]; then
-        FS_SEQ=0 FS_UPGRADE='' FS_STATE=none FS_BOOTCOUNT=0 FS_MAX_BOOTS=0 FS_DEADLINE_SECS=0
-        FS_SELECTOR='' FS_REASON='' FS_BOOTS=0
+        FS_SEQ=0 FS_UPGRADE='' FS_STATE=none FS_BOOTCOUNT=0 FS_MAX_BOOTS=0 FS_TRIALS=0
+        FS_MAX_TRIALS=0 FS_DEADLINE_SECS=0 FS_SELECTOR='' FS_REASON='' FS_BOOTS=0
         return 1
     fi
     fleet__parse "$1/fleet/state.$_w_slot" || return 1
     FS_SEQ=$_p_seq FS_UPGRADE=$_p_upgrade FS_STATE=${_p_state:-idle} FS_BOOTCOUNT=$_p_bootcount
-    FS_MAX_BOOTS=$_p_max_boots FS_DEADLINE_SECS=$_p_deadline_secs FS_SELECTOR=$_p_selector
+    FS_MAX_BOOTS=$_p_max_boots FS_TRIALS=$_p_trials FS_MAX_TRIALS=$_p_max_trials
+    FS_DEADLINE_SECS=$_p_deadline_secs FS_SELECTOR=$_p_selector
     FS_REASON=$_p_reason FS_BOOTS=$_p_boots
     return 0
 }
@@ -143,6 +151,8 @@ fleet_state_write() {
     [ ${#FS_UPGRADE} -le 64 ] || return 1
     fleet__is_uint "${FS_BOOTCOUNT:-}" || FS_BOOTCOUNT=0
     fleet__is_uint "${FS_MAX_BOOTS:-}" || FS_MAX_BOOTS=0
+    fleet__is_uint "${FS_TRIALS:-}" || FS_TRIALS=0
+    fleet__is_uint "${FS_MAX_TRIALS:-}" || FS_MAX_TRIALS=0
     fleet__is_uint "${FS_DEADLINE_SECS:-}" || FS_DEADLINE_SECS=0
     fleet__is_uint "${FS_BOOTS:-}" || FS_BOOTS=0
     FS_REASON=$(fleet__clean_reason "$FS_REASON")
@@ -154,6 +164,8 @@ upgrade=$FS_UPGRADE
 state=$FS_STATE
 bootcount=${FS_BOOTCOUNT:-0}
 max_boots=${FS_MAX_BOOTS:-0}
+trials=${FS_TRIALS:-0}
+max_trials=${FS_MAX_TRIALS:-0}
 deadline_secs=${FS_DEADLINE_SECS:-0}
 selector=$FS_SELECTOR
 reason=$FS_REASON
@@ -198,6 +210,19 @@ fleet_decide() {
             ;;
     esac
     echo "boot -"
+}
+
+# fleet_over: which limit the next trial boot passes. `boots`: bootcount + 1 > max_boots
+# (boots in a row that did not reach userspace); `trials`: trials + 1 > max_trials (trial
+# boots in all: hangs after the good-boot mark and reboots during probation count too;
+# max_trials=0, as written by agents before it existed, is no limit). Returns 1 for neither.
+fleet_over() {
+    if [ $((${FS_BOOTCOUNT:-0} + 1)) -gt "${FS_MAX_BOOTS:-0}" ]; then echo boots; return 0; fi
+    if [ "${FS_MAX_TRIALS:-0}" -gt 0 ] && [ $((${FS_TRIALS:-0} + 1)) -gt "$FS_MAX_TRIALS" ]; then
+        echo trials
+        return 0
+    fi
+    return 1
 }
 
 # fleet_reason_text CODE [BOOTS]
@@ -412,7 +437,7 @@ fleet_initramfs_act() {
         return 0
     fi
     if fleet_on_trial "$FS_UPGRADE"; then _a_trial=yes; else _a_trial=no; fi
-    if [ $((FS_BOOTCOUNT + 1)) -gt "$FS_MAX_BOOTS" ]; then _a_over=yes; else _a_over=no; fi
+    if _a_limit=$(fleet_over); then _a_over=yes; else _a_over=no _a_limit=''; fi
     # Look the snapshot up only when the answer changes the action.
     _a_dy=$(fleet_decide "$FS_STATE" "$_a_trial" "$_a_over" yes)
     _a_dn=$(fleet_decide "$FS_STATE" "$_a_trial" "$_a_over" no)
@@ -428,7 +453,7 @@ fleet_initramfs_act() {
     fi
     _a_action=${_a_d%% *}
     _a_code=${_a_d#* }
-    _a_what="state=$FS_STATE upgrade=$FS_UPGRADE trial=$_a_trial bootcount=$FS_BOOTCOUNT max_boots=$FS_MAX_BOOTS snapshot=$_a_snap -> $_a_action"
+    _a_what="state=$FS_STATE upgrade=$FS_UPGRADE trial=$_a_trial trials=$FS_TRIALS/$FS_MAX_TRIALS bootcount=$FS_BOOTCOUNT max_boots=$FS_MAX_BOOTS snapshot=$_a_snap -> $_a_action"
     [ "$_a_code" = - ] || _a_what="$_a_what ($_a_code)"
     case $FS_STATE in
         idle | committed | rolled-back | failed) fleet_log "" initramfs "$_a_what" ;;
@@ -438,17 +463,21 @@ fleet_initramfs_act() {
         boot) ;;
         count)
             FS_BOOTCOUNT=$((FS_BOOTCOUNT + 1))
+            FS_TRIALS=$((FS_TRIALS + 1))
             fleet_state_write "$_a_dir" || fleet_log "$_a_dir" initramfs "writing bootcount failed"
             fleet_arm_trial "$_a_dir"
             ;;
         rollback)
-            case $_a_code in
-                boot-limit) FS_BOOTS=$((FS_BOOTCOUNT + 1)) ;;
-                requested) ;;
+            case $_a_code:$_a_limit in
+                boot-limit:trials) FS_BOOTS=$((FS_TRIALS + 1)) ;;
+                boot-limit:*) FS_BOOTS=$((FS_BOOTCOUNT + 1)) ;;
+                requested:*) ;;
                 *) FS_BOOTS=$FS_BOOTCOUNT ;;
             esac
             if [ -z "$FS_REASON" ]; then
                 if [ "$_a_code" = requested ]; then FS_REASON="rollback requested"
+                elif [ "$_a_limit" = trials ]; then
+                    FS_REASON="$FS_BOOTS trial boots without a commit (it reached userspace, then hung or rebooted)"
                 else FS_REASON=$(fleet_reason_text "$_a_code" "$FS_BOOTS"); fi
             fi
             FS_STATE=rollback

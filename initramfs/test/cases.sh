@@ -36,10 +36,12 @@ newdir() {
     D=$TMP/boot$n
     mkdir -p "$D/fleet"
 }
-set_state() { # state upgrade bootcount max_boots [selector] [reason]
+set_state() { # state upgrade bootcount max_boots [selector] [reason]; trials from TRIALS=t/max
     FS_STATE=$1 FS_UPGRADE=$2 FS_BOOTCOUNT=$3 FS_MAX_BOOTS=$4 FS_DEADLINE_SECS=120
     FS_SELECTOR=${5:-vm} FS_REASON=${6:-} FS_BOOTS=0
+    FS_TRIALS=${TRIALS%/*} FS_MAX_TRIALS=${TRIALS#*/}
 }
+TRIALS=0/0
 
 # --- crc -----------------------------------------------------------------------------------
 eq "POSIX cksum check value of '123456789'" "$(printf '123456789' | fleet__crc)" 930766865
@@ -49,13 +51,15 @@ newdir
 cp "$HERE/golden-state" "$D/fleet/state.a"
 check "golden state file reads" fleet_state_read "$D"
 eq "golden: seq" "$FS_SEQ" 17
-eq "golden: all fields" "$FS_UPGRADE|$FS_STATE|$FS_BOOTCOUNT|$FS_MAX_BOOTS|$FS_DEADLINE_SECS|$FS_SELECTOR|$FS_REASON|$FS_BOOTS" \
-    "2026-11-23-a|trial|1|3|600|vm|deadline: not committed within 600 s|0"
+eq "golden: all fields" "$FS_UPGRADE|$FS_STATE|$FS_BOOTCOUNT|$FS_MAX_BOOTS|$FS_TRIALS|$FS_MAX_TRIALS|$FS_DEADLINE_SECS|$FS_SELECTOR|$FS_REASON|$FS_BOOTS" \
+    "2026-11-23-a|trial|1|3|2|5|600|vm|deadline: not committed within 600 s|0"
 # Writing the same values from seq 16 reproduces the golden bytes exactly.
 newdir
 printf 'seq=16\ncrc=%s\n' "$(printf 'seq=16\n' | fleet__crc)" >"$D/fleet/state.b"
+TRIALS=2/5
 set_state trial 2026-11-23-a 1 3 vm "deadline: not committed within 600 s"
 FS_DEADLINE_SECS=600
+TRIALS=0/0
 check "write after seq 16" fleet_state_write "$D"
 check "writer output is byte-identical to the golden file" cmp -s "$D/fleet/state.a" "$HERE/golden-state"
 
@@ -82,7 +86,7 @@ eq "state.a's crc is cksum of the bytes before crc=" \
     "$(sed '/^crc=/,$d' "$D/fleet/state.a" | cksum | cut -d' ' -f1)" \
     "$(sed -n 's/^crc=//p' "$D/fleet/state.a")"
 eq "file layout (keys in contract order)" "$(cut -d= -f1 "$D/fleet/state.a" | tr '\n' ' ')" \
-    "seq upgrade state bootcount max_boots deadline_secs selector reason boots crc "
+    "seq upgrade state bootcount max_boots trials max_trials deadline_secs selector reason boots crc "
 
 # torn write: the copy being written is cut short -> the previous state stays in force
 head -c 40 "$D/fleet/state.a" >"$D/fleet/x" && mv "$D/fleet/x" "$D/fleet/state.a"
@@ -295,7 +299,30 @@ scenario trial u1 0 2 "$TRIAL_CMD" yes immediate
 eq "trial boot 1: count" "$ACT|$FS_STATE|$FS_BOOTCOUNT" "count|trial|1"
 check "trial boot 1: trial armed again" test -f "$D/tryboot.flag"
 eq "trial boot 1: LVM not touched" "$CALLS" ""
-check "trial boot 1: logged to boot.log" grep -q 'state=trial upgrade=u1 trial=yes bootcount=0 max_boots=2 snapshot=- -> count' "$D/fleet/boot.log"
+check "trial boot 1: logged to boot.log" grep -q 'state=trial upgrade=u1 trial=yes trials=0/0 bootcount=0 max_boots=2 snapshot=- -> count' "$D/fleet/boot.log"
+
+# A system that reaches userspace (the good-boot unit resets bootcount) and then hangs or
+# reboots before the commit: each trial boot counts in `trials`, never reset, up to
+# max_trials; the next one rolls back.
+TRIALS=2/4
+scenario trial u1 0 2 "$TRIAL_CMD" yes immediate
+eq "late failure, trial boot 3 of 4: count both counters" "$ACT|$FS_STATE|$FS_BOOTCOUNT|$FS_TRIALS|$FS_MAX_TRIALS" \
+    "count|trial|1|3|4"
+check "late failure: logged with both counters" grep -q 'trial=yes trials=2/4 bootcount=0 max_boots=2 snapshot=- -> count' "$D/fleet/boot.log"
+TRIALS=4/4
+scenario trial u1 0 2 "$TRIAL_CMD" yes immediate
+eq "late failure past max_trials: rollback, boots = trial boots" "$ACT|$FS_STATE|$FS_BOOTS|$FS_REASON" \
+    "rollback|rolled-back|5|5 trial boots without a commit (it reached userspace, then hung or rebooted)"
+eq "late failure past max_trials: merged, then reboot" "$CALLS" \
+    "vgchange -ay vg0;lvs vg0/root_preupgrade;lvconvert -y --merge vg0/root_preupgrade;lvs vg0/root_preupgrade;reboot;"
+TRIALS=9/0
+scenario trial u1 0 2 "$TRIAL_CMD" yes immediate
+eq "max_trials=0 (an older agent's state): no total limit" "$ACT|$FS_TRIALS" "count|10"
+TRIALS=1/4
+scenario trial u1 2 2 "$TRIAL_CMD" yes immediate
+eq "both limits: the boot limit in a row is named first" "$ACT|$FS_BOOTS|$FS_REASON" \
+    "rollback|3|3 boots without reaching userspace"
+TRIALS=0/0
 
 scenario trial u1 2 2 "$TRIAL_CMD" yes immediate
 eq "trial over the limit: rollback, rolled-back, boots" "$ACT|$FS_STATE|$FS_BOOTS|$FS_REASON" \
@@ -359,11 +386,14 @@ eq "unreadable state: boot, logged" "$ACT|$(grep -c 'no valid state copy' "$D/fl
 SYSD=$HERE/../../systemd
 unit_env() { env FLEET_LIB="$LIB" FLEET_BOOT_DIR="$D" FLEET_NOW=1700000000 "$@"; }
 newdir
+TRIALS=3/4
 set_state trial u2 1 2
+TRIALS=0/0
 fleet_state_write "$D"
 unit_env FLEET_CMDLINE="root=x fleet.upgrade=u2" sh "$SYSD/fleet-boot-good" 2>/dev/null
 fleet_state_read "$D"
-eq "boot-good on the trial: bootcount 0, trial armed" "$FS_STATE|$FS_BOOTCOUNT|$(test -f "$D/tryboot.flag" && echo armed)" "trial|0|armed"
+eq "boot-good on the trial: bootcount 0 (trials kept), trial armed" \
+    "$FS_STATE|$FS_BOOTCOUNT|$FS_TRIALS/$FS_MAX_TRIALS|$(test -f "$D/tryboot.flag" && echo armed)" "trial|0|3/4|armed"
 rm -f "$D/tryboot.flag"
 FS_BOOTCOUNT=1
 fleet_state_write "$D"

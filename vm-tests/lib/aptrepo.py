@@ -14,6 +14,7 @@ scenario's repository holds one 2.0 variant:
 | `soft-fail` | as clean; postinst points the agent's NATS servers at a closed port (no check-in) |
 | `hard-fail` | as clean; postinst truncates /boot/firmware/initrd.img (a broken kernel postinst) |
 | `hang`      | as clean; a unit freezes early userspace (before multi-user) once the watchdog is armed |
+| `late-hang` | as soft-fail (no check-in, so no commit); a unit freezes userspace after fleet-boot-good marked the boot |
 
 CLI (used by build-image): `aptrepo.py deb VARIANT VERSION OUTDIR` builds one .deb.
 """
@@ -53,6 +54,23 @@ ExecStart=/bin/sh -c 'i=0; until grep -qs active /sys/class/watchdog/watchdog0/s
 WantedBy=sysinit.target
 """
 
+# Freeze the same way, but late: after fleet-boot-good has marked the trial boot good (so
+# `bootcount` is back to 0 at every hang). Wanted by fleet-boot-good.service rather than
+# multi-user.target, which would make an ordering cycle (the unit runs after
+# multi-user.target). The agent cannot commit first: the soft-fail postinst took its control
+# plane away, and the freeze comes long before the deadline.
+LATE_HANG_UNIT = """[Unit]
+Description=fleet-canary 2.0 (late-hang variant): freeze userspace after the good-boot mark
+After=fleet-boot-good.service
+
+[Service]
+Type=simple
+ExecStart=/bin/sh -c 'sleep 5; echo "fleet-canary: freezing userspace after the good-boot mark (watchdog $(cat /sys/class/watchdog/watchdog0/state 2>/dev/null))" >/dev/ttyS0; sysctl -qw kernel.sched_rt_runtime_us=-1; exec chrt -f 99 sh -c "while :; do :; done"'
+
+[Install]
+WantedBy=fleet-boot-good.service
+"""
+
 SOFT_FAIL_POSTINST = r"""#!/bin/sh
 set -e
 # A broken upgrade that still boots: the agent can no longer reach its control plane.
@@ -81,6 +99,11 @@ def variant_files(variant: str, version: str) -> tuple[dict[str, tuple[str, int]
     postinst = None
     if variant == "soft-fail":
         postinst = SOFT_FAIL_POSTINST
+    elif variant == "late-hang":
+        postinst = SOFT_FAIL_POSTINST
+        files["lib/systemd/system/fleet-canary-late-hang.service"] = (LATE_HANG_UNIT, 0o644)
+        links["etc/systemd/system/fleet-boot-good.service.wants/fleet-canary-late-hang.service"] = \
+            "/lib/systemd/system/fleet-canary-late-hang.service"
     elif variant == "hard-fail":
         postinst = HARD_FAIL_POSTINST
     elif variant == "hang":

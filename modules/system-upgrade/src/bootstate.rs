@@ -82,8 +82,12 @@ pub struct BootState {
     pub state: State,
     /// Boots of the trial set that have not (yet) reached userspace.
     pub bootcount: u32,
-    /// Trial boots allowed.
+    /// Trial boots allowed that do not reach userspace, in a row.
     pub max_boots: u32,
+    /// Trial boots of this upgrade in all (the good-boot unit never resets it).
+    pub trials: u32,
+    /// Trial boots allowed in all, whether or not they reached userspace; 0: no limit.
+    pub max_trials: u32,
     /// Uptime limit of each trial boot.
     pub deadline_secs: u64,
     /// Boot selector (`vm` | `rpi-tryboot`).
@@ -102,6 +106,8 @@ impl Default for BootState {
             state: State::Idle,
             bootcount: 0,
             max_boots: 0,
+            trials: 0,
+            max_trials: 0,
             deadline_secs: 0,
             selector: String::new(),
             reason: String::new(),
@@ -176,12 +182,14 @@ impl BootState {
     /// The file's bytes, `crc=` line included.
     pub fn render(&self) -> Vec<u8> {
         let body = format!(
-            "seq={}\nupgrade={}\nstate={}\nbootcount={}\nmax_boots={}\ndeadline_secs={}\nselector={}\nreason={}\nboots={}\n",
+            "seq={}\nupgrade={}\nstate={}\nbootcount={}\nmax_boots={}\ntrials={}\nmax_trials={}\ndeadline_secs={}\nselector={}\nreason={}\nboots={}\n",
             self.seq,
             self.upgrade,
             self.state,
             self.bootcount,
             self.max_boots,
+            self.trials,
+            self.max_trials,
             self.deadline_secs,
             self.selector,
             clean_reason(&self.reason),
@@ -252,6 +260,8 @@ impl BootState {
                 }
                 "bootcount" => st.bootcount = small(value)?,
                 "max_boots" => st.max_boots = small(value)?,
+                "trials" => st.trials = small(value)?,
+                "max_trials" => st.max_trials = small(value)?,
                 "deadline_secs" => st.deadline_secs = num(value)?,
                 "selector" => st.selector = value.to_owned(),
                 "reason" => st.reason = value.to_owned(),
@@ -373,6 +383,8 @@ mod tests {
             state: State::Trial,
             bootcount: 1,
             max_boots: 3,
+            trials: 2,
+            max_trials: 5,
             deadline_secs: 600,
             selector: "vm".into(),
             reason: String::new(),
@@ -434,6 +446,8 @@ mod tests {
                 "state",
                 "bootcount",
                 "max_boots",
+                "trials",
+                "max_trials",
                 "deadline_secs",
                 "selector",
                 "reason",

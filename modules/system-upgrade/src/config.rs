@@ -56,6 +56,11 @@ pub struct Config {
     /// Trial boots allowed to fail before rollback, when a request names none.
     #[serde(default = "default_max_boots")]
     pub max_boots: u32,
+    /// Trial boots allowed beyond `max_boots` in all, counting boots that reached userspace
+    /// (a hang after the good-boot mark, a reboot during probation): without this limit a
+    /// system that hangs late would be tried forever (CONTRACT §6).
+    #[serde(default = "default_spare_trial_boots")]
+    pub spare_trial_boots: u32,
     /// The upgrade command is killed (and the upgrade rolled back) after this long.
     #[serde(default = "default_command_timeout")]
     pub command_timeout_secs: u64,
@@ -92,6 +97,7 @@ impl Default for Config {
             command: default_command(),
             deadline_secs: default_deadline(),
             max_boots: default_max_boots(),
+            spare_trial_boots: default_spare_trial_boots(),
             command_timeout_secs: default_command_timeout(),
             reboot_command: default_reboot(),
             lvm: default_lvm(),
@@ -120,6 +126,12 @@ impl Config {
         }
         if !fleet_contract::MAX_BOOTS_RANGE.contains(&self.max_boots) {
             return Err(format!("max_boots: {} is outside 1..=10", self.max_boots));
+        }
+        if self.spare_trial_boots > 10 {
+            return Err(format!(
+                "spare_trial_boots: {} is outside 0..=10",
+                self.spare_trial_boots
+            ));
         }
         if self.command_timeout_secs == 0 {
             return Err("command_timeout_secs must be at least 1".into());
@@ -181,6 +193,9 @@ fn default_deadline() -> u64 {
 }
 fn default_max_boots() -> u32 {
     3
+}
+fn default_spare_trial_boots() -> u32 {
+    2
 }
 fn default_command_timeout() -> u64 {
     3600

@@ -115,7 +115,8 @@ impl fmt::Display for Reason {
 }
 
 /// The decision for one boot. `state` is `None` when no valid state file exists; `trial`:
-/// this boot carries `fleet.upgrade=<upgrade>`; `over`: bootcount + 1 > max_boots;
+/// this boot carries `fleet.upgrade=<upgrade>`; `over`: bootcount + 1 > max_boots, or
+/// max_trials > 0 and trials + 1 > max_trials (CONTRACT §6);
 /// `snapshot`: the pre-upgrade snapshot exists.
 pub fn decide(state: Option<State>, trial: bool, over: bool, snapshot: bool) -> (Action, Reason) {
     use Action as A;

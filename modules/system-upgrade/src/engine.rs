@@ -281,6 +281,8 @@ impl Engine {
             state,
             bootcount: 0,
             max_boots: rec.max_boots,
+            trials: 0,
+            max_trials: rec.max_boots + self.cfg.spare_trial_boots,
             deadline_secs: rec.deadline_secs,
             selector: self.selector.name().to_owned(),
             reason: String::new(),
@@ -593,9 +595,9 @@ impl Engine {
                     &mut rec,
                     Phase::Probation,
                     format!(
-                        "booted the trial (boot {} of at most {}); committing after check-in",
-                        b.bootcount.max(1),
-                        b.max_boots
+                        "booted the trial (trial boot {} of at most {}); committing after check-in",
+                        b.trials.max(1),
+                        b.max_trials.max(b.max_boots)
                     ),
                 );
                 return Resume::Probation;

@@ -318,6 +318,7 @@ mod tests {
             ("boot_dri = \"/x\"", "boot_dri"),
             ("selector = \"uefi\"", "uefi"),
             ("max_boots = 0", "max_boots"),
+            ("spare_trial_boots = 11", "spare_trial_boots"),
             ("deadline_secs = 5", "deadline_secs"),
             ("min_pool_free_percent = 100", "min_pool_free_percent"),
             ("vg = \"-x\"", "vg"),

@@ -22,12 +22,14 @@ fn lib() -> PathBuf {
     lib
 }
 
-const VARS: [&str; 9] = [
+const VARS: [&str; 11] = [
     "FS_SEQ",
     "FS_UPGRADE",
     "FS_STATE",
     "FS_BOOTCOUNT",
     "FS_MAX_BOOTS",
+    "FS_TRIALS",
+    "FS_MAX_TRIALS",
     "FS_DEADLINE_SECS",
     "FS_SELECTOR",
     "FS_REASON",
@@ -84,6 +86,8 @@ fn as_vars(s: &BootState) -> Vec<(String, String)> {
         s.state.as_str().to_owned(),
         s.bootcount.to_string(),
         s.max_boots.to_string(),
+        s.trials.to_string(),
+        s.max_trials.to_string(),
         s.deadline_secs.to_string(),
         s.selector.clone(),
         s.reason.clone(),
@@ -102,6 +106,8 @@ fn sample(state: State, reason: &str) -> BootState {
         state,
         bootcount: 2,
         max_boots: 3,
+        trials: 4,
+        max_trials: 5,
         deadline_secs: 600,
         selector: "rpi-tryboot".into(),
         reason: reason.into(),
