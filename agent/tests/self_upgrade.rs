@@ -8,6 +8,7 @@
 #[path = "common/upgrade.rs"]
 mod upgrade;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use fleet_testkit::require;
@@ -75,7 +76,8 @@ fn good_v2_is_confirmed() {
 }
 
 /// The desired-state path: `<device>.agent` in KV fleet-desired (no command) converges the
-/// device to v2; a reverted version is not retried while the desired state still names it.
+/// device to v2; a signed older release named there is refused (only the signed command
+/// downgrades); a reverted version is not retried while the desired state still names it.
 #[test]
 fn desired_state_agent_key_upgrades_and_a_reverted_version_is_not_retried() {
     if !require("nats-server") {
@@ -94,6 +96,27 @@ fn desired_state_agent_key_upgrades_and_a_reverted_version_is_not_retried() {
         d["phase"] == "confirmed" && d["version"] == V2
     });
     assert_eq!(dev.v2_starts(), 1);
+
+    // v1, properly signed, through the desired state: a downgrade, refused and reported.
+    let v1_sig = dev.sign_as(Path::new(upgrade::V1_BIN), V1, &dev.release_key, "release");
+    let out = dev.upgrade_desired_as(V1, &format!("file://{}", upgrade::V1_BIN), &v1_sig);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = dev.wait_detail("downgrade refused", UPGRADE_TIMEOUT, |d| {
+        d["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("is a downgrade"))
+    });
+    assert_eq!(
+        (&d["phase"], &d["version"]),
+        (&"confirmed".into(), &V2.into()),
+        "{d:#}"
+    );
+    assert!(!reason(&d).contains("downgrade"), "not a revert: {d:#}");
+    assert_eq!(dev.link_version(&dev.current).as_deref(), Some(V2));
 
     let crashy = Device::start(&Scenario {
         fault: Some("exit-on-start"),

@@ -314,12 +314,17 @@ impl Device {
 
     /// `fleetctl release sign` of `file` as v2; returns the signature document's path.
     pub fn sign(&self, file: &Path, key: &Path, key_name: &str) -> PathBuf {
+        self.sign_as(file, V2, key, key_name)
+    }
+
+    /// `fleetctl release sign` of `file` as `version`.
+    pub fn sign_as(&self, file: &Path, version: &str, key: &Path, key_name: &str) -> PathBuf {
         let out = ctl(&[
             "release",
             "sign",
             file.to_str().unwrap(),
             "--version",
-            V2,
+            version,
             "--key",
             key.to_str().unwrap(),
             "--key-name",
@@ -364,6 +369,11 @@ impl Device {
     /// `fleetctl agent-upgrade --desired`: puts `<device>.agent` into the desired state
     /// (over MQTT when the device uses it).
     pub fn upgrade_desired(&self, artifact: &str, signature: &Path) -> Output {
+        self.upgrade_desired_as(V2, artifact, signature)
+    }
+
+    /// `fleetctl agent-upgrade --desired` naming `version`.
+    pub fn upgrade_desired_as(&self, version: &str, artifact: &str, signature: &Path) -> Output {
         let (flag, addr) = match &self.mqtt {
             Some(m) => ("--mqtt", format!("127.0.0.1:{}", m.port())),
             None => ("--nats", self.nats.url()),
@@ -375,7 +385,7 @@ impl Device {
             DEV,
             "--desired",
             "--version",
-            V2,
+            version,
             "--artifact",
             artifact,
             "--signature",

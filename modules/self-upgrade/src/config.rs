@@ -38,6 +38,11 @@ pub struct Config {
     /// refused.
     #[serde(default)]
     pub release_keys: Vec<ReleaseKey>,
+    /// Let the desired-state document `<device>.agent` move the agent to an older version.
+    /// Off: that document is not operator-signed, so only the signed `agent-upgrade`
+    /// command may downgrade.
+    #[serde(default)]
+    pub allow_desired_downgrade: bool,
 }
 
 /// One `[[modules.self-upgrade.release_keys]]` entry.
@@ -62,6 +67,7 @@ impl Default for Config {
             self_test_timeout_secs: default_self_test_timeout(),
             keep_versions: default_keep(),
             release_keys: Vec::new(),
+            allow_desired_downgrade: false,
         }
     }
 }

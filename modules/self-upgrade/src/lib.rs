@@ -17,9 +17,10 @@
 //! Either way the release signature is what authorises the binary: release keys
 //! (`release_keys`) are separate from operator keys, so a compromised operator key or broker
 //! alone cannot install a binary that was never released. The desired-state document is not
-//! signed by an operator, though: whoever can write `fleet-desired` can ask for any *signed*
-//! release, older ones included (a downgrade). Fleets that care should restrict KV write
-//! access or use only the signed command. The phases, each shown in status under
+//! signed by an operator, though, so through it the agent only moves forward: a version that
+//! is not a semantic version newer than the running one is refused (reported in
+//! `details.self-upgrade.message`) unless `allow_desired_downgrade = true`; a downgrade takes
+//! the signed command. The phases, each shown in status under
 //! `details.self-upgrade.phase`:
 //!
 //! 1. **running** — idle.
@@ -534,6 +535,15 @@ impl SelfUpgrade {
                 return None;
             }
         }
+        if !self.cfg.allow_desired_downgrade {
+            if let Err(why) = forward_only(running, &rel.version) {
+                let msg = format!("desired agent release {} refused: {why}", rel.version);
+                tracing::warn!(%msg);
+                self.lock().message = msg;
+                self.report(ctx);
+                return None;
+            }
+        }
         match self.check_request(&rel.command_args()) {
             Ok(req) => {
                 tracing::info!(version = %rel.version, "desired state asks for another agent version");
@@ -550,6 +560,22 @@ impl SelfUpgrade {
             }
         }
     }
+}
+
+/// Desired state may only move the agent forward: `target` must be a semantic version newer
+/// than `running`.
+fn forward_only(running: &str, target: &str) -> Result<(), String> {
+    const HOW: &str = "the desired state only moves the agent forward; downgrade with the signed \
+                       agent-upgrade command (or set allow_desired_downgrade)";
+    let parse = |v: &str| {
+        semver::Version::parse(v)
+            .map_err(|e| format!("{v:?} is not a semantic version ({e}); {HOW}"))
+    };
+    let (from, to) = (parse(running)?, parse(target)?);
+    if to <= from {
+        return Err(format!("{running} -> {target} is a downgrade; {HOW}"));
+    }
+    Ok(())
 }
 
 fn signature_of(req: &Request) -> ReleaseSignature {

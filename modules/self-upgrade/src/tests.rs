@@ -273,3 +273,22 @@ async fn file_download_resumes_and_respects_the_cap() {
         })
     ));
 }
+
+#[test]
+fn desired_state_moves_the_agent_forward_only() {
+    assert_eq!(forward_only("0.1.0", "2.0.0-test"), Ok(()));
+    assert_eq!(forward_only("1.2.3", "1.2.4"), Ok(()));
+    assert_eq!(forward_only("2.0.0-rc.1", "2.0.0"), Ok(()));
+    for (running, target, why) in [
+        ("2.0.0-test", "0.1.0", "is a downgrade"),
+        ("2.0.0", "2.0.0-rc.1", "is a downgrade"),
+        ("0.1.0", "2", "not a semantic version"),
+        ("0.1.0", "latest", "not a semantic version"),
+    ] {
+        let e = forward_only(running, target).unwrap_err();
+        assert!(
+            e.contains(why) && e.contains("signed"),
+            "{running} -> {target}: {e}"
+        );
+    }
+}
