@@ -67,7 +67,7 @@ fn main() {
             restart_sec: RESTART_SEC,
             ..Scenario::default()
         };
-        let (t, b) = upgrade_run(&sc, "confirmed", V2);
+        let (t, b) = upgrade_run(&sc, "Confirmed", V2);
         confirm.push(t);
         baseline.push(b);
         let sc = Scenario {
@@ -76,7 +76,7 @@ fn main() {
             max_attempts: 3,
             ..Scenario::default()
         };
-        let (t, b) = upgrade_run(&sc, "reverted", V1);
+        let (t, b) = upgrade_run(&sc, "Reverted", V1);
         revert.push(t);
         baseline.push(b);
     }

@@ -32,7 +32,7 @@ fn good_v2_is_confirmed() {
     let (ok, reply) = dev.upgrade(&artifact, &sig);
     assert!(ok, "{reply:#}");
     let d = dev.wait_detail("v2 confirmed", UPGRADE_TIMEOUT, |d| {
-        d["phase"] == "confirmed" && d["version"] == V2
+        d["phase"] == "Confirmed" && d["version"] == V2
     });
     eprintln!(
         "command -> Confirmed: {:.2} s",
@@ -69,7 +69,7 @@ fn good_v2_is_confirmed() {
             upgrade::DEV,
         ]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.contains(&format!("agent upgrade: confirmed ({V2})"))
+        text.contains(&format!("agent upgrade: Confirmed ({V2})"))
             .then_some(())
     })
     .unwrap();
@@ -93,7 +93,7 @@ fn desired_state_agent_key_upgrades_and_a_reverted_version_is_not_retried() {
         String::from_utf8_lossy(&out.stderr)
     );
     dev.wait_detail("v2 confirmed from desired state", UPGRADE_TIMEOUT, |d| {
-        d["phase"] == "confirmed" && d["version"] == V2
+        d["phase"] == "Confirmed" && d["version"] == V2
     });
     assert_eq!(dev.v2_starts(), 1);
 
@@ -112,7 +112,7 @@ fn desired_state_agent_key_upgrades_and_a_reverted_version_is_not_retried() {
     });
     assert_eq!(
         (&d["phase"], &d["version"]),
-        (&"confirmed".into(), &V2.into()),
+        (&"Confirmed".into(), &V2.into()),
         "{d:#}"
     );
     assert!(!reason(&d).contains("downgrade"), "not a revert: {d:#}");
@@ -132,13 +132,13 @@ fn desired_state_agent_key_upgrades_and_a_reverted_version_is_not_retried() {
         String::from_utf8_lossy(&out.stderr)
     );
     let d = crashy.wait_detail("reverted", UPGRADE_TIMEOUT, |d| {
-        d["phase"] == "reverted" && d["version"] == V1
+        d["phase"] == "Reverted" && d["version"] == V1
     });
     assert!(reason(&d).contains("crash loop"), "{d:#}");
     // v1 keeps running with the same desired state and does not try v2 again.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(crashy.v2_starts(), 2);
-    assert_eq!(crashy.detail().unwrap()["phase"], "reverted");
+    assert_eq!(crashy.detail().unwrap()["phase"], "Reverted");
     crashy.assert_consistent();
 }
 
@@ -162,7 +162,7 @@ fn desired_agent_release_over_mqtt_with_a_file_artifact_is_confirmed() {
         String::from_utf8_lossy(&out.stderr)
     );
     dev.wait_detail("v2 confirmed over MQTT", UPGRADE_TIMEOUT, |d| {
-        d["phase"] == "confirmed" && d["version"] == V2
+        d["phase"] == "Confirmed" && d["version"] == V2
     });
     assert_eq!(dev.status().unwrap()["control_plane"], "mqtt");
     dev.assert_consistent();
@@ -184,7 +184,7 @@ fn v2_that_exits_on_start_is_reverted_after_max_attempts() {
     let (ok, reply) = dev.upgrade(&artifact, &sig);
     assert!(ok, "{reply:#}");
     let d = dev.wait_detail("v1 back, reverted", UPGRADE_TIMEOUT, |d| {
-        d["phase"] == "reverted" && d["version"] == V1
+        d["phase"] == "Reverted" && d["version"] == V1
     });
     assert!(reason(&d).contains("crash loop"), "{d:#}");
     assert_eq!(d["last"]["from"], V1);
@@ -214,7 +214,7 @@ fn v2_that_fails_self_test_is_never_cut_over() {
     let (ok, reply) = dev.upgrade(&artifact, &sig);
     assert!(ok, "{reply:#}");
     let d = dev.wait_detail("self-test failure reported", UPGRADE_TIMEOUT, |d| {
-        d["phase"] == "reverted"
+        d["phase"] == "Reverted"
     });
     assert!(reason(&d).contains("self-test"), "{d:#}");
     assert!(reason(&d).contains("test-fault"), "{d:#}");
@@ -244,7 +244,7 @@ fn v2_that_cannot_reach_the_control_plane_is_reverted_at_the_deadline() {
     let (ok, reply) = dev.upgrade(&artifact, &sig);
     assert!(ok, "{reply:#}");
     let d = dev.wait_detail("reverted at the deadline", UPGRADE_TIMEOUT, |d| {
-        d["phase"] == "reverted" && d["version"] == V1
+        d["phase"] == "Reverted" && d["version"] == V1
     });
     assert!(reason(&d).contains("deadline"), "{d:#}");
     assert!(dev.v2_starts() >= 1);
@@ -295,7 +295,7 @@ fn bad_artifacts_are_refused_before_install() {
     let (ok, reply) = dev.upgrade(&artifact, &sig);
     assert!(ok, "accepted, then refused in staging: {reply:#}");
     let d = dev.wait_detail("sha mismatch reported", UPGRADE_TIMEOUT, |d| {
-        d["phase"] == "reverted"
+        d["phase"] == "Reverted"
     });
     assert!(reason(&d).contains("sha256 mismatch"), "{d:#}");
     not_installed(&dev);
@@ -383,8 +383,8 @@ fn sigkill_at_every_phase_leaves_a_consistent_state() {
                 .join("self-upgrade/probation.json")
                 .exists();
             no_probation
-                && ((d["phase"] == "confirmed" && d["version"] == V2)
-                    || (d["version"] == V1 && d["phase"] != "probation"))
+                && ((d["phase"] == "Confirmed" && d["version"] == V2)
+                    || (d["version"] == V1 && d["phase"] != "Probation"))
         });
         dev.assert_consistent();
         eprintln!(
@@ -421,7 +421,7 @@ fn sigkill_during_probation_counts_attempts_and_reverts() {
             let st = dev.status()?;
             let d = &st["details"]["self-upgrade"];
             let this_start = dev.service.main_pid().is_some_and(|p| st["pid"] == p);
-            (this_start && d["phase"] == "probation" && d["version"] == V2).then_some(())
+            (this_start && d["phase"] == "Probation" && d["version"] == V2).then_some(())
         })
         .unwrap_or_else(|e| panic!("{e}\n{}", dev.log_tail()));
         assert_eq!(dev.v2_starts(), n);
@@ -430,7 +430,7 @@ fn sigkill_during_probation_counts_attempts_and_reverts() {
         std::thread::sleep(Duration::from_millis(300));
     }
     let d = dev.wait_detail("reverted after the kills", UPGRADE_TIMEOUT, |d| {
-        d["phase"] == "reverted" && d["version"] == V1
+        d["phase"] == "Reverted" && d["version"] == V1
     });
     assert!(reason(&d).contains("crash loop"), "{d:#}");
     dev.assert_consistent();

@@ -23,9 +23,9 @@
 //! the signed command. The phases, each shown in status under
 //! `details.self-upgrade.phase`:
 //!
-//! 1. **running** — idle.
-//! 2. **draining** — no other upgrade or probation may be in flight; new requests are refused.
-//! 3. **staging** — the artifact is downloaded into `versions/.staging-<v>/` (mode 0600;
+//! 1. **Running** — idle.
+//! 2. **Draining** — no other upgrade or probation may be in flight; new requests are refused.
+//! 3. **Staging** — the artifact is downloaded into `versions/.staging-<v>/` (mode 0600;
 //!    `max_artifact_bytes` caps it; a partial `file://` download left by a crash or an I/O
 //!    error is resumed when the same version is requested again, while a `nats-object://`
 //!    download starts over because the object store client reads from the start), its SHA-256
@@ -33,17 +33,17 @@
 //!    key in `release_keys`, which are separate from operator keys) verified; only then is it
 //!    made executable and renamed to `versions/<v>/`. An unknown key or a bad signature is
 //!    refused by the command itself, before anything is downloaded.
-//! 4. **verifying** — `<new> version --json` must report `<v>`, and `<new> --config <path>
+//! 4. **Verifying** — `<new> version --json` must report `<v>`, and `<new> --config <path>
 //!    self-test` (config parses, store opens and migrates on a copy, modules probe, control
 //!    plane reachable) must pass within `self_test_timeout_secs`.
-//! 5. **cutover-ready**, **stopping** — the probation record (from, to, deadline, attempts)
+//! 5. **CutoverReady**, **Stopping** — the probation record (from, to, deadline, attempts)
 //!    is written and fsynced on the state volume, the current link is swapped (symlink +
 //!    rename + directory fsync), and the agent exits with code 3; systemd starts the link.
-//! 6. **probation** — the new version, finding the record naming it, confirms itself once
+//! 6. **Probation** — the new version, finding the record naming it, confirms itself once
 //!    the control plane is reachable and every available module is healthy: `confirmed`
-//!    moves to it (atomic rename), the outcome is recorded, the record removed → **confirmed**.
+//!    moves to it (atomic rename), the outcome is recorded, the record removed → **Confirmed**.
 //!    If the deadline passes first it exits, and the guard reverts.
-//! 7. **reverted** `{from, to, reason}` — written by [`Layout::revert`], the one revert path
+//! 7. **Reverted** `{from, to, reason}` — written by [`Layout::revert`], the one revert path
 //!    for every failure: refused artifact, failed self-test, crash loop (the guard counts
 //!    start attempts), no check-in before the deadline, interrupted cutover.
 //!
@@ -138,9 +138,8 @@ pub struct Request {
     pub signature: String,
 }
 
-/// The phases of ARCHITECTURE §6, as reported in status.
+/// The phases of ARCHITECTURE §6, as reported in status (PascalCase, as the OS upgrade's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
 pub enum Phase {
     /// Idle.
     Running,
