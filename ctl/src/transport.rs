@@ -24,6 +24,14 @@ pub struct DeviceView {
     pub online: Option<bool>,
 }
 
+/// Opens a KV bucket `fleetctl init` made; the error says to run it.
+async fn kv_bucket(client: &async_nats::Client, name: &str) -> Result<jetstream::kv::Store> {
+    jetstream::new(client.clone())
+        .get_key_value(name)
+        .await
+        .with_context(|| format!("KV bucket {name} (run `fleetctl init`)"))
+}
+
 /// Upper bound for reading the status of the fleet (or one device).
 pub const STATUS_LIMIT: Duration = Duration::from_secs(30);
 
@@ -115,10 +123,7 @@ impl Transport {
     ) -> Result<u64> {
         match self {
             Transport::Nats(client) => {
-                let kv = jetstream::new(client.clone())
-                    .get_key_value(DESIRED_BUCKET)
-                    .await
-                    .with_context(|| format!("KV bucket {DESIRED_BUCKET} (run `fleetctl init`)"))?;
+                let kv = kv_bucket(client, DESIRED_BUCKET).await?;
                 let key = names::kv_deploy_key(device, name);
                 let rev = match expect {
                     Some(0) => kv.create(&key, body.into()).await.map_err(|e| {
@@ -162,10 +167,7 @@ impl Transport {
     ) -> Result<u64> {
         match self {
             Transport::Nats(client) => {
-                let kv = jetstream::new(client.clone())
-                    .get_key_value(DESIRED_BUCKET)
-                    .await
-                    .with_context(|| format!("KV bucket {DESIRED_BUCKET} (run `fleetctl init`)"))?;
+                let kv = kv_bucket(client, DESIRED_BUCKET).await?;
                 kv.put(kv_key, body.into()).await.context("put")
             }
             Transport::Mqtt { .. } => {
@@ -179,10 +181,7 @@ impl Transport {
     pub async fn delete(&self, device: &str, name: &str) -> Result<()> {
         match self {
             Transport::Nats(client) => {
-                let kv = jetstream::new(client.clone())
-                    .get_key_value(DESIRED_BUCKET)
-                    .await
-                    .with_context(|| format!("KV bucket {DESIRED_BUCKET}"))?;
+                let kv = kv_bucket(client, DESIRED_BUCKET).await?;
                 kv.delete(names::kv_deploy_key(device, name))
                     .await
                     .context("delete")?;
@@ -212,10 +211,7 @@ impl Transport {
         let mut out: BTreeMap<String, DeviceView> = BTreeMap::new();
         match self {
             Transport::Nats(client) => {
-                let kv = jetstream::new(client.clone())
-                    .get_key_value(STATUS_BUCKET)
-                    .await
-                    .with_context(|| format!("KV bucket {STATUS_BUCKET} (run `fleetctl init`)"))?;
+                let kv = kv_bucket(client, STATUS_BUCKET).await?;
                 // The keys come from the stream's per-subject counts (one request), not
                 // `kv.keys()`: that ordered consumer can wait forever on nats-server 2.9
                 // while the bucket is being written (nats-server#3481).
