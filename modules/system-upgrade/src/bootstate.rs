@@ -505,6 +505,33 @@ mod tests {
         assert_eq!(files.read().unwrap().unwrap().1, Copy::A);
     }
 
+    /// What a torn write or a flipped bit on the FAT can leave: every prefix (but the one
+    /// that only lacks the final newline) and every single-bit flip is refused, never a
+    /// panic and never a different state.
+    #[test]
+    fn every_truncation_and_bit_flip_is_refused() {
+        let mut st = sample();
+        st.reason = "deadline: not committed within 600 s".into();
+        let good = st.render();
+        assert_eq!(BootState::parse(&good).unwrap(), st);
+        for len in 0..good.len() {
+            let r = BootState::parse(&good[..len]);
+            if len == good.len() - 1 {
+                assert_eq!(r.unwrap(), st, "only the final newline missing");
+            } else {
+                assert!(r.is_err(), "prefix of {len} bytes accepted: {r:?}");
+            }
+        }
+        for i in 0..good.len() {
+            for bit in 0..8 {
+                let mut bad = good.clone();
+                bad[i] ^= 1 << bit;
+                let r = BootState::parse(&bad);
+                assert!(r.is_err(), "byte {i} bit {bit} flipped, accepted: {r:?}");
+            }
+        }
+    }
+
     #[test]
     fn reasons_are_cleaned() {
         let long = "é\nx".repeat(300);
