@@ -231,7 +231,6 @@ impl Transport {
                         keys.push(key.to_owned());
                     }
                 }
-                keys.sort();
                 for key in keys {
                     let Some((dev, rest)) = key.split_once('.') else {
                         continue;

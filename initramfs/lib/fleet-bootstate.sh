@@ -20,7 +20,7 @@
 #   fleet_arm_trial DIR / fleet_disarm_trial DIR   per FS_SELECTOR (vm | rpi-tryboot)
 #   fleet_log DIR WHO TEXT    console (stderr, or $FLEET_CONSOLE) + DIR/fleet/boot.log
 #   fleet_restore_boot_set DIR   fleet/preupgrade/* back to the top level, config.txt last
-#   fleet_reason_text CODE    the contract's text of a reason code
+#   fleet_reason_text CODE [BOOTS [LIMIT]]   the contract's text of a reason code
 #   fleet_initramfs_act DIR   read, decide, act (CONTRACT.md §6); used by local-top
 # Hooks for tests: FLEET_CMDLINE (instead of /proc/cmdline), FLEET_LVM (lvm command),
 # FLEET_REBOOT (reboot command), FLEET_VCMAILBOX (vcmailbox command), FLEET_NOW (log time).
@@ -225,13 +225,14 @@ fleet_over() {
     return 1
 }
 
-# fleet_reason_text CODE [BOOTS]
+# fleet_reason_text CODE [BOOTS [LIMIT]]   (LIMIT: what fleet_over printed)
 fleet_reason_text() {
-    case $1 in
-        interrupted-upgrade) echo "power lost or reset during the upgrade" ;;
-        trial-did-not-start) echo "the trial boot set did not come up" ;;
-        boot-limit) echo "${2:-?} boots without reaching userspace" ;;
-        snapshot-missing) echo "snapshot $FLEET_VG/$FLEET_SNAPSHOT is missing" ;;
+    case $1:${3:-} in
+        interrupted-upgrade:*) echo "power lost or reset during the upgrade" ;;
+        trial-did-not-start:*) echo "the trial boot set did not come up" ;;
+        boot-limit:trials) echo "${2:-?} trial boots without a commit (it reached userspace, then hung or rebooted)" ;;
+        boot-limit:*) echo "${2:-?} boots without reaching userspace" ;;
+        snapshot-missing:*) echo "snapshot $FLEET_VG/$FLEET_SNAPSHOT is missing" ;;
         *) echo "$1" ;;
     esac
 }
@@ -476,9 +477,7 @@ fleet_initramfs_act() {
             esac
             if [ -z "$FS_REASON" ]; then
                 if [ "$_a_code" = requested ]; then FS_REASON="rollback requested"
-                elif [ "$_a_limit" = trials ]; then
-                    FS_REASON="$FS_BOOTS trial boots without a commit (it reached userspace, then hung or rebooted)"
-                else FS_REASON=$(fleet_reason_text "$_a_code" "$FS_BOOTS"); fi
+                else FS_REASON=$(fleet_reason_text "$_a_code" "$FS_BOOTS" "$_a_limit"); fi
             fi
             FS_STATE=rollback
             fleet_state_write "$_a_dir" || fleet_log "$_a_dir" initramfs "writing state=rollback failed"

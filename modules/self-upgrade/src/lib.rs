@@ -504,6 +504,15 @@ impl SelfUpgrade {
 }
 
 impl SelfUpgrade {
+    /// A desired-state document that is not acted on: logged and shown in status, once per
+    /// change of the document; the phase stays as it is.
+    fn ignore_desired(&self, ctx: &Context, msg: String) -> Option<Request> {
+        tracing::warn!(%msg);
+        self.lock().message = msg;
+        self.report(ctx);
+        None
+    }
+
     /// The upgrade the desired state `<device>.agent` asks for now, if any. Level-triggered:
     /// nothing when the running version is the desired one, during probation, or when this
     /// very version was already reverted (it is retried only after the desired state names
@@ -518,11 +527,10 @@ impl SelfUpgrade {
         let rel = match agent? {
             DesiredAgent::Valid(rel) => rel,
             DesiredAgent::Invalid { source_name, error } => {
-                let msg = format!("desired agent release {source_name} is invalid: {error}");
-                tracing::warn!(%msg);
-                self.lock().message = msg;
-                self.report(ctx);
-                return None;
+                return self.ignore_desired(
+                    ctx,
+                    format!("desired agent release {source_name} is invalid: {error}"),
+                );
             }
         };
         if rel.version == running || layout.read_probation().ok().flatten().is_some() {
@@ -536,11 +544,10 @@ impl SelfUpgrade {
         }
         if !self.cfg.allow_desired_downgrade {
             if let Err(why) = forward_only(running, &rel.version) {
-                let msg = format!("desired agent release {} refused: {why}", rel.version);
-                tracing::warn!(%msg);
-                self.lock().message = msg;
-                self.report(ctx);
-                return None;
+                return self.ignore_desired(
+                    ctx,
+                    format!("desired agent release {} refused: {why}", rel.version),
+                );
             }
         }
         match self.check_request(&rel.command_args()) {
