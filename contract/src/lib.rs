@@ -13,6 +13,7 @@ pub mod names;
 pub mod release;
 mod status;
 mod system;
+mod text;
 
 pub use command::{
     decode_public_key, generate_key_pkcs8, key_pair_from_b64, public_key_b64, CommandDecodeError,
@@ -29,3 +30,4 @@ pub use system::{
     validate_upgrade_id, SystemUpgrade, DEADLINE_RANGE, DEFAULT_UPGRADE_COMMAND, MAX_BOOTS_RANGE,
     MAX_SYSTEM_UPGRADE_BYTES,
 };
+pub use text::{cap_message, quote, MAX_MESSAGE_BYTES, MAX_QUOTED_CHARS};

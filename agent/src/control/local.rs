@@ -270,6 +270,8 @@ fn scan_dir(dir: &Path) -> Result<DesiredUpdate, ControlError> {
         state: Arc::new(DesiredState {
             deployments,
             system: None,
+            // The directory was read in full: a file that is gone was deleted.
+            complete: true,
             ..DesiredState::default()
         }),
         records,

@@ -174,6 +174,9 @@ pub(crate) fn update_from_docs(
             deployments,
             system,
             agent,
+            // The plane's full listing, just received: an absent deployment was deleted.
+            complete: true,
+            deleted: Default::default(),
         }),
         records,
     }

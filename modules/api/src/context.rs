@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -93,6 +93,23 @@ pub struct DesiredState {
     pub agent: Option<DesiredAgent>,
     /// The OS upgrade request (`<device>.system`), when there is one.
     pub system: Option<DesiredSystem>,
+    /// `true` when `deployments` is the control plane's complete set, just received: a
+    /// deployment absent from it was deleted. `false` for state rebuilt from the cache (or
+    /// anything else that may be partial): then only the names in `deleted` were deleted, and
+    /// any other container the device finds is kept, never removed for an absence.
+    pub complete: bool,
+    /// Deletions known from the cache (received before and recorded there); used when
+    /// `complete` is `false`.
+    pub deleted: BTreeSet<String>,
+}
+
+impl DesiredState {
+    /// May the device remove what it runs for deployment `name`, which is not in
+    /// `deployments`? Only when a deletion was received: the set is complete, or the cache
+    /// recorded the deletion. An absence caused by a lost or failed cache write never is.
+    pub fn removal_received(&self, name: &str) -> bool {
+        !self.deployments.contains_key(name) && (self.complete || self.deleted.contains(name))
+    }
 }
 
 /// The desired OS upgrade, or the reason its document could not be used.
