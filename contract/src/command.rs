@@ -12,6 +12,8 @@ use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 use serde::{Deserialize, Serialize};
 
 use crate::device::DeviceId;
+use crate::manifest::{decode_json, DecodeError, MAX_SAFE_INTEGER};
+use crate::quote;
 
 /// Prefix of every signed message (domain separation).
 pub const SIGNING_DOMAIN: &[u8] = b"fleet-command-v1\0";
@@ -60,9 +62,9 @@ pub struct CommandEnvelope {
     pub args: serde_json::Value,
     /// Who sends it (the operator key's name, informational; the key decides).
     pub actor: String,
-    /// Unix seconds when it was issued.
+    /// Unix seconds when it was issued (at most [`MAX_SAFE_INTEGER`]).
     pub issued_at: u64,
-    /// Unix seconds after which it must not run.
+    /// Unix seconds after which it must not run (at most [`MAX_SAFE_INTEGER`]).
     pub expires_at: u64,
 }
 
@@ -78,15 +80,18 @@ pub struct SignedCommand {
     pub sig: String,
 }
 
-/// Why a command could not be decoded or verified; each names the field.
+/// Why a command could not be decoded or verified; each names the field or says the whole
+/// document ([`CommandDecodeError::subject`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CommandDecodeError {
     /// Larger than [`MAX_COMMAND_BYTES`].
-    #[error("command is {0} bytes; the limit is {MAX_COMMAND_BYTES}")]
+    #[error(
+        "not a signed command: the whole document: {0} bytes; the limit is {MAX_COMMAND_BYTES}"
+    )]
     TooLarge(usize),
-    /// Not a signed-command document.
+    /// Not a signed-command document: what the decoder says, with the field's path.
     #[error("not a signed command: {0}")]
-    Malformed(String),
+    Malformed(DecodeError),
     /// A field is not valid base64 or has the wrong length.
     #[error("field `{field}`: {message}")]
     BadField {
@@ -96,13 +101,13 @@ pub enum CommandDecodeError {
         message: String,
     },
     /// The signature does not verify with the given key.
-    #[error("bad signature")]
+    #[error("field `sig`: bad signature (it does not verify under field `key`)")]
     BadSignature,
     /// The envelope is not valid.
-    #[error("envelope: field `{field}`: {message}")]
+    #[error("envelope: {}{message}", envelope_subject(field.as_deref()))]
     BadEnvelope {
-        /// The field.
-        field: String,
+        /// The field; `None` when the refusal is about the whole envelope document.
+        field: Option<String>,
         /// What is wrong.
         message: String,
     },
@@ -126,7 +131,7 @@ impl SignedCommand {
         if bytes.len() > MAX_COMMAND_BYTES {
             return Err(CommandDecodeError::TooLarge(bytes.len()));
         }
-        serde_json::from_slice(bytes).map_err(|e| CommandDecodeError::Malformed(e.to_string()))
+        decode_json(bytes).map_err(CommandDecodeError::Malformed)
     }
 
     /// The wire form.
@@ -169,19 +174,11 @@ impl SignedCommand {
         UnparsedPublicKey::new(&ED25519, public_key)
             .verify(&signing_message(&payload), &sig)
             .map_err(|_| CommandDecodeError::BadSignature)?;
-        let env: CommandEnvelope = serde_json::from_slice(&payload).map_err(|e| {
-            let msg = e.to_string();
-            let field = msg
-                .split('`')
-                .nth(1)
-                .filter(|_| msg.contains("field `"))
-                .unwrap_or("payload")
-                .to_owned();
-            CommandDecodeError::BadEnvelope {
-                field,
-                message: msg,
-            }
-        })?;
+        let env: CommandEnvelope =
+            decode_json(&payload).map_err(|e| CommandDecodeError::BadEnvelope {
+                field: e.field,
+                message: e.message,
+            })?;
         env.validate()?;
         Ok(env)
     }
@@ -190,15 +187,15 @@ impl SignedCommand {
 impl CommandEnvelope {
     fn validate(&self) -> Result<(), CommandDecodeError> {
         let bad = |field: &str, message: String| CommandDecodeError::BadEnvelope {
-            field: field.to_owned(),
+            field: Some(field.to_owned()),
             message,
         };
         if self.api_version != COMMAND_API_VERSION {
             return Err(bad(
                 "apiVersion",
                 format!(
-                    "unsupported {:?}; expected {COMMAND_API_VERSION:?}",
-                    self.api_version
+                    "unsupported {}; expected {COMMAND_API_VERSION:?}",
+                    quote(&self.api_version)
                 ),
             ));
         }
@@ -224,10 +221,48 @@ impl CommandEnvelope {
         {
             return Err(bad("verb", "1..=64 characters of a-z, 0-9, '-'".into()));
         }
+        if self.actor.len() > MAX_ACTOR_BYTES || self.actor.chars().any(char::is_control) {
+            return Err(bad(
+                "actor",
+                format!("at most {MAX_ACTOR_BYTES} bytes without control characters"),
+            ));
+        }
+        for (field, t) in [("issuedAt", self.issued_at), ("expiresAt", self.expires_at)] {
+            if t > MAX_SAFE_INTEGER {
+                return Err(bad(
+                    field,
+                    format!("{t} is above the limit of {MAX_SAFE_INTEGER} (2^53 - 1)"),
+                ));
+            }
+        }
         if self.expires_at <= self.issued_at {
             return Err(bad("expiresAt", "must be later than issuedAt".into()));
         }
         Ok(())
+    }
+}
+
+/// Longest `actor` name.
+const MAX_ACTOR_BYTES: usize = 256;
+
+fn envelope_subject(field: Option<&str>) -> String {
+    match field {
+        Some(f) => format!("field `{f}`: "),
+        None => "the whole document: ".to_owned(),
+    }
+}
+
+impl CommandDecodeError {
+    /// What the refusal is about: a field's path (`sig`, `payload`, an envelope field such as
+    /// `args.x`), or `None` for the whole document.
+    pub fn subject(&self) -> Option<&str> {
+        match self {
+            Self::TooLarge(_) => None,
+            Self::Malformed(e) => e.subject(),
+            Self::BadField { field, .. } => Some(field),
+            Self::BadSignature => Some("sig"),
+            Self::BadEnvelope { field, .. } => field.as_deref(),
+        }
     }
 }
 
@@ -368,7 +403,9 @@ mod tests {
             mutate(&mut e);
             let cmd = SignedCommand::sign(&e, &k);
             match cmd.verify(k.public_key().as_ref()) {
-                Err(CommandDecodeError::BadEnvelope { field: f, .. }) => assert_eq!(f, field),
+                Err(CommandDecodeError::BadEnvelope { field: f, .. }) => {
+                    assert_eq!(f.as_deref(), Some(field))
+                }
                 other => panic!("{field}: {other:?}"),
             }
         }

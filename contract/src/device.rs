@@ -17,11 +17,12 @@ pub enum DeviceIdError {
     #[error("device id is {0} characters long; at most 63 are allowed")]
     TooLong(usize),
     /// A machine id is not 32 hexadecimal digits.
-    #[error("machine id {0:?} is not 32 hexadecimal digits")]
+    #[error("machine id {} is not 32 hexadecimal digits", crate::quote(.0))]
     BadMachineId(String),
     /// The id contains a character outside `[a-z0-9-]` or starts with `-`.
     #[error(
-        "device id {id:?} has {ch:?} at position {pos}; allowed: a-z, 0-9 and '-' (not first)"
+        "device id {} has {ch:?} at position {pos}; allowed: a-z, 0-9 and '-' (not first)",
+        crate::quote(.id)
     )]
     BadChar {
         /// The offending id.

@@ -8,10 +8,12 @@
 
 mod command;
 mod device;
+mod image;
 mod manifest;
 pub mod names;
 pub mod release;
 mod status;
+mod strict;
 mod system;
 mod text;
 
@@ -21,13 +23,16 @@ pub use command::{
     SIGNING_DOMAIN,
 };
 pub use device::{DeviceId, DeviceIdError};
+pub use image::{ImageReference, MAX_IMAGE_NAME_BYTES, MAX_IMAGE_TAG_BYTES};
 pub use manifest::{
     decode_toml, located_error, ContainerSpec, DecodeError, Deployment, InitContainer, Lifecycle,
-    RestartPolicy, API_VERSION, MAX_MANIFEST_BYTES,
+    RestartPolicy, API_VERSION, MAX_MANIFEST_BYTES, MAX_REVISION, MAX_SAFE_INTEGER,
 };
 pub use status::{DeploymentStatus, Phase};
 pub use system::{
     validate_upgrade_id, SystemUpgrade, DEADLINE_RANGE, DEFAULT_UPGRADE_COMMAND, MAX_BOOTS_RANGE,
     MAX_SYSTEM_UPGRADE_BYTES,
 };
-pub use text::{cap_message, quote, MAX_MESSAGE_BYTES, MAX_QUOTED_CHARS};
+pub use text::{
+    argv_problem, cap_message, quote, MAX_ARG_BYTES, MAX_MESSAGE_BYTES, MAX_QUOTED_CHARS,
+};

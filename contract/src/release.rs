@@ -8,6 +8,15 @@ use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use ring::signature::{Ed25519KeyPair, UnparsedPublicKey, ED25519};
 use serde::{Deserialize, Serialize};
 
+use crate::manifest::{decode_json, DecodeError};
+use crate::quote;
+
+/// Largest `<device>.agent` document accepted, in bytes.
+pub const MAX_AGENT_RELEASE_BYTES: usize = 16 * 1024;
+
+/// Longest string field of an [`AgentRelease`] (the artifact may be a file path).
+const MAX_RELEASE_FIELD_BYTES: usize = 4096;
+
 /// Domain line of the signed statement.
 pub const RELEASE_SIGNING_DOMAIN: &str = "fleet-agent-release/v1";
 
@@ -45,17 +54,53 @@ pub struct AgentRelease {
 }
 
 impl AgentRelease {
-    /// Decodes the JSON document; the error names the field.
+    /// Decodes the JSON document strictly (see [`crate::DecodeError`]); the error names the
+    /// field or says the whole document.
     pub fn from_json_slice(bytes: &[u8]) -> Result<Self, String> {
-        let de = &mut serde_json::Deserializer::from_slice(bytes);
-        let doc: Self = serde_path_to_error::deserialize(de)
-            .map_err(|e| format!("field `{}`: {}", e.path(), e.inner()))?;
+        Self::decode(bytes).map_err(|e| e.to_string())
+    }
+
+    /// As [`AgentRelease::from_json_slice`], with the structured error.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() > MAX_AGENT_RELEASE_BYTES {
+            return Err(DecodeError::too_large(bytes.len(), MAX_AGENT_RELEASE_BYTES));
+        }
+        let doc: Self = decode_json(bytes)?;
         if doc.api_version != crate::API_VERSION {
-            return Err(format!(
-                "field `apiVersion`: {:?} is not {:?}",
-                doc.api_version,
-                crate::API_VERSION
+            return Err(DecodeError::field(
+                "apiVersion",
+                format!(
+                    "{} is not {:?}",
+                    quote(&doc.api_version),
+                    crate::API_VERSION
+                ),
             ));
+        }
+        for (field, value) in [
+            ("version", &doc.version),
+            ("artifact", &doc.artifact),
+            ("sha256", &doc.sha256),
+            ("key", &doc.key),
+            ("signature", &doc.signature),
+        ] {
+            if value.len() > MAX_RELEASE_FIELD_BYTES {
+                return Err(DecodeError::field(
+                    field,
+                    format!(
+                        "is {} bytes; at most {MAX_RELEASE_FIELD_BYTES}",
+                        value.len()
+                    ),
+                ));
+            }
+            if let Some((i, c)) = value.char_indices().find(|(_, c)| c.is_control()) {
+                return Err(DecodeError::field(
+                    field,
+                    format!(
+                        "has the control character U+{:04X} at byte {i}",
+                        u32::from(c)
+                    ),
+                ));
+            }
         }
         Ok(doc)
     }
@@ -84,8 +129,8 @@ pub enum ReleaseError {
     /// `signature` is not base64 of 64 bytes.
     #[error("field `signature`: not a base64 Ed25519 signature")]
     BadSignatureEncoding,
-    /// The signature does not verify under the named key.
-    #[error("release signature does not verify under key {0:?}")]
+    /// The signature does not verify under the named key (quoted, bounded).
+    #[error("release signature does not verify under key {0}")]
     BadSignature(String),
 }
 
@@ -97,7 +142,8 @@ pub fn check_version(v: &str) -> Result<(), ReleaseError> {
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-'));
     if v.is_empty() || v.len() > 64 || !ok_chars || v.starts_with('.') {
         return Err(ReleaseError::BadVersion(format!(
-            "{v:?} must be 1-64 of [A-Za-z0-9._+-], not starting with a dot"
+            "{} must be 1-64 of [A-Za-z0-9._+-], not starting with a dot",
+            quote(v)
         )));
     }
     Ok(())
@@ -157,7 +203,7 @@ impl ReleaseSignature {
             .ok_or(ReleaseError::BadSignatureEncoding)?;
         UnparsedPublicKey::new(&ED25519, public_key)
             .verify(&release_statement(&self.version, &self.sha256), &sig)
-            .map_err(|_| ReleaseError::BadSignature(self.key.clone()))
+            .map_err(|_| ReleaseError::BadSignature(quote(&self.key)))
     }
 }
 
@@ -182,7 +228,7 @@ mod tests {
         other_version.version = "3.0.0".into();
         assert_eq!(
             other_version.verify(&pk),
-            Err(ReleaseError::BadSignature("rel".into()))
+            Err(ReleaseError::BadSignature("\"rel\"".into()))
         );
         let mut other_digest = s.clone();
         other_digest.sha256 = sha256_hex(b"other");

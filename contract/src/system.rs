@@ -3,8 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::{decode_json, decode_toml, located_error, DecodeError};
-use crate::API_VERSION;
+use crate::manifest::{decode_json, decode_toml_strict, located_error, DecodeError};
+use crate::text::argv_problem;
+use crate::{quote, API_VERSION};
 
 /// Largest request document accepted, in bytes.
 pub const MAX_SYSTEM_UPGRADE_BYTES: usize = 16 * 1024;
@@ -54,9 +55,8 @@ impl SystemUpgrade {
     /// Decodes raw TOML bytes (the local plane's file), refusing non-UTF-8 text.
     pub fn from_toml_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
         check_size(bytes.len())?;
-        let src = std::str::from_utf8(bytes)
-            .map_err(|e| DecodeError::whole(format!("not UTF-8 text: {e}")))?;
-        let s: SystemUpgrade = decode_toml(src)?;
+        let src = std::str::from_utf8(bytes).map_err(|e| DecodeError::not_utf8(&e))?;
+        let s: SystemUpgrade = decode_toml_strict(src)?;
         s.validate()
             .map_err(|(field, message)| located_error(src, field, message))?;
         Ok(s)
@@ -87,8 +87,8 @@ impl SystemUpgrade {
             return Err((
                 "apiVersion".into(),
                 format!(
-                    "unsupported apiVersion {:?}; this agent speaks {API_VERSION:?}",
-                    self.api_version
+                    "unsupported apiVersion {}; this agent speaks {API_VERSION:?}",
+                    quote(&self.api_version)
                 ),
             ));
         }
@@ -97,11 +97,15 @@ impl SystemUpgrade {
             if c.trim().is_empty() {
                 return Err(("command".into(), "must not be empty".into()));
             }
-            if c.len() > 4096 || c.contains('\0') {
+            if c.len() > 4096 {
                 return Err((
                     "command".into(),
-                    "must be at most 4096 bytes without NUL".into(),
+                    format!("is {} bytes; at most 4096", c.len()),
                 ));
+            }
+            // It becomes the argument of `/bin/sh -c`.
+            if let Some(why) = argv_problem(c) {
+                return Err(("command".into(), why));
             }
         }
         if let Some(d) = self.deadline_secs {
@@ -145,7 +149,8 @@ pub fn validate_upgrade_id(id: &str) -> Result<(), String> {
         .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
         return Err(format!(
-            "{id:?} has {ch:?} at position {pos}; allowed: A-Z, a-z, 0-9, '.', '_', '-'"
+            "{} has {ch:?} at position {pos}; allowed: A-Z, a-z, 0-9, '.', '_', '-'",
+            quote(id)
         ));
     }
     Ok(())
@@ -153,9 +158,7 @@ pub fn validate_upgrade_id(id: &str) -> Result<(), String> {
 
 fn check_size(len: usize) -> Result<(), DecodeError> {
     if len > MAX_SYSTEM_UPGRADE_BYTES {
-        return Err(DecodeError::whole(format!(
-            "system upgrade request is {len} bytes; the limit is {MAX_SYSTEM_UPGRADE_BYTES}"
-        )));
+        return Err(DecodeError::too_large(len, MAX_SYSTEM_UPGRADE_BYTES));
     }
     Ok(())
 }

@@ -48,6 +48,52 @@ pub fn cap_message(message: &str) -> String {
     format!("{}{note}", &message[..cut])
 }
 
+/// `text` as it is when at most `max_bytes` long; otherwise its prefix (cut on a character
+/// boundary) followed by `… (N bytes)`. For message parts that are not quoted values, e.g. a
+/// parser's message or a field path built from document keys.
+pub(crate) fn bound(text: &str, max_bytes: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max_bytes {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut cut = max_bytes;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}… ({} bytes)", &text[..cut], text.len()))
+}
+
+/// Longest string the kernel takes as one argv element or environment entry
+/// (`MAX_ARG_STRLEN`, 32 pages, less the terminating NUL).
+pub const MAX_ARG_BYTES: usize = 32 * 4096 - 1;
+
+/// Why `text` cannot become one argv element or environment value of a container process,
+/// or `None` when it can. Refused: NUL (the kernel's strings end there, so podman would run
+/// something else than the document says), every other control character except tab,
+/// newline and carriage return (C0, DEL and C1: they reach podman's argv, its logs and
+/// operators' terminals), and more than [`MAX_ARG_BYTES`] bytes. The message never quotes
+/// the text: it may be a secret.
+pub fn argv_problem(text: &str) -> Option<String> {
+    if text.len() > MAX_ARG_BYTES {
+        return Some(format!(
+            "is {} bytes; one argument or environment entry is at most {MAX_ARG_BYTES}",
+            text.len()
+        ));
+    }
+    let (i, c) = text
+        .char_indices()
+        .find(|(_, c)| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))?;
+    Some(if c == '\0' {
+        format!(
+            "has a NUL byte at byte {i}; a process argument or environment value cannot hold one"
+        )
+    } else {
+        format!(
+            "has the control character U+{:04X} at byte {i}; only tab, newline and carriage return are allowed",
+            u32::from(c)
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,6 +111,32 @@ mod tests {
             quote(&"a".repeat(MAX_QUOTED_CHARS)).len(),
             MAX_QUOTED_CHARS + 2
         );
+    }
+
+    #[test]
+    fn argv_problem_refuses_nul_and_controls_only() {
+        for ok in ["", "a b\tc\nd\r", "\u{200b}é", &"x".repeat(MAX_ARG_BYTES)] {
+            assert_eq!(argv_problem(ok), None);
+        }
+        for bad in [
+            "a\0b",
+            "\u{1b}[31m",
+            "\u{7f}",
+            "\u{85}",
+            &"x".repeat(MAX_ARG_BYTES + 1),
+        ] {
+            let m = argv_problem(bad).unwrap();
+            assert!(m.len() < 120, "{m}");
+        }
+        assert!(argv_problem("secret\0value").unwrap().contains("NUL"));
+        assert!(!argv_problem("secret\0value").unwrap().contains("secret"));
+    }
+
+    #[test]
+    fn bound_cuts_long_text_only() {
+        assert_eq!(bound("abc", 3), "abc");
+        assert_eq!(bound("abcd", 3), "abc… (4 bytes)");
+        assert_eq!(bound("éé", 3), "é… (4 bytes)");
     }
 
     #[test]

@@ -1,7 +1,11 @@
 //! Decoding JSON and TOML documents into typed values, and the errors that say where a
 //! document is wrong: file, line, column, field.
 
+use std::cell::RefCell;
 use std::fmt;
+
+use crate::strict::{check_shape, read_shape, Shape};
+use crate::text::bound;
 
 /// Why a manifest was rejected: where (file, line, column), which field, and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -19,21 +23,39 @@ pub struct DecodeError {
 }
 
 impl fmt::Display for DecodeError {
+    /// `[source: ][line L, column C: ]field `F`: message`, or `the whole document: message`
+    /// when no field is named. Every part is bounded, so the line stays short whatever the
+    /// document held.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(src) = &self.source_name {
-            write!(f, "{src}: ")?;
+            write!(f, "{}: ", bound(src, MAX_SOURCE_BYTES + NOTE_BYTES))?;
         }
         match (self.line, self.column) {
             (Some(l), Some(c)) => write!(f, "line {l}, column {c}: ")?,
             (Some(l), None) => write!(f, "line {l}: ")?,
             _ => {}
         }
-        if let Some(field) = &self.field {
-            write!(f, "field `{field}`: ")?;
+        match &self.field {
+            Some(field) => write!(
+                f,
+                "field `{}`: ",
+                bound(field, MAX_FIELD_BYTES + NOTE_BYTES)
+            )?,
+            None => f.write_str("the whole document: ")?,
         }
-        f.write_str(&self.message)
+        f.write_str(&bound(&self.message, MAX_REASON_BYTES + NOTE_BYTES))
     }
 }
+
+/// Bytes of a source name (file or key) in a message.
+const MAX_SOURCE_BYTES: usize = 96;
+/// Bytes of a field path in a message (paths hold document keys, which can be long).
+const MAX_FIELD_BYTES: usize = 64;
+/// Bytes of the reason in a message (parsers' messages may quote the bad value).
+const MAX_REASON_BYTES: usize = 128;
+/// What `… (N bytes)` adds to a bounded part: [`Display`](fmt::Display) bounds again (for
+/// errors built field by field) without cutting what a constructor already bounded.
+const NOTE_BYTES: usize = 32;
 
 impl DecodeError {
     /// An error about the whole document (no line or field), e.g. "cannot read".
@@ -43,42 +65,115 @@ impl DecodeError {
             line: None,
             column: None,
             field: None,
-            message: message.into(),
+            message: bound(&message.into(), MAX_REASON_BYTES).into_owned(),
         }
     }
 
     /// An error about one field, with no position (e.g. a JSON document's semantic check).
     pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
-            field: Some(field.into()),
+            field: Some(bound(&field.into(), MAX_FIELD_BYTES).into_owned()),
             ..Self::whole(message)
         }
     }
 
+    /// An error about `path`, or about the whole document when `path` is empty.
+    pub(crate) fn at(path: String, message: impl Into<String>) -> Self {
+        if path.is_empty() {
+            Self::whole(message)
+        } else {
+            Self::field(path, message)
+        }
+    }
+
+    /// The whole document is larger than `limit` bytes.
+    pub fn too_large(len: usize, limit: usize) -> Self {
+        Self::whole(format!("{len} bytes; the limit is {limit}"))
+    }
+
+    /// The whole document is not UTF-8 text.
+    pub fn not_utf8(e: &std::str::Utf8Error) -> Self {
+        Self::whole(format!(
+            "not UTF-8 text (first bad byte at offset {})",
+            e.valid_up_to()
+        ))
+    }
+
     /// Attaches the file or key name the document came from.
     pub fn with_source(mut self, name: impl Into<String>) -> Self {
-        self.source_name = Some(name.into());
+        self.source_name = Some(bound(&name.into(), MAX_SOURCE_BYTES).into_owned());
         self
+    }
+
+    /// What the refusal is about: the field's dotted path, or `None` for the whole document.
+    pub fn subject(&self) -> Option<&str> {
+        self.field.as_deref()
     }
 }
 
-/// Decodes any JSON document, turning errors into a [`DecodeError`] with line, column and the
-/// field's path.
-pub(crate) fn decode_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+/// Decodes a JSON document strictly, turning errors into a [`DecodeError`] with line,
+/// column and the field's path. Refused besides what the type refuses: content after the
+/// document (whitespace is fine), a duplicate key in any object, and a list where the type
+/// has a struct (serde's derive would take the fields by position).
+pub(crate) fn decode_json<T>(bytes: &[u8]) -> Result<T, DecodeError>
+where
+    T: serde::de::DeserializeOwned + serde::Serialize,
+{
+    let failed_at = RefCell::new(None);
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    let shape = read_shape(&mut de, &failed_at)
+        .and_then(|shape| de.end().map(|()| shape))
+        .map_err(|e| json_error(&e, failed_at.take().unwrap_or_default()))?;
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
-        DecodeError {
-            source_name: None,
-            line: Some(inner.line()),
-            column: Some(inner.column()),
-            // "." is serde_path_to_error's name for the document root.
-            field: unknown_or_missing_field(&inner.to_string())
-                .or_else(|| (path != ".").then_some(path)),
-            message: inner.to_string(),
-        }
-    })
+        // "." is serde_path_to_error's name for the document root.
+        let path = if path == "." { String::new() } else { path };
+        json_error(e.inner(), path)
+    })?;
+    check_decoded_shape(&shape, &value)?;
+    Ok(value)
+}
+
+/// Refuses a document whose lists stand where `value` has structs (see [`check_shape`]).
+fn check_decoded_shape<T: serde::Serialize>(shape: &Shape, value: &T) -> Result<(), DecodeError> {
+    // Plain owned data with string keys always serialises.
+    let v = serde_json::to_value(value)
+        .map_err(|e| DecodeError::whole(format!("cannot re-encode: {e}")))?;
+    check_shape(shape, &v).map_err(|(path, message)| DecodeError::at(path, message))
+}
+
+fn json_error(e: &serde_json::Error, path: String) -> DecodeError {
+    let full = e.to_string();
+    // serde_json appends " at line L column C"; the position has its own fields.
+    let message = match full.rfind(" at line ") {
+        Some(i) if e.line() > 0 => &full[..i],
+        _ => &full,
+    };
+    let field = unknown_or_missing_field(message).unwrap_or(path);
+    let mut err = DecodeError::at(field, message);
+    if e.line() > 0 {
+        err.line = Some(e.line());
+        err.column = Some(e.column());
+    }
+    err
+}
+
+/// Decodes a TOML document strictly: as [`decode_toml`], and an array where the type has a
+/// table (`lifecycle = []`) is refused, located in `src`.
+pub(crate) fn decode_toml_strict<T>(src: &str) -> Result<T, DecodeError>
+where
+    T: serde::de::DeserializeOwned + serde::Serialize,
+{
+    let value: T = decode_toml(src)?;
+    let failed_at = RefCell::new(None);
+    let shape =
+        read_shape(toml::Deserializer::new(src), &failed_at).map_err(|e| toml_error(src, &e))?;
+    check_decoded_shape(&shape, &value).map_err(|e| match e.field {
+        Some(field) => located_error(src, field, e.message),
+        None => e,
+    })?;
+    Ok(value)
 }
 
 /// Decodes any TOML document, turning errors into a [`DecodeError`] with line, column and field.
@@ -91,11 +186,9 @@ pub fn decode_toml<T: serde::de::DeserializeOwned>(src: &str) -> Result<T, Decod
 pub fn located_error(src: &str, field: String, message: String) -> DecodeError {
     let (line, column) = locate_toml_field(src, &field).unzip();
     DecodeError {
-        source_name: None,
         line,
         column,
-        field: Some(field),
-        message,
+        ..DecodeError::field(field, message)
     }
 }
 
@@ -114,11 +207,9 @@ fn toml_error(src: &str, e: &toml::de::Error) -> DecodeError {
             .and_then(key_on_line)
     });
     DecodeError {
-        source_name: None,
         line,
         column,
-        field,
-        message,
+        ..DecodeError::at(field.unwrap_or_default(), message)
     }
 }
 

@@ -7,8 +7,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::device::{validate_name, NameError};
+use crate::image::ImageReference;
+use crate::quote;
+use crate::text::{argv_problem, MAX_ARG_BYTES};
 
-pub(crate) use decode::decode_json;
+pub(crate) use decode::{decode_json, decode_toml_strict};
 pub use decode::{decode_toml, located_error, DecodeError};
 
 /// The `apiVersion` every manifest must carry.
@@ -22,7 +25,8 @@ pub struct Deployment {
     pub api_version: String,
     /// Deployment name: `[a-z0-9][a-z0-9-]{0,62}`, unique on the device.
     pub name: String,
-    /// Operator-chosen revision; status reports which revision it reflects.
+    /// Operator-chosen revision (0..=[`MAX_REVISION`]); status reports which revision it
+    /// reflects.
     pub revision: u64,
     /// The main container.
     pub container: ContainerSpec,
@@ -114,18 +118,24 @@ fn default_init_timeout() -> u32 {
 /// Largest manifest accepted, in bytes; anything bigger is refused before parsing.
 pub const MAX_MANIFEST_BYTES: usize = 256 * 1024;
 
+/// Largest integer every consumer holds exactly: 2^53 − 1 (JSON tools read numbers as
+/// doubles; SQLite stores an i64). Revisions and command times are bounded by it.
+pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+/// Largest `revision` accepted: [`MAX_SAFE_INTEGER`].
+pub const MAX_REVISION: u64 = MAX_SAFE_INTEGER;
+
 impl Deployment {
     /// Decodes raw file bytes as a TOML manifest (refusing non-UTF-8 text).
     pub fn from_toml_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let src = std::str::from_utf8(bytes)
-            .map_err(|e| DecodeError::whole(format!("not UTF-8 text: {e}")))?;
+        check_size(bytes.len())?;
+        let src = std::str::from_utf8(bytes).map_err(|e| DecodeError::not_utf8(&e))?;
         Self::from_toml_str(src)
     }
 
     /// Decodes and validates a TOML manifest (the local `deployments.d/` format).
     pub fn from_toml_str(src: &str) -> Result<Self, DecodeError> {
         check_size(src.len())?;
-        let d: Deployment = decode_toml(src)?;
+        let d: Deployment = decode_toml_strict(src)?;
         d.validate()
             .map_err(|(field, message)| located_error(src, field, message))?;
         Ok(d)
@@ -152,20 +162,30 @@ impl Deployment {
             return Err((
                 "apiVersion".into(),
                 format!(
-                    "unsupported apiVersion {:?}; this agent speaks {API_VERSION:?}",
-                    self.api_version
+                    "unsupported apiVersion {}; this agent speaks {API_VERSION:?}",
+                    quote(&self.api_version)
                 ),
             ));
         }
         check_name("name", &self.name)?;
+        if self.revision > MAX_REVISION {
+            return Err((
+                "revision".into(),
+                format!(
+                    "{} is above the limit of {MAX_REVISION} (2^53 - 1)",
+                    self.revision
+                ),
+            ));
+        }
         check_image("container.image", &self.container.image)?;
+        check_argv("container.command", &self.container.command)?;
         check_env(&self.container.env)?;
         if !is_signal_name(&self.lifecycle.stop_signal) {
             return Err((
                 "lifecycle.stopSignal".into(),
                 format!(
-                    "unknown signal {:?}; use a name like SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1",
-                    self.lifecycle.stop_signal
+                    "unknown signal {}; use a name like SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1",
+                    quote(&self.lifecycle.stop_signal)
                 ),
             ));
         }
@@ -184,7 +204,7 @@ impl Deployment {
             if !seen.insert(init.name.as_str()) {
                 return Err((
                     format!("init[{i}].name"),
-                    format!("duplicate init container name {:?}", init.name),
+                    format!("duplicate init container name {}", quote(&init.name)),
                 ));
             }
             if let Some(image) = &init.image {
@@ -193,6 +213,7 @@ impl Deployment {
             if init.command.is_empty() {
                 return Err((format!("init[{i}].command"), "must not be empty".into()));
             }
+            check_argv(&format!("init[{i}].command"), &init.command)?;
             if !(1..=86_400).contains(&init.timeout_secs) {
                 return Err((
                     format!("init[{i}].timeoutSecs"),
@@ -206,9 +227,7 @@ impl Deployment {
 
 fn check_size(len: usize) -> Result<(), DecodeError> {
     if len > MAX_MANIFEST_BYTES {
-        return Err(DecodeError::whole(format!(
-            "manifest is {len} bytes; the limit is {MAX_MANIFEST_BYTES}"
-        )));
+        return Err(DecodeError::too_large(len, MAX_MANIFEST_BYTES));
     }
     Ok(())
 }
@@ -219,7 +238,8 @@ fn check_name(field: &str, name: &str) -> Result<(), (String, String)> {
             NameError::Empty => "must not be empty".to_owned(),
             NameError::TooLong(n) => format!("is {n} characters; at most 63"),
             NameError::BadChar { ch, pos } => format!(
-                "{name:?} has {ch:?} at position {pos}; allowed: a-z, 0-9 and '-' (not first)"
+                "{} has {ch:?} at position {pos}; allowed: a-z, 0-9 and '-' (not first)",
+                quote(name)
             ),
         };
         (field.to_owned(), why)
@@ -227,19 +247,36 @@ fn check_name(field: &str, name: &str) -> Result<(), (String, String)> {
 }
 
 fn check_image(field: &str, image: &str) -> Result<(), (String, String)> {
-    if image.trim().is_empty() {
-        return Err((field.to_owned(), "must not be empty".into()));
-    }
-    if image.len() > 512 || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err((
-            field.to_owned(),
-            format!("{image:?} is not an image reference"),
-        ));
+    ImageReference::parse(image).map(drop).map_err(|why| {
+        let message = if image.is_empty() {
+            why
+        } else {
+            format!("{} is not an image reference: {why}", quote(image))
+        };
+        (field.to_owned(), message)
+    })
+}
+
+/// Every element of a command becomes one argv element of the container's process.
+fn check_argv(field: &str, argv: &[String]) -> Result<(), (String, String)> {
+    for (i, arg) in argv.iter().enumerate() {
+        if let Some(why) = argv_problem(arg) {
+            return Err((format!("{field}[{i}]"), why));
+        }
     }
     Ok(())
 }
 
 fn check_env(env: &BTreeMap<String, String>) -> Result<(), (String, String)> {
+    for (key, value) in env {
+        // `KEY=VALUE` is one environment entry; the value is never quoted (it may be secret).
+        if let Some(why) = argv_problem(value).or_else(|| {
+            (key.len() + 1 + value.len() > MAX_ARG_BYTES)
+                .then(|| format!("KEY=VALUE is more than {MAX_ARG_BYTES} bytes"))
+        }) {
+            return Err((format!("container.env.{key}"), format!("the value {why}")));
+        }
+    }
     for key in env.keys() {
         let ok = !key.is_empty()
             && !key.starts_with(|c: char| c.is_ascii_digit())
