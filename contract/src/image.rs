@@ -371,6 +371,14 @@ mod tests {
                 None,
             ),
             ("a__b/c.d/e---f".into(), None, "a__b/c.d/e---f", None, None),
+            // Found by the image_reference fuzz target: a tag may hold "..".
+            (
+                "0:i..A2.38.iff".into(),
+                None,
+                "0",
+                Some("i..A2.38.iff"),
+                None,
+            ),
             (format!("a/{}", "b".repeat(253)), None, "", None, None),
             (format!("a:{}", "t".repeat(128)), None, "", None, None),
             (format!("r.io/a@sha512:{HEX}{HEX}"), None, "", None, None),

@@ -14,6 +14,24 @@ fuzz_target!(|data: &[u8]| {
     let Ok(doc) = AgentRelease::from_json_slice(data) else {
         return;
     };
+    let v: serde_json::Value =
+        serde_json::from_slice(data).expect("an accepted release is one JSON document");
+    assert!(
+        v.is_object(),
+        "a release document that is not an object was accepted"
+    );
+    for f in [
+        &doc.version,
+        &doc.artifact,
+        &doc.sha256,
+        &doc.key,
+        &doc.signature,
+    ] {
+        assert!(
+            !f.chars().any(char::is_control),
+            "a control character was accepted"
+        );
+    }
     let _ = doc.command_args();
     let Ok(key) = Ed25519KeyPair::from_seed_unchecked(&SEED) else {
         return;

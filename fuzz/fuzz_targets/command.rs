@@ -6,7 +6,7 @@
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use fleet_contract::{SignedCommand, SIGNING_DOMAIN};
+use fleet_contract::{SignedCommand, MAX_SAFE_INTEGER, SIGNING_DOMAIN};
 use libfuzzer_sys::fuzz_target;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 
@@ -17,6 +17,12 @@ fuzz_target!(|data: &[u8]| {
     let Ok(cmd) = SignedCommand::decode(data) else {
         return;
     };
+    let v: serde_json::Value =
+        serde_json::from_slice(data).expect("an accepted command is one JSON document");
+    assert!(
+        v.is_object(),
+        "a command that is not an object was accepted"
+    );
     let _ = cmd.encode();
     if let Ok(pk) = cmd.public_key() {
         let _ = cmd.verify(&pk);
@@ -37,7 +43,19 @@ fuzz_target!(|data: &[u8]| {
     let pk = resigned
         .public_key()
         .unwrap_or_else(|e| panic!("a 32-byte key was refused: {e}"));
-    if let Err(fleet_contract::CommandDecodeError::BadSignature) = resigned.verify(&pk) {
-        panic!("a correct signature did not verify");
+    match resigned.verify(&pk) {
+        Err(fleet_contract::CommandDecodeError::BadSignature) => {
+            panic!("a correct signature did not verify")
+        }
+        Err(_) => {}
+        Ok(env) => {
+            assert!(env.issued_at <= MAX_SAFE_INTEGER && env.expires_at <= MAX_SAFE_INTEGER);
+            let v: serde_json::Value = serde_json::from_slice(&payload)
+                .expect("an accepted envelope is one JSON document");
+            assert!(
+                v.is_object(),
+                "an envelope that is not an object was accepted"
+            );
+        }
     }
 });

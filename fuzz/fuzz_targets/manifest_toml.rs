@@ -2,8 +2,35 @@
 //! never panic; whatever decodes must survive the trip through the network (JSON) format.
 #![no_main]
 
-use fleet_contract::Deployment;
+use fleet_contract::{argv_problem, quote, Deployment, ImageReference, MAX_REVISION};
 use libfuzzer_sys::fuzz_target;
+
+/// What every accepted manifest must be: bounded revision, valid images, argv-safe strings.
+fn check_accepted(d: &Deployment) {
+    assert!(
+        d.revision <= MAX_REVISION,
+        "revision {} accepted",
+        d.revision
+    );
+    let images = std::iter::once(d.container.image.as_str())
+        .chain(d.init.iter().filter_map(|i| i.image.as_deref()));
+    for image in images {
+        if let Err(e) = ImageReference::parse(image) {
+            panic!("image {:?} accepted: {e}", quote(image));
+        }
+    }
+    let argv = d
+        .container
+        .command
+        .iter()
+        .chain(d.container.env.values())
+        .chain(d.init.iter().flat_map(|i| i.command.iter()));
+    for a in argv {
+        if let Some(e) = argv_problem(a) {
+            panic!("argv element {:?} accepted: {e}", quote(a));
+        }
+    }
+}
 
 fuzz_target!(|data: &[u8]| {
     let Ok(src) = std::str::from_utf8(data) else {
@@ -12,6 +39,20 @@ fuzz_target!(|data: &[u8]| {
     let Ok(d) = Deployment::from_toml_str(src) else {
         return;
     };
+    check_accepted(&d);
+    // Tables where the manifest has structs (`lifecycle = []` is refused).
+    let t: toml::Table = toml::from_str(src).expect("an accepted manifest is a TOML table");
+    assert!(
+        t["container"].is_table(),
+        "a container that is not a table was accepted"
+    );
+    assert!(t.get("lifecycle").is_none_or(toml::Value::is_table));
+    if let Some(init) = t.get("init").and_then(toml::Value::as_array) {
+        assert!(
+            init.iter().all(toml::Value::is_table),
+            "an init list accepted"
+        );
+    }
     let json = d.to_json();
     match Deployment::from_json_slice(&json) {
         Ok(back) => assert_eq!(back, d, "JSON round trip changed the manifest"),
