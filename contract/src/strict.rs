@@ -9,7 +9,7 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
@@ -33,28 +33,60 @@ pub(crate) fn read_shape<'de, D: Deserializer<'de>>(
     failed_at: &RefCell<Option<String>>,
 ) -> Result<Shape, D::Error> {
     ShapeSeed {
-        path: String::new(),
+        at: At::Root,
         failed_at,
     }
     .deserialize(de)
 }
 
-struct ShapeSeed<'a> {
-    path: String,
+/// Where a node is, as a chain to the root: rendered only when something fails there.
+#[derive(Clone, Copy)]
+enum At<'p> {
+    Root,
+    Key(&'p At<'p>, &'p str),
+    Index(&'p At<'p>, usize),
+}
+
+impl At<'_> {
+    fn render(&self) -> String {
+        match self {
+            At::Root => String::new(),
+            At::Key(parent, key) => {
+                let mut p = parent.render();
+                if !p.is_empty() {
+                    p.push('.');
+                }
+                p.push_str(key);
+                p
+            }
+            At::Index(parent, i) => {
+                let mut p = parent.render();
+                let _ = write!(p, "[{i}]");
+                p
+            }
+        }
+    }
+}
+
+/// Maps with more keys than this check duplicates through a set, smaller ones by a scan.
+const SCAN_KEYS: usize = 16;
+
+struct ShapeSeed<'a, 'p> {
+    at: At<'p>,
     failed_at: &'a RefCell<Option<String>>,
 }
 
-impl ShapeSeed<'_> {
-    fn fail<E>(&self, path: String, e: E) -> E {
+impl ShapeSeed<'_, '_> {
+    fn fail<E>(&self, at: &At<'_>, e: E) -> E {
         let mut slot = self.failed_at.borrow_mut();
         if slot.is_none() {
-            *slot = Some(path);
+            *slot = Some(at.render());
         }
         e
     }
 }
 
-impl<'de> DeserializeSeed<'de> for ShapeSeed<'_> {
+impl<'de> DeserializeSeed<'de> for ShapeSeed<'_, '_> {
     type Value = Shape;
 
     fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Shape, D::Error> {
@@ -62,7 +94,7 @@ impl<'de> DeserializeSeed<'de> for ShapeSeed<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for ShapeSeed<'_> {
+impl<'de> Visitor<'de> for ShapeSeed<'_, '_> {
     type Value = Shape;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -109,53 +141,56 @@ impl<'de> Visitor<'de> for ShapeSeed<'_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Shape, A::Error> {
         let mut items = Vec::new();
         loop {
-            let path = format!("{}[{}]", self.path, items.len());
+            let at = At::Index(&self.at, items.len());
             let seed = ShapeSeed {
-                path: path.clone(),
+                at,
                 failed_at: self.failed_at,
             };
             match seq.next_element_seed(seed) {
                 Ok(Some(s)) => items.push(s),
                 Ok(None) => return Ok(Shape::List(items)),
-                Err(e) => return Err(self.fail(path, e)),
+                Err(e) => return Err(self.fail(&at, e)),
             }
         }
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
-        let mut entries = Vec::new();
-        let mut seen = BTreeSet::new();
+        let mut entries: Vec<(String, Shape)> = Vec::new();
+        let mut seen: Option<BTreeSet<String>> = None;
         loop {
             let key = match map.next_key::<String>() {
                 Ok(Some(k)) => k,
                 Ok(None) => return Ok(Shape::Map(entries)),
-                Err(e) => return Err(self.fail(self.path.clone(), e)),
+                Err(e) => return Err(self.fail(&self.at, e)),
             };
-            let path = join(&self.path, &key);
-            if !seen.insert(key.clone()) {
+            let dup = match &mut seen {
+                Some(set) => !set.insert(key.clone()),
+                None => entries.iter().any(|(k, _)| *k == key),
+            };
+            let at = At::Key(&self.at, &key);
+            if dup {
                 let e = de::Error::custom(format_args!(
                     "duplicate key {}; each key may appear once",
                     quote(&key)
                 ));
-                return Err(self.fail(path, e));
+                return Err(self.fail(&at, e));
+            }
+            if seen.is_none() && entries.len() >= SCAN_KEYS {
+                let keys = entries.iter().map(|(k, _)| k.clone());
+                seen = Some(keys.chain([key.clone()]).collect());
             }
             let seed = ShapeSeed {
-                path: path.clone(),
+                at,
                 failed_at: self.failed_at,
             };
             match map.next_value_seed(seed) {
                 Ok(v) => entries.push((key, v)),
-                Err(e) => return Err(self.fail(path, e)),
+                Err(e) => {
+                    let e = self.fail(&At::Key(&self.at, &key), e);
+                    return Err(e);
+                }
             }
         }
-    }
-}
-
-fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{path}.{key}")
     }
 }
 
@@ -190,7 +225,7 @@ fn walk(doc: &Shape, value: &serde_json::Value, path: &mut String) -> Result<(),
         (Shape::List(items), Value::Array(values)) => {
             for (i, (sub, v)) in items.iter().zip(values).enumerate() {
                 let len = path.len();
-                path.push_str(&format!("[{i}]"));
+                let _ = write!(path, "[{i}]");
                 walk(sub, v, path)?;
                 path.truncate(len);
             }
@@ -216,6 +251,17 @@ mod tests {
         assert_eq!(at.as_deref(), Some("a.b[0].c"));
         assert!(msg.contains("duplicate key \"c\""), "{msg}");
         shape(r#"{"a":{"c":1},"b":{"c":2}}"#).unwrap();
+    }
+
+    #[test]
+    fn many_keys_are_checked_through_a_set() {
+        let keys: Vec<String> = (0..40).map(|i| format!("\"k{i}\":1")).collect();
+        shape(&format!("{{{}}}", keys.join(","))).unwrap();
+        for dup in [0, 15, 16, 17, 39] {
+            let doc = format!("{{{},\"k{dup}\":2}}", keys.join(","));
+            let (at, _) = shape(&doc).unwrap_err();
+            assert_eq!(at, Some(format!("k{dup}")));
+        }
     }
 
     #[test]
