@@ -526,11 +526,18 @@ fn generated_hostile_documents_are_refused_clearly() {
     ];
     let k = key();
     let mut refused = 0;
-    for doc in [MANIFEST, SYSTEM, RELEASE] {
+    let env = envelope_json("100", "200", r#"{"x":[1,{"y":"z"}]}"#);
+    let toml_tokens = [
+        "lifecycle = []\n",
+        "[container]\n",
+        "revision = 9007199254740992\n",
+        "image = \"-h\"\n",
+    ];
+    for doc in [MANIFEST, SYSTEM, RELEASE, TOML, env.as_str()] {
         let cuts = (0..doc.len()).step_by(3).chain([doc.len()]);
         let mut variants: Vec<String> = cuts.clone().map(|i| doc[..i].to_owned()).collect();
         for i in cuts.step_by(4) {
-            for t in TOKENS {
+            for t in TOKENS.iter().chain(&toml_tokens) {
                 variants.push(format!("{}{t}{}", &doc[..i], &doc[i..]));
             }
         }
@@ -558,7 +565,7 @@ fn generated_hostile_documents_are_refused_clearly() {
             }
         }
     }
-    assert!(refused > 1000, "{refused}");
+    assert!(refused > 5000, "{refused}");
 }
 
 #[test]
