@@ -16,7 +16,7 @@ pub mod status;
 pub mod store;
 mod supervisor;
 
-pub use heartbeat::{Heartbeat, ModuleReport};
+pub use heartbeat::{Heartbeat, IgnoredReport, ModuleReport, MAX_IGNORED_LISTED};
 pub use runtime::{plane_for, Agent, AgentBuilder, AgentError, AgentHandle};
 pub use supervisor::RestartPolicy;
 

@@ -23,8 +23,8 @@ use tokio::task::JoinHandle;
 
 use crate::commands::CommandGate;
 use crate::config::Config;
-use crate::control::{ControlPlane, DesiredUpdate, PlaneIo};
-use crate::heartbeat::{Heartbeat, ModuleReport};
+use crate::control::{ControlPlane, DesiredUpdate, PlaneIo, PublishFailures};
+use crate::heartbeat::{Heartbeat, IgnoredReport, ModuleReport};
 use crate::router::Router;
 use crate::store::{OpenReport, Store, StoreError};
 use crate::supervisor::{supervise, RestartPolicy, Slot};
@@ -93,9 +93,26 @@ struct Shared {
     runtime_providers: Vec<&'static str>,
     /// Check-in signal for modules (upgrade commits): plane reached, modules healthy.
     checkin: watch::Sender<CheckIn>,
+    /// Inputs the plane (or the cache) did not use, as the heartbeat shows them.
+    ignored: Mutex<IgnoredReport>,
+    /// Documents the plane could not publish.
+    publish_failures: Arc<PublishFailures>,
 }
 
 impl Shared {
+    /// Replaces the ignored inputs shown in status; a change is published at once.
+    fn set_ignored(&self, report: IgnoredReport) {
+        let changed = {
+            let mut cur = self.ignored.lock().unwrap_or_else(|p| p.into_inner());
+            let changed = *cur != report;
+            *cur = report;
+            changed
+        };
+        if changed {
+            self.sink.detail_changed.notify_one();
+        }
+    }
+
     fn heartbeat(&self, stopped: bool) -> Heartbeat {
         let modules = self
             .slots
@@ -116,6 +133,12 @@ impl Shared {
             control_plane: self.plane_name.to_owned(),
             stopped,
             modules,
+            ignored_inputs: self
+                .ignored
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            publish_failures: self.publish_failures.list(),
             details: self
                 .sink
                 .details
@@ -345,6 +368,7 @@ impl Agent {
             status: shared.sink.published.subscribe(),
             commands: cmd_tx,
             audit: shared.audit_tx.subscribe(),
+            failures: shared.publish_failures.clone(),
         };
         let plane_task = {
             let plane = self.plane.clone();

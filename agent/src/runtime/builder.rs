@@ -218,6 +218,8 @@ impl AgentBuilder {
             })),
             runtime_providers,
             checkin: checkin_tx,
+            ignored: Mutex::new(Default::default()),
+            publish_failures: Default::default(),
         });
         let _ = agent_self.shared.set(Arc::downgrade(&shared));
         Ok(Agent {

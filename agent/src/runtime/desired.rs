@@ -4,12 +4,15 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use fleet_contract::{Deployment, DeploymentStatus, Phase};
-use fleet_module_api::{CancellationToken, DesiredDeployment, DesiredState, StatusSink};
+use fleet_contract::{cap_message, quote, DecodeError, Deployment, DeploymentStatus, Phase};
+use fleet_module_api::{
+    CancellationToken, DesiredDeployment, DesiredState, DesiredSystem, StatusSink,
+};
 use tokio::sync::watch;
 
 use super::{unix_now, Shared};
-use crate::control::DesiredUpdate;
+use crate::control::{DesiredUpdate, IgnoredInput};
+use crate::heartbeat::IgnoredReport;
 use crate::store::{DesiredRecord, Store};
 
 /// Desired state cached in the store, for converging before the control plane answers.
@@ -21,10 +24,31 @@ pub(super) fn initial_desired(store: &Store) -> DesiredState {
             return DesiredState::default();
         }
     };
-    let mut state = DesiredState::default();
+    // Rebuilt from the cache, so maybe partial: only a deletion that was received (a
+    // tombstone) lets a module remove what it runs; any other absence keeps it.
+    let mut state = DesiredState {
+        complete: false,
+        ..DesiredState::default()
+    };
+    match store.desired_deleted() {
+        Ok(keys) => {
+            state.deleted = keys
+                .iter()
+                .filter_map(|k| k.strip_prefix("deploy."))
+                .map(str::to_owned)
+                .collect();
+        }
+        Err(e) => tracing::error!(error = %e, "cannot read cached deletions; none are assumed"),
+    }
     for rec in records {
         if rec.key == crate::control::SYSTEM_RECORD_KEY {
-            state.system = Some(crate::control::decode_system(&rec.source, &rec.body));
+            state.system = Some(match &rec.refused {
+                None => crate::control::decode_system(&rec.source, &rec.body),
+                Some(why) => DesiredSystem::Invalid {
+                    source_name: rec.source.clone(),
+                    error: DecodeError::whole(why.clone()).with_source(&rec.source),
+                },
+            });
             continue;
         }
         let Some(name) = rec.key.strip_prefix("deploy.") else {
@@ -38,6 +62,12 @@ pub(super) fn initial_desired(store: &Store) -> DesiredState {
 }
 
 fn decode_cached(rec: &DesiredRecord) -> DesiredDeployment {
+    if let Some(why) = &rec.refused {
+        return DesiredDeployment::Invalid {
+            source_name: rec.source.clone(),
+            error: DecodeError::whole(why.clone()).with_source(&rec.source),
+        };
+    }
     let decoded = if rec.source.ends_with(".toml") {
         Deployment::from_toml_bytes(&rec.body)
     } else {
@@ -86,9 +116,25 @@ pub(super) async fn apply_desired(
         shared
             .checkin
             .send_if_modified(|c| !std::mem::replace(&mut c.plane_reached, true));
-        if let Err(e) = shared.store.replace_desired(&update.records) {
-            tracing::error!(error = %e, "cannot cache desired state");
+        // Record by record: one the cache cannot store is reported and keeps its previous
+        // version; the others are written.
+        let mut ignored = update.ignored.clone();
+        match shared
+            .store
+            .replace_desired(&update.records, update.state.complete)
+        {
+            Ok(report) => {
+                for (key, reason) in report.refused {
+                    tracing::error!(key = %quote(&key), %reason, "desired document not cached; its previous cached version is kept");
+                    ignored.push(IgnoredInput::new(
+                        format!("cache {}", quote(&key)),
+                        &format!("not cached: {reason}"),
+                    ));
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot cache desired state"),
         }
+        shared.set_ignored(IgnoredReport::bounded(ignored, update.ignored_overflow));
         let now = unix_now();
         let mut now_owned = BTreeSet::new();
         for (name, d) in &update.state.deployments {
@@ -97,7 +143,7 @@ pub(super) async fn apply_desired(
                     name: name.clone(),
                     revision: None,
                     phase: Phase::Failed,
-                    message: error.to_string(),
+                    message: cap_message(&error.to_string()),
                     restarts: 0,
                     last_exit_code: None,
                     image_digest: None,

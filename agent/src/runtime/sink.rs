@@ -20,7 +20,9 @@ pub(super) struct RuntimeSink {
 }
 
 impl StatusSink for RuntimeSink {
-    fn deployment(&self, status: DeploymentStatus) {
+    fn deployment(&self, mut status: DeploymentStatus) {
+        // Every message that goes into a status is bounded, whatever wrote it.
+        status.message = fleet_contract::cap_message(&status.message);
         let unchanged = self
             .store
             .statuses()
