@@ -302,7 +302,7 @@ fn scan_dir(dir: &Path) -> Result<DesiredUpdate, ControlError> {
             Some(n) if is_manifest_name(n) => files.push((n.to_owned(), entry.path())),
             Some(_) => {} // editor backups, notes, hidden files: not manifests
             None => ignored.push(IgnoredInput::new(
-                quote(&entry.path().to_string_lossy()),
+                format!("{}/{}", dir.display(), quote(&name.to_string_lossy())),
                 "file name is not UTF-8",
             )),
         }
@@ -333,7 +333,10 @@ fn scan_dir(dir: &Path) -> Result<DesiredUpdate, ControlError> {
             }
             Err(Unusable::Missing) => continue,
             Err(Unusable::Other(why)) => {
-                ignored.push(IgnoredInput::new(quote(&source), &why));
+                ignored.push(IgnoredInput::new(
+                    format!("{}/{}", dir.display(), quote(&file_name)),
+                    &why,
+                ));
                 // Known by name, so nothing is removed for it while it cannot be read.
                 if fleet_contract::DeviceId::parse(&stem).is_ok() && !sources.contains_key(&stem) {
                     let error = DecodeError::whole(why).with_source(&source);
@@ -469,5 +472,77 @@ mod tests {
             u.state.deployments["g"],
             DesiredDeployment::Invalid { .. }
         ));
+    }
+
+    /// Odd entries in the directory each appear as an ignored input with the reason; none
+    /// blocks the scan (a FIFO is never opened for a blocking read), and a deployment whose
+    /// file cannot be read stays known (Invalid), so nothing is removed for it.
+    #[test]
+    fn odd_files_are_ignored_inputs_with_their_reason() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("good.toml"), M.replace("NAME", "good")).unwrap();
+        std::fs::write(
+            d.join(std::ffi::OsStr::from_bytes(b"bad-\xff.toml")),
+            M.replace("NAME", "x"),
+        )
+        .unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(d.join("pipe.toml"))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        std::os::unix::fs::symlink("loop-b.toml", d.join("loop-a.toml")).unwrap();
+        std::os::unix::fs::symlink("loop-a.toml", d.join("loop-b.toml")).unwrap();
+        std::os::unix::fs::symlink("nowhere", d.join("dangling.toml")).unwrap();
+        std::fs::create_dir(d.join("x.toml")).unwrap();
+
+        let u = scan_dir(d).unwrap();
+        let reason = |needle: &str| {
+            u.ignored
+                .iter()
+                .find(|i| i.input.contains(needle))
+                .map(|i| i.reason.clone())
+                .unwrap_or_else(|| panic!("{needle} not among {:#?}", u.ignored))
+        };
+        assert!(reason("bad-").contains("not UTF-8"));
+        assert!(reason("pipe.toml").contains("a FIFO"));
+        assert!(reason("loop-a.toml").contains("symbolic link loop"));
+        assert!(reason("dangling.toml").contains("link to nothing"));
+        assert!(reason("x.toml").contains("a directory"));
+        assert!(matches!(
+            u.state.deployments["good"],
+            DesiredDeployment::Valid(_)
+        ));
+        for name in ["pipe", "x", "dangling"] {
+            assert!(
+                matches!(u.state.deployments[name], DesiredDeployment::Invalid { .. }),
+                "{name}"
+            );
+        }
+    }
+
+    /// A file over the cap is refused with its real size, not the read cap, and cached as
+    /// (key, length, reason) without its body.
+    #[test]
+    fn an_oversized_file_is_refused_with_its_real_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = MAX_MANIFEST_BYTES + 12_345;
+        std::fs::write(dir.path().join("big.toml"), vec![b'#'; size]).unwrap();
+        let u = scan_dir(dir.path()).unwrap();
+        match &u.state.deployments["big"] {
+            DesiredDeployment::Invalid { error, .. } => {
+                assert!(
+                    error.to_string().contains(&format!("{size} bytes")),
+                    "{error}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(u.records.len(), 1);
+        assert_eq!(u.records[0].length, size as u64);
+        assert!(u.records[0].body.is_empty());
+        assert!(u.records[0].refused.is_some());
     }
 }
