@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 mod heartbeat;
 pub mod logging;
+pub mod memory;
 pub mod modules;
 pub mod notify;
 mod router;
