@@ -466,3 +466,102 @@ pub trait ControlPlane: Send + Sync + 'static {
         shutdown: CancellationToken,
     ) -> Result<(), ControlError>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleet_contract::Phase;
+
+    fn heartbeat(detail: usize) -> Heartbeat {
+        let mut details = serde_json::Map::new();
+        details.insert(
+            "m".into(),
+            serde_json::json!({ "blob": "x".repeat(detail) }),
+        );
+        Heartbeat {
+            device: "dev-1".into(),
+            version: "1.0.0".into(),
+            pid: 1,
+            boot_id: "b".into(),
+            started_at: 1,
+            at: 2,
+            agent_uptime_secs: 1,
+            control_plane: "nats".into(),
+            stopped: false,
+            modules: Vec::new(),
+            details,
+            ignored_inputs: crate::heartbeat::IgnoredReport::bounded(
+                (0..40)
+                    .map(|i| IgnoredInput::new(format!("k{i}"), "odd"))
+                    .collect(),
+                3,
+            ),
+            publish_failures: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_over_size_heartbeat_keeps_who_and_when() {
+        let hb = heartbeat(10_000);
+        assert_eq!(hb.ignored_inputs.listed.len(), crate::MAX_IGNORED_LISTED);
+        assert_eq!(hb.ignored_inputs.more, 40 - 16 + 3);
+        let small = hb.to_json_within(100_000);
+        assert_eq!(serde_json::from_slice::<Heartbeat>(&small).unwrap(), hb);
+        let cut = hb.to_json_within(2048);
+        assert!(cut.len() <= 2048, "{}", cut.len());
+        let v: Heartbeat = serde_json::from_slice(&cut).unwrap();
+        assert_eq!((v.device.as_str(), v.at), ("dev-1", 2));
+        assert!(v.details["cut"]["length"].as_u64().unwrap() > 10_000);
+        assert_eq!(v.ignored_inputs.more, 40 + 3);
+    }
+
+    #[test]
+    fn documents_and_statuses_are_cut_to_the_limit() {
+        assert_eq!(fit_document(b"abc".to_vec(), 3, "x"), b"abc");
+        let cut = fit_document(vec![b'a'; 5000], 1024, "audit record");
+        assert!(cut.len() <= 1024);
+        let v: serde_json::Value = serde_json::from_slice(&cut).unwrap();
+        assert_eq!(
+            (v["cut"].as_bool(), v["length"].as_u64()),
+            (Some(true), Some(5000))
+        );
+        let st = DeploymentStatus {
+            name: "web".into(),
+            revision: Some(3),
+            phase: Phase::Failed,
+            message: "m".repeat(50_000),
+            restarts: 0,
+            last_exit_code: None,
+            image_digest: None,
+            updated_at: 1,
+        };
+        let body = status_within(&st, 4096);
+        assert!(body.len() <= 4096);
+        let back: DeploymentStatus = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (back.name.as_str(), back.revision, back.phase),
+            ("web", Some(3), Phase::Failed)
+        );
+        assert!(back.message.contains("cut to fit"), "{}", back.message);
+    }
+
+    #[test]
+    fn a_document_over_its_cap_is_never_copied() {
+        let d = Doc::checked("src".into(), 10, 5, || panic!("copied"));
+        assert_eq!(d.body.unwrap_err().length, 10);
+        let d = Doc::checked("src".into(), 5, 5, || b"12345".to_vec());
+        assert_eq!(d.body.unwrap(), b"12345");
+    }
+
+    #[test]
+    fn the_ignored_set_is_bounded() {
+        let mut set = IgnoredSet::default();
+        for i in 0..MAX_IGNORED_TRACKED + 5 {
+            set.insert(&format!("k{i}"), IgnoredInput::new(format!("k{i}"), "odd"));
+        }
+        let (listed, overflow) = set.to_vec();
+        assert_eq!((listed.len(), overflow), (MAX_IGNORED_TRACKED, 5));
+        set.remove("k0");
+        assert_eq!(set.to_vec().0.len(), MAX_IGNORED_TRACKED - 1);
+    }
+}

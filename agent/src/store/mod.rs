@@ -775,8 +775,9 @@ enum UpsertError {
     Refused(String),
 }
 
-/// Writes one desired record. The store checks what SQLite cannot hold (a revision past
-/// `i64::MAX`) itself, whatever the decoder let through.
+/// Writes one desired record (an unchanged one is left alone: no write for flash to wear).
+/// The store checks what SQLite cannot hold (a revision past `i64::MAX`) itself, whatever
+/// the decoder let through.
 fn upsert_desired(conn: &Connection, rec: &DesiredRecord) -> Result<(), UpsertError> {
     let revision = match rec.revision {
         None => None,
@@ -793,7 +794,10 @@ fn upsert_desired(conn: &Connection, rec: &DesiredRecord) -> Result<(), UpsertEr
          VALUES (?1,?2,?3,?4,?5,?6,?7)
          ON CONFLICT(key) DO UPDATE SET source=excluded.source, revision=excluded.revision,
          body=excluded.body, updated_at=excluded.updated_at, length=excluded.length,
-         refused=excluded.refused",
+         refused=excluded.refused
+         WHERE desired.body IS NOT excluded.body OR desired.source IS NOT excluded.source
+         OR desired.revision IS NOT excluded.revision OR desired.refused IS NOT excluded.refused
+         OR desired.length IS NOT excluded.length",
         params![
             rec.key,
             rec.source,
