@@ -3,6 +3,8 @@ use std::io::{Seek, SeekFrom, Write};
 use fleet_contract::Phase;
 
 use super::*;
+use fleet_module_api::ModuleStore;
+use std::sync::Arc;
 
 fn open(dir: &Path, audit_max: u64) -> (Store, OpenReport) {
     Store::open(&dir.join("state.db"), Duration::from_secs(1), audit_max).unwrap()
