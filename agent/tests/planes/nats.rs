@@ -149,6 +149,19 @@ async fn odd_keys_and_oversized_documents_are_reported() {
             .await
             .unwrap();
     }
+    // A wildcard key: the KV client refuses to write one, so it goes in as a raw JetStream
+    // publish; if the server takes it, it is listed too.
+    let js = async_nats::jetstream::new(client.clone());
+    let star = match js
+        .publish(
+            format!("$KV.{}.{DEV}.*", fleet_contract::names::DESIRED_BUCKET),
+            manifest_json("web", "1").into(),
+        )
+        .await
+    {
+        Ok(ack) => ack.await.is_ok(),
+        Err(_) => false,
+    };
     let big = vec![b' '; fleet_contract::MAX_MANIFEST_BYTES + 1];
     desired
         .put(names::kv_deploy_key(DEV, "big"), big.into())
@@ -177,6 +190,11 @@ async fn odd_keys_and_oversized_documents_are_reported() {
     assert!(find("dev-1.other")
         .reason
         .contains("not a key this agent reads"));
+    if star {
+        assert!(find("dev-1.*\"")
+            .reason
+            .contains("not a key this agent reads"));
+    }
     let long_one = find("(3013 bytes)");
     assert!(
         long_one.input.len() < 200,
