@@ -25,10 +25,14 @@ impl ModuleReport {
             Some(p) => serde_json::to_value(p),
             None => Ok(serde_json::json!({ "state": "pending" })),
         };
+        let mut probe = probe.unwrap_or(serde_json::Value::Null);
+        let mut health = serde_json::to_value(health).unwrap_or(serde_json::Value::Null);
+        cap_strings(&mut probe);
+        cap_strings(&mut health);
         Self {
             name: name.to_owned(),
-            probe: probe.unwrap_or(serde_json::Value::Null),
-            health: serde_json::to_value(health).unwrap_or(serde_json::Value::Null),
+            probe,
+            health,
             restarts,
         }
     }
@@ -36,6 +40,18 @@ impl ModuleReport {
     /// True when the module is available and healthy.
     pub fn is_healthy(&self) -> bool {
         self.health.get("state").and_then(|s| s.as_str()) == Some("healthy")
+    }
+}
+
+/// Caps every string in a probe or health document (reasons may quote outside input).
+fn cap_strings(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::String(s) if s.len() > fleet_contract::MAX_MESSAGE_BYTES => {
+            *s = fleet_contract::cap_message(s);
+        }
+        serde_json::Value::Object(map) => map.values_mut().for_each(cap_strings),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(cap_strings),
+        _ => {}
     }
 }
 

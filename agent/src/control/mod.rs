@@ -564,4 +564,19 @@ mod tests {
         set.remove("k0");
         assert_eq!(set.to_vec().0.len(), MAX_IGNORED_TRACKED - 1);
     }
+
+    #[test]
+    fn module_reasons_in_a_heartbeat_are_capped() {
+        let health = fleet_module_api::Health::Unhealthy {
+            reason: "r".repeat(100_000),
+        };
+        let m = crate::ModuleReport::new("m", None, &health, 0);
+        let reason = m.health["reason"].as_str().unwrap();
+        assert!(
+            reason.len() <= fleet_contract::MAX_MESSAGE_BYTES,
+            "{}",
+            reason.len()
+        );
+        assert!(reason.ends_with("(message cut, 100000 bytes)"));
+    }
 }
