@@ -265,6 +265,7 @@ fn run(config: Option<&Path>) -> Result<u8, Failure> {
         tracing::error!(panic = %info, "panic (contained by the supervisor when inside a module)");
     }));
     tracing::info!(config = %path.display(), "config loaded");
+    crate::memory::fix_mmap_threshold();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

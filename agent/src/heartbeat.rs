@@ -2,6 +2,8 @@
 //! `fleet-agent status`, and (with the network control planes) published.
 
 use fleet_module_api::{Health, Probe};
+
+use crate::control::{IgnoredInput, PublishFailure};
 use serde::{Deserialize, Serialize};
 
 /// One module's line in the heartbeat.
@@ -23,10 +25,14 @@ impl ModuleReport {
             Some(p) => serde_json::to_value(p),
             None => Ok(serde_json::json!({ "state": "pending" })),
         };
+        let mut probe = probe.unwrap_or(serde_json::Value::Null);
+        let mut health = serde_json::to_value(health).unwrap_or(serde_json::Value::Null);
+        cap_strings(&mut probe);
+        cap_strings(&mut health);
         Self {
             name: name.to_owned(),
-            probe: probe.unwrap_or(serde_json::Value::Null),
-            health: serde_json::to_value(health).unwrap_or(serde_json::Value::Null),
+            probe,
+            health,
             restarts,
         }
     }
@@ -34,6 +40,18 @@ impl ModuleReport {
     /// True when the module is available and healthy.
     pub fn is_healthy(&self) -> bool {
         self.health.get("state").and_then(|s| s.as_str()) == Some("healthy")
+    }
+}
+
+/// Caps every string in a probe or health document (reasons may quote outside input).
+fn cap_strings(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::String(s) if s.len() > fleet_contract::MAX_MESSAGE_BYTES => {
+            *s = fleet_contract::cap_message(s);
+        }
+        serde_json::Value::Object(map) => map.values_mut().for_each(cap_strings),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(cap_strings),
+        _ => {}
     }
 }
 
@@ -63,6 +81,77 @@ pub struct Heartbeat {
     /// Module-specific detail documents.
     #[serde(default)]
     pub details: serde_json::Map<String, serde_json::Value>,
+    /// Inputs the control plane received and did not use (odd keys, topics, files;
+    /// documents refused unread or not cached), with the reason.
+    #[serde(default)]
+    pub ignored_inputs: IgnoredReport,
+    /// Status documents the plane could not publish, with the reason.
+    #[serde(default)]
+    pub publish_failures: Vec<PublishFailure>,
+}
+
+/// Most ignored inputs listed; the rest are counted in [`IgnoredReport::more`].
+pub const MAX_IGNORED_LISTED: usize = 16;
+
+/// A bounded list of ignored inputs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IgnoredReport {
+    /// The first [`MAX_IGNORED_LISTED`] ignored inputs.
+    pub listed: Vec<IgnoredInput>,
+    /// How many more there are.
+    pub more: u64,
+}
+
+impl IgnoredReport {
+    /// The first [`MAX_IGNORED_LISTED`] of `all` and a count of the rest (plus `uncounted`
+    /// inputs only counted by the plane).
+    pub fn bounded(mut all: Vec<IgnoredInput>, uncounted: u64) -> Self {
+        all.sort();
+        all.dedup();
+        let more = all.len().saturating_sub(MAX_IGNORED_LISTED) as u64 + uncounted;
+        all.truncate(MAX_IGNORED_LISTED);
+        Self { listed: all, more }
+    }
+
+    /// Nothing ignored.
+    pub fn is_empty(&self) -> bool {
+        self.listed.is_empty() && self.more == 0
+    }
+}
+
+impl Heartbeat {
+    /// The heartbeat as JSON within `limit` bytes. One too large keeps who and when (so the
+    /// device still shows online) and drops the per-module and detail documents, saying so.
+    pub fn to_json_within(&self, limit: usize) -> Vec<u8> {
+        let body = serde_json::to_vec(self).unwrap_or_default();
+        if body.len() <= limit {
+            return body;
+        }
+        let mut cut = self.clone();
+        cut.modules.clear();
+        cut.details = serde_json::Map::new();
+        cut.details.insert(
+            "cut".into(),
+            serde_json::json!({
+                "length": body.len(),
+                "limit": limit,
+                "message": format!(
+                    "heartbeat of {} bytes cut to fit the broker's limit of {limit} bytes; `fleet-agent status` on the device has all of it",
+                    body.len()
+                ),
+            }),
+        );
+        cut.ignored_inputs = IgnoredReport {
+            listed: Vec::new(),
+            more: self.ignored_inputs.listed.len() as u64 + self.ignored_inputs.more,
+        };
+        cut.publish_failures.truncate(1);
+        crate::control::fit_document(
+            serde_json::to_vec(&cut).unwrap_or_default(),
+            limit,
+            "heartbeat",
+        )
+    }
 }
 
 /// The kernel's boot id, or "" off Linux.

@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 mod heartbeat;
 pub mod logging;
+pub mod memory;
 pub mod modules;
 pub mod notify;
 mod router;
@@ -16,7 +17,7 @@ pub mod status;
 pub mod store;
 mod supervisor;
 
-pub use heartbeat::{Heartbeat, ModuleReport};
+pub use heartbeat::{Heartbeat, IgnoredReport, ModuleReport, MAX_IGNORED_LISTED};
 pub use runtime::{plane_for, Agent, AgentBuilder, AgentError, AgentHandle};
 pub use supervisor::RestartPolicy;
 

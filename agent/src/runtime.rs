@@ -2,15 +2,20 @@
 //! desired state, routes commands and writes heartbeats, until shutdown.
 
 mod agent_self;
+mod builder;
+mod desired;
+mod sink;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, OnceLock};
+pub use builder::{plane_for, AgentBuilder};
+use desired::apply_desired;
+use sink::RuntimeSink;
+
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fleet_contract::{Deployment, DeploymentStatus, DeviceId, Phase};
+use fleet_contract::{DeviceId, Phase};
 use fleet_module_api::{
-    CancellationToken, Capability, CheckIn, Command, CommandError, Context, DesiredDeployment,
-    DesiredState, ExtensionKind, ExtensionsBuilder, Health, Paths, Probe, Reply, StatusSink,
+    CancellationToken, CheckIn, Command, CommandError, Context, DesiredState, Health, Probe, Reply,
     SystemClock,
 };
 use tokio::sync::{broadcast, mpsc, watch};
@@ -18,15 +23,12 @@ use tokio::task::JoinHandle;
 
 use crate::commands::CommandGate;
 use crate::config::Config;
-use crate::control::local::LocalPlane;
-use crate::control::mqtt::MqttPlane;
-use crate::control::nats::NatsPlane;
-use crate::control::{ControlPlane, DesiredUpdate, PlaneIo, StatusSnapshot};
-use crate::heartbeat::{boot_id, Heartbeat, ModuleReport};
+use crate::control::{ControlPlane, DesiredUpdate, PlaneIo, PublishFailures};
+use crate::heartbeat::{Heartbeat, IgnoredReport, ModuleReport};
 use crate::router::Router;
-use crate::store::{DesiredRecord, OpenReport, ScopedStore, Store, StoreError};
+use crate::store::{OpenReport, Store, StoreError};
 use crate::supervisor::{supervise, RestartPolicy, Slot};
-use crate::{modules, notify, VERSION};
+use crate::{notify, VERSION};
 
 /// How long a module's probe may take before it counts as unavailable.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,232 +65,10 @@ impl AgentError {
     }
 }
 
-/// Builds an [`Agent`]: the compiled-in modules plus any added with [`module`](Self::module).
-pub struct AgentBuilder {
-    config: Config,
-    extra: Vec<Arc<dyn Capability>>,
-    compiled_in: bool,
-    policy: RestartPolicy,
-}
-
-impl AgentBuilder {
-    /// Adds a module (tests plug in their own this way), after the compiled-in ones.
-    pub fn module(mut self, module: Arc<dyn Capability>) -> Self {
-        self.extra.push(module);
-        self
-    }
-
-    /// Leaves out the compiled-in modules (tests that want only their own).
-    pub fn without_compiled_in(mut self) -> Self {
-        self.compiled_in = false;
-        self
-    }
-
-    /// Overrides the supervisor's restart policy.
-    pub fn restart_policy(mut self, policy: RestartPolicy) -> Self {
-        self.policy = policy;
-        self
-    }
-
-    /// Builds the module instances from config; does not open the store or touch the device.
-    pub fn build_modules(&self) -> Result<Vec<Arc<dyn Capability>>, AgentError> {
-        let mut out: Vec<Arc<dyn Capability>> = Vec::new();
-        if self.compiled_in {
-            let descriptors = modules::compiled_in();
-            for name in self.config.modules.keys() {
-                if !descriptors.iter().any(|d| d.name == name) {
-                    tracing::warn!(
-                        module = %name,
-                        "[modules.{name}] is configured but this agent is built without it; ignored"
-                    );
-                }
-            }
-            for d in descriptors {
-                let module = (d.build)(self.config.modules.get(d.name))
-                    .map_err(|e| AgentError::Config(e.to_string()))?;
-                out.push(module);
-            }
-        }
-        out.extend(self.extra.iter().cloned());
-        let mut names = BTreeSet::new();
-        for m in &out {
-            if !names.insert(m.name()) {
-                return Err(AgentError::Wiring(format!(
-                    "two modules are named {:?}",
-                    m.name()
-                )));
-            }
-        }
-        Ok(out)
-    }
-
-    /// Opens the store and wires everything; the agent is ready to [`Agent::run`].
-    pub fn build(self) -> Result<Agent, AgentError> {
-        let device = self.config.device_id().map_err(AgentError::Config)?;
-        let modules = self.build_modules()?;
-        let (store, open_report) = Store::open(
-            &self.config.state_db(),
-            Duration::from_millis(self.config.store.busy_timeout_ms),
-            self.config.store.audit_max_entries,
-        )?;
-        let store = Arc::new(store);
-
-        let mut ext = ExtensionsBuilder::new();
-        let agent_self = Arc::new(agent_self::RuntimeSelf {
-            shared: OnceLock::new(),
-            nats: self.config.control.nats.clone(),
-            restart: CancellationToken::new(),
-            reason: Mutex::new(None),
-        });
-        ext.provide::<dyn fleet_module_api::AgentSelf>(agent_self.clone());
-        let mut runtime_providers = Vec::new();
-        for m in &modules {
-            // Provided alone first, to learn which modules provide the container runtime.
-            let mut own = ExtensionsBuilder::new();
-            m.provide(&mut own);
-            if own.build().has(ExtensionKind::ContainerRuntime) {
-                runtime_providers.push(m.name());
-            }
-            m.provide(&mut ext);
-        }
-        let ext = ext.build();
-
-        let cached = initial_desired(&store);
-        let (desired_tx, desired_rx) = watch::channel(Arc::new(cached));
-        let snapshot = StatusSnapshot {
-            heartbeat: None,
-            deployments: store
-                .statuses()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|s| (s.name.clone(), s))
-                .collect(),
-        };
-        let sink = Arc::new(RuntimeSink {
-            store: store.clone(),
-            details: Mutex::new(serde_json::Map::new()),
-            detail_changed: tokio::sync::Notify::new(),
-            published: watch::channel(snapshot).0,
-        });
-        let shutdown = CancellationToken::new();
-        let (checkin_tx, checkin_rx) = watch::channel(CheckIn::default());
-        let paths = Paths {
-            config_dir: self
-                .config
-                .control
-                .deployments_dir
-                .parent()
-                .map(ToOwned::to_owned)
-                .unwrap_or_default(),
-            state_dir: self.config.state_dir.clone(),
-            run_dir: self.config.run_dir.clone(),
-        };
-
-        // Needs are checked before anything runs; unmet ones are reported, not discovered.
-        let mut claimed: BTreeMap<&'static str, &'static str> = BTreeMap::new();
-        let mut slots = Vec::new();
-        for m in modules {
-            let slot = Arc::new(Slot::new(m.clone()));
-            let needs = m.needs();
-            let mut unmet: Option<String> = needs
-                .consumes
-                .iter()
-                .find(|k| !ext.has(**k))
-                .map(|k| format!("needs {}, which no built-in module provides", kind_name(*k)));
-            for res in &needs.exclusive {
-                if unmet.is_none() {
-                    if let Some(owner) = claimed.get(res) {
-                        unmet = Some(format!("{res} is already owned by module {owner}"));
-                    } else {
-                        claimed.insert(res, m.name());
-                    }
-                }
-            }
-            if let Some(reason) = unmet {
-                slot.update(|s| {
-                    s.probe = Some(Probe::unavailable(reason.clone()));
-                    s.health_override = Some(Health::Stopped { reason });
-                });
-            }
-            let ctx = Context {
-                module: m.name(),
-                store: Arc::new(ScopedStore::new(store.clone(), m.name())),
-                desired: desired_rx.clone(),
-                status: sink.clone(),
-                clock: Arc::new(SystemClock),
-                paths: paths.clone(),
-                shutdown: shutdown.child_token(),
-                ext: ext.clone(),
-                checkin: checkin_rx.clone(),
-            };
-            slots.push((slot, ctx));
-        }
-        let router = Router::new(&slots).map_err(AgentError::Wiring)?;
-        let plane = plane_for(&self.config, &device);
-        let (audit_tx, _) = broadcast::channel(256);
-        let gate = CommandGate::new(
-            device.clone(),
-            &self.config.trust,
-            self.config.commands.clone(),
-            store.clone(),
-            audit_tx.clone(),
-        );
-        let shared = Arc::new(Shared {
-            device,
-            gate,
-            audit_tx,
-            to_modules: desired_tx,
-            store,
-            slots,
-            router,
-            sink,
-            plane_name: plane.name(),
-            started_at: unix_now(),
-            started: Instant::now(),
-            boot_id: boot_id(),
-            deployments_blocked: Mutex::new(runtime_providers.is_empty().then(|| {
-                (
-                    Phase::Pending,
-                    "no container module is built into this agent".to_owned(),
-                )
-            })),
-            runtime_providers,
-            checkin: checkin_tx,
-        });
-        let _ = agent_self.shared.set(Arc::downgrade(&shared));
-        Ok(Agent {
-            agent_self,
-            config: self.config,
-            shared,
-            plane,
-            open_report,
-            policy: self.policy,
-            shutdown,
-        })
-    }
-}
-
 /// Current Unix time in seconds, from the same clock modules get.
 fn unix_now() -> u64 {
     use fleet_module_api::Clock;
     SystemClock.unix_secs()
-}
-
-/// The control plane selected by `[control] plane`.
-pub fn plane_for(config: &Config, device: &DeviceId) -> Arc<dyn ControlPlane> {
-    match config.control.plane.as_str() {
-        "nats" => Arc::new(NatsPlane::new(config.control.nats.clone(), device.clone())),
-        "mqtt" => Arc::new(MqttPlane::new(config.control.mqtt.clone(), device.clone())),
-        _ => Arc::new(LocalPlane::new(config.control.deployments_dir.clone())),
-    }
-}
-
-fn kind_name(k: ExtensionKind) -> &'static str {
-    match k {
-        ExtensionKind::ContainerRuntime => "a container runtime",
-        ExtensionKind::LifecycleHook => "a lifecycle hook",
-        ExtensionKind::AgentSelf => "the agent runtime",
-    }
 }
 
 /// State shared by the runtime's tasks and [`AgentHandle`]s.
@@ -313,9 +93,26 @@ struct Shared {
     runtime_providers: Vec<&'static str>,
     /// Check-in signal for modules (upgrade commits): plane reached, modules healthy.
     checkin: watch::Sender<CheckIn>,
+    /// Inputs the plane (or the cache) did not use, as the heartbeat shows them.
+    ignored: Mutex<IgnoredReport>,
+    /// Documents the plane could not publish.
+    publish_failures: Arc<PublishFailures>,
 }
 
 impl Shared {
+    /// Replaces the ignored inputs shown in status; a change is published at once.
+    fn set_ignored(&self, report: IgnoredReport) {
+        let changed = {
+            let mut cur = self.ignored.lock().unwrap_or_else(|p| p.into_inner());
+            let changed = *cur != report;
+            *cur = report;
+            changed
+        };
+        if changed {
+            self.sink.detail_changed.notify_one();
+        }
+    }
+
     fn heartbeat(&self, stopped: bool) -> Heartbeat {
         let modules = self
             .slots
@@ -336,6 +133,12 @@ impl Shared {
             control_plane: self.plane_name.to_owned(),
             stopped,
             modules,
+            ignored_inputs: self
+                .ignored
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            publish_failures: self.publish_failures.list(),
             details: self
                 .sink
                 .details
@@ -565,6 +368,7 @@ impl Agent {
             status: shared.sink.published.subscribe(),
             commands: cmd_tx,
             audit: shared.audit_tx.subscribe(),
+            failures: shared.publish_failures.clone(),
         };
         let plane_task = {
             let plane = self.plane.clone();
@@ -701,190 +505,4 @@ fn status_line(hb: &Heartbeat, shared: &Shared) -> String {
         hb.modules.len(),
         hb.control_plane
     )
-}
-
-/// Desired state cached in the store, for converging before the control plane answers.
-fn initial_desired(store: &Store) -> DesiredState {
-    let records = match store.desired() {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read cached desired state; starting empty");
-            return DesiredState::default();
-        }
-    };
-    let mut state = DesiredState::default();
-    for rec in records {
-        if rec.key == crate::control::SYSTEM_RECORD_KEY {
-            state.system = Some(crate::control::decode_system(&rec.source, &rec.body));
-            continue;
-        }
-        let Some(name) = rec.key.strip_prefix("deploy.") else {
-            continue;
-        };
-        state
-            .deployments
-            .insert(name.to_owned(), decode_cached(&rec));
-    }
-    state
-}
-
-fn decode_cached(rec: &DesiredRecord) -> DesiredDeployment {
-    let decoded = if rec.source.ends_with(".toml") {
-        Deployment::from_toml_bytes(&rec.body)
-    } else {
-        Deployment::from_json_slice(&rec.body)
-    };
-    match decoded {
-        Ok(d) => DesiredDeployment::Valid(d),
-        Err(error) => DesiredDeployment::Invalid {
-            source_name: rec.source.clone(),
-            error: error.with_source(&rec.source),
-        },
-    }
-}
-
-/// Applies each desired-state update: caches it, reports what only the runtime can (invalid
-/// documents; valid ones when no module handles deployments), and hands it to the modules.
-async fn apply_desired(
-    shared: Arc<Shared>,
-    mut rx: watch::Receiver<DesiredUpdate>,
-    shutdown: CancellationToken,
-) {
-    // Statuses the runtime reported; after a restart without a deployment module, that is
-    // every stored one (so deployments deleted while the agent was down are cleaned up).
-    let blocked = shared
-        .deployments_blocked
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let mut owned: BTreeSet<String> = if blocked.is_none() {
-        BTreeSet::new()
-    } else {
-        shared
-            .store
-            .statuses()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|s| s.name)
-            .collect()
-    };
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            changed = rx.changed() => if changed.is_err() { return },
-        }
-        let update = rx.borrow_and_update().clone();
-        shared
-            .checkin
-            .send_if_modified(|c| !std::mem::replace(&mut c.plane_reached, true));
-        if let Err(e) = shared.store.replace_desired(&update.records) {
-            tracing::error!(error = %e, "cannot cache desired state");
-        }
-        let now = unix_now();
-        let mut now_owned = BTreeSet::new();
-        for (name, d) in &update.state.deployments {
-            let status = match d {
-                DesiredDeployment::Invalid { error, .. } => Some(DeploymentStatus {
-                    name: name.clone(),
-                    revision: None,
-                    phase: Phase::Failed,
-                    message: error.to_string(),
-                    restarts: 0,
-                    last_exit_code: None,
-                    image_digest: None,
-                    updated_at: now,
-                }),
-                DesiredDeployment::Valid(dep) if blocked.is_some() => {
-                    let (phase, why) = blocked.clone().unwrap_or((Phase::Pending, String::new()));
-                    Some(DeploymentStatus {
-                        name: name.clone(),
-                        revision: Some(dep.revision),
-                        phase,
-                        message: format!("accepted revision {}; {why}", dep.revision),
-                        restarts: 0,
-                        last_exit_code: None,
-                        image_digest: None,
-                        updated_at: now,
-                    })
-                }
-                DesiredDeployment::Valid(_) => None,
-            };
-            if let Some(st) = status {
-                now_owned.insert(name.clone());
-                shared.sink.deployment(st);
-            }
-        }
-        // Remove what the runtime reported for deployments that are no longer desired.
-        for name in owned
-            .iter()
-            .filter(|n| !update.state.deployments.contains_key(*n))
-        {
-            shared.sink.deployment_removed(name);
-        }
-        owned = now_owned;
-        shared.to_modules.send_replace(update.state.clone());
-    }
-}
-
-/// The status sink modules write to: persisted in the store (and later forwarded).
-struct RuntimeSink {
-    store: Arc<Store>,
-    details: Mutex<serde_json::Map<String, serde_json::Value>>,
-    /// Wakes the main loop to write a heartbeat when a detail changed.
-    detail_changed: tokio::sync::Notify,
-    /// What the control plane publishes.
-    published: watch::Sender<StatusSnapshot>,
-}
-
-impl StatusSink for RuntimeSink {
-    fn deployment(&self, status: DeploymentStatus) {
-        let unchanged = self
-            .store
-            .statuses()
-            .ok()
-            .and_then(|all| all.into_iter().find(|s| s.name == status.name))
-            .is_some_and(|old| {
-                old.phase == status.phase
-                    && old.message == status.message
-                    && old.revision == status.revision
-                    && old.restarts == status.restarts
-            });
-        if unchanged {
-            return;
-        }
-        tracing::info!(
-            deployment = %status.name,
-            phase = status.phase.as_str(),
-            revision = ?status.revision,
-            message = %status.message,
-            "deployment status"
-        );
-        if let Err(e) = self.store.put_status(&status) {
-            tracing::error!(error = %e, "cannot record deployment status");
-        }
-        self.published.send_modify(|s| {
-            s.deployments.insert(status.name.clone(), status);
-        });
-    }
-
-    fn deployment_removed(&self, name: &str) {
-        tracing::info!(deployment = %name, "deployment removed");
-        if let Err(e) = self.store.delete_status(name) {
-            tracing::error!(error = %e, "cannot delete deployment status");
-        }
-        self.published.send_modify(|s| {
-            s.deployments.remove(name);
-        });
-    }
-
-    fn detail(&self, module: &'static str, detail: serde_json::Value) {
-        let old = self
-            .details
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(module.to_owned(), detail.clone());
-        if old.as_ref() != Some(&detail) {
-            self.detail_changed.notify_one();
-        }
-    }
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use fleet_contract::DeploymentStatus;
 use serde::Serialize;
 
-use crate::heartbeat::{boot_id, Heartbeat, ModuleReport};
+use crate::control::PublishFailure;
+use crate::heartbeat::{boot_id, Heartbeat, IgnoredReport, ModuleReport};
 use crate::store::{AuditWatermark, Store, StoreError};
 
 /// The `status --json` document.
@@ -39,6 +40,11 @@ pub struct StatusReport {
     /// Module-specific detail documents from the last heartbeat, by module name (e.g.
     /// `system-upgrade`, `self-upgrade`: the upgrade's phase).
     pub details: serde_json::Map<String, serde_json::Value>,
+    /// Inputs the control plane received and did not use (odd keys, topics and files,
+    /// documents refused unread or not cached), each with why; a bounded list and a count.
+    pub ignored_inputs: IgnoredReport,
+    /// Status documents the plane could not publish, with why.
+    pub publish_failures: Vec<PublishFailure>,
     /// The store itself.
     pub store: StoreReport,
 }
@@ -103,6 +109,14 @@ pub fn read(db: &Path, busy: Duration) -> Result<StatusReport, StoreError> {
         heartbeat_age_secs: hb.as_ref().map(|h| now.saturating_sub(h.at)),
         control_plane: hb.as_ref().map(|h| h.control_plane.clone()),
         details: hb.as_ref().map(|h| h.details.clone()).unwrap_or_default(),
+        ignored_inputs: hb
+            .as_ref()
+            .map(|h| h.ignored_inputs.clone())
+            .unwrap_or_default(),
+        publish_failures: hb
+            .as_ref()
+            .map(|h| h.publish_failures.clone())
+            .unwrap_or_default(),
         modules: hb.map(|h| h.modules).unwrap_or_default(),
         deployments: store.statuses()?,
         store: StoreReport {
@@ -194,6 +208,21 @@ pub fn render(r: &StatusReport) -> String {
             d.phase.as_str(),
             d.message
         );
+    }
+    if !r.ignored_inputs.is_empty() {
+        let _ = writeln!(out, "\nIGNORED INPUTS");
+        for i in &r.ignored_inputs.listed {
+            let _ = writeln!(out, "  {}: {}", i.input, i.reason);
+        }
+        if r.ignored_inputs.more > 0 {
+            let _ = writeln!(out, "  ... and {} more", r.ignored_inputs.more);
+        }
+    }
+    if !r.publish_failures.is_empty() {
+        let _ = writeln!(out, "\nNOT PUBLISHED");
+        for f in &r.publish_failures {
+            let _ = writeln!(out, "  {}: {}", f.document, f.reason);
+        }
     }
     let _ = writeln!(
         out,

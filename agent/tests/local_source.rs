@@ -115,3 +115,68 @@ fn deletion_while_stopped_is_noticed_on_restart() {
     });
     assert_eq!(deployment(&st, "b").unwrap()["revision"], 4);
 }
+
+/// Odd entries in `deployments.d` (a FIFO, a symlink loop, a directory named like a
+/// manifest, a non-UTF-8 name) never block the agent and each appear in `fleet-agent status`,
+/// JSON and text, as an ignored input with its reason; an oversized file is refused with its
+/// real size. (Before, all of them were skipped without a word, and the size named the cap.)
+#[test]
+fn odd_files_appear_in_status_as_ignored_inputs() {
+    use std::os::unix::ffi::OsStrExt;
+    let root = TempRoot::new().unwrap();
+    let d = root.deployments();
+    std::fs::create_dir_all(&d).unwrap();
+    assert!(std::process::Command::new("mkfifo")
+        .arg(d.join("pipe.toml"))
+        .status()
+        .unwrap()
+        .success());
+    std::os::unix::fs::symlink("b.toml", d.join("a.toml")).unwrap();
+    std::os::unix::fs::symlink("a.toml", d.join("b.toml")).unwrap();
+    std::fs::create_dir(d.join("x.toml")).unwrap();
+    std::fs::write(
+        d.join(std::ffi::OsStr::from_bytes(b"n\xff.toml")),
+        manifest("n", 1),
+    )
+    .unwrap();
+    let size = fleet_contract::MAX_MANIFEST_BYTES + 4321;
+    std::fs::write(d.join("big.toml"), vec![b'#'; size]).unwrap();
+    std::fs::write(d.join("web.toml"), manifest("web", 1)).unwrap();
+
+    let config = write_config(&root, "");
+    let notify = NotifySocket::new().unwrap();
+    let _agent = AgentProc::spawn(&config, Some(&notify));
+    notify.wait_for("READY=1", Duration::from_secs(15)).unwrap();
+    let st = wait_status(&config, "five ignored inputs", |s| {
+        s["ignored_inputs"]["listed"]
+            .as_array()
+            .is_some_and(|a| a.len() >= 5)
+    });
+    let listed = st["ignored_inputs"]["listed"].as_array().unwrap();
+    let reason = |needle: &str| {
+        listed
+            .iter()
+            .find(|i| i["input"].as_str().unwrap().contains(needle))
+            .map(|i| i["reason"].as_str().unwrap().to_owned())
+            .unwrap_or_else(|| panic!("{needle} not among {listed:#?}"))
+    };
+    assert!(reason("pipe.toml").contains("FIFO"));
+    assert!(reason("a.toml").contains("loop"));
+    assert!(reason("x.toml").contains("directory"));
+    assert!(reason("n\u{fffd}.toml").contains("UTF-8"));
+    let big = deployment(&st, "big").unwrap();
+    assert_eq!(big["phase"], "Failed");
+    assert!(
+        big["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{size} bytes")),
+        "{big}"
+    );
+    assert_eq!(deployment(&st, "web").unwrap()["revision"], 1);
+
+    let out = agent(&["--config", config.to_str().unwrap(), "status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("IGNORED INPUTS"), "{text}");
+    assert!(text.contains("pipe.toml"), "{text}");
+}

@@ -1,19 +1,19 @@
 //! `fleetctl`: the operator's CLI, over NATS (`--nats URL`) or MQTT 5 (`--mqtt HOST:PORT`).
 
+mod command;
+mod desired;
+mod keys;
 mod release;
+mod status;
 mod transport;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, bail, Context as _, Result};
-use base64::Engine;
+use anyhow::{bail, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use fleet_contract::{
-    CommandEnvelope, CommandReply, Deployment, SignedCommand, SystemUpgrade, COMMAND_API_VERSION,
-};
-use transport::{DeviceView, Transport};
+use transport::Transport;
 
 /// fleetctl drives a fleet of fleet-agent devices.
 ///
@@ -129,7 +129,7 @@ enum Verb {
         #[arg(long)]
         command: Option<String>,
         /// Per-boot check-in deadline of the trial, e.g. 600, 600s, 10m, 1h.
-        #[arg(long, value_parser = parse_duration_secs)]
+        #[arg(long, value_parser = command::parse_duration_secs)]
         deadline: Option<u64>,
         /// Trial boots that may fail to reach userspace before rollback (1..=10).
         #[arg(long)]
@@ -229,7 +229,7 @@ fn now() -> u64 {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Verb::Validate { files } => Ok(validate(&files)),
+        Verb::Validate { files } => Ok(desired::validate(&files)),
         Verb::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -239,18 +239,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Verb::Keygen { out } => {
-            let der = fleet_contract::generate_key_pkcs8().map_err(|e| anyhow!(e))?;
-            let text = base64::engine::general_purpose::STANDARD.encode(&der);
-            write_private(&out, &text)?;
-            let kp = fleet_contract::key_pair_from_b64(&text).map_err(|e| anyhow!(e))?;
-            println!("{}", fleet_contract::public_key_b64(&kp));
-            eprintln!(
-                "private key written to {} (mode 0600); the line above is the public key",
-                out.display()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        Verb::Keygen { out } => keys::keygen(out),
         Verb::Release(release::ReleaseCmd::Sign {
             file,
             version,
@@ -262,17 +251,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Verb::Artifacts(release::ArtifactsCmd::Put { file, name }) => {
-            let name = match name {
-                Some(n) => n,
-                None => file
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .ok_or_else(|| anyhow!("{}: no file name; pass --name", file.display()))?,
-            };
-            let t = transport(&cli.conn).await?;
-            let size = release::put_artifact(&t, &file, &name).await?;
-            println!("nats-object://{name} ({size} bytes)");
-            Ok(ExitCode::SUCCESS)
+            release::artifacts_put(&cli.conn, file, name).await
         }
         Verb::AgentUpgrade {
             device,
@@ -285,30 +264,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             ttl,
             timeout,
         } => {
-            let text = std::fs::read_to_string(&signature)
-                .with_context(|| format!("read {}", signature.display()))?;
-            let sig: fleet_contract::release::ReleaseSignature = serde_json::from_str(&text)
-                .with_context(|| {
-                    format!("{}: not a release signature document", signature.display())
-                })?;
-            let args = release::upgrade_args(&sig, &version, &artifact)?;
-            if desired {
-                let t = transport(&cli.conn).await?;
-                let rev = release::put_desired(&t, &device, &args).await?;
-                println!("desired agent release of {device}: {version} (revision {rev})");
-                return Ok(ExitCode::SUCCESS);
-            }
-            let key = key.ok_or_else(|| anyhow!("--key is required without --desired"))?;
-            send_command(
-                &cli.conn,
-                &device,
-                "agent-upgrade".into(),
-                args,
-                &key,
-                actor,
-                None,
-                ttl,
-                timeout,
+            release::agent_upgrade(
+                &cli.conn, device, version, artifact, signature, key, desired, actor, ttl, timeout,
             )
             .await
         }
@@ -323,26 +280,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             file,
             device,
             expect_revision,
-        } => {
-            fleet_contract::DeviceId::parse(&device).map_err(|e| anyhow!("--device: {e}"))?;
-            let src = std::fs::read_to_string(&file)
-                .with_context(|| format!("read {}", file.display()))?;
-            let d = Deployment::from_toml_str(&src)
-                .map_err(|e| anyhow!("{}", e.with_source(file.display().to_string())))?;
-            let t = transport(&cli.conn).await?;
-            let rev = t
-                .apply(&device, &d.name, d.to_json(), expect_revision)
-                .await?;
-            if rev > 0 {
-                println!(
-                    "applied {} revision {} to {device} (KV revision {rev})",
-                    d.name, d.revision
-                );
-            } else {
-                println!("applied {} revision {} to {device}", d.name, d.revision);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => desired::apply(&cli.conn, file, device, expect_revision).await,
         Verb::SystemUpgrade {
             device,
             id,
@@ -352,130 +290,21 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             key,
             actor,
         } => {
-            fleet_contract::DeviceId::parse(&device).map_err(|e| anyhow!("--device: {e}"))?;
-            let id = id.unwrap_or_else(|| {
-                let r: [u8; 4] = rand::random();
-                let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
-                format!("os-{}-{hex}", now())
-            });
-            let req = SystemUpgrade {
-                command,
-                deadline_secs: deadline,
-                max_boots,
-                ..SystemUpgrade::new(id)
-            };
-            // Validate exactly as the device will, before anything is sent.
-            let req = SystemUpgrade::from_json_slice(&req.to_json())
-                .map_err(|e| anyhow!("invalid request: {e}"))?;
-            match key {
-                None => {
-                    let t = transport(&cli.conn).await?;
-                    t.put_system(&device, req.to_json()).await?;
-                    println!(
-                        "OS upgrade {} requested for {device} (desired state {}); follow it with `fleetctl status --device {device}`",
-                        req.id,
-                        fleet_contract::names::kv_system_key(&device)
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                Some(key) => {
-                    let args = serde_json::to_value(&req)?;
-                    send_command(
-                        &cli.conn,
-                        &device,
-                        "system-upgrade".into(),
-                        args,
-                        &key,
-                        actor,
-                        Some(format!("system-upgrade-{}", req.id)),
-                        300,
-                        15,
-                    )
-                    .await
-                }
-            }
+            desired::system_upgrade(
+                &cli.conn, device, id, command, deadline, max_boots, key, actor,
+            )
+            .await
         }
-        Verb::Delete { name, device } => {
-            let t = transport(&cli.conn).await?;
-            t.delete(&device, &name).await?;
-            println!("deleted {name} from {device}");
-            Ok(ExitCode::SUCCESS)
-        }
+        Verb::Delete { name, device } => desired::delete(&cli.conn, name, device).await,
         Verb::Status {
             device,
             json,
             watch,
-        } => {
-            let t = transport(&cli.conn).await?;
-            loop {
-                let views = t.status(device.as_deref()).await?;
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&views)?);
-                } else {
-                    print!("{}", render_status(&views));
-                }
-                if !watch {
-                    return Ok(ExitCode::SUCCESS);
-                }
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                println!();
-            }
-        }
+        } => status::status(&cli.conn, device, json, watch).await,
         Verb::Devices {
             json,
             offline_after,
-        } => {
-            let t = transport(&cli.conn).await?;
-            let views = t.status(None).await?;
-            let now = now();
-            let rows: Vec<serde_json::Value> = views
-                .iter()
-                .map(|(dev, v)| {
-                    let at = v.info.as_ref().and_then(|i| i["at"].as_u64());
-                    let stopped = v
-                        .info
-                        .as_ref()
-                        .and_then(|i| i["stopped"].as_bool())
-                        .unwrap_or(false);
-                    let online = v.online.unwrap_or(true)
-                        && !stopped
-                        && at.is_some_and(|a| now.saturating_sub(a) <= offline_after);
-                    serde_json::json!({
-                        "device": dev,
-                        "online": online,
-                        "last_heartbeat": at,
-                        "version": v.info.as_ref().and_then(|i| i["version"].as_str()),
-                        "deployments": v.deployments.len(),
-                    })
-                })
-                .collect();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                println!(
-                    "{:<24} {:<8} {:<10} {:<12} DEPLOYMENTS",
-                    "DEVICE", "STATE", "VERSION", "LAST SEEN"
-                );
-                for r in &rows {
-                    let seen = r["last_heartbeat"].as_u64().map_or("never".into(), |a| {
-                        format!("{} s ago", now.saturating_sub(a))
-                    });
-                    println!(
-                        "{:<24} {:<8} {:<10} {:<12} {}",
-                        r["device"].as_str().unwrap_or(""),
-                        if r["online"] == true {
-                            "online"
-                        } else {
-                            "offline"
-                        },
-                        r["version"].as_str().unwrap_or("?"),
-                        seen,
-                        r["deployments"]
-                    );
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => status::devices(&cli.conn, json, offline_after).await,
         Verb::Cmd {
             device,
             verb,
@@ -485,203 +314,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             id,
             ttl,
             timeout,
-        } => {
-            let args: serde_json::Value =
-                serde_json::from_str(&args).context("args must be a JSON document")?;
-            send_command(
-                &cli.conn, &device, verb, args, &key, actor, id, ttl, timeout,
-            )
-            .await
-        }
+        } => command::cmd(&cli.conn, device, verb, args, key, actor, id, ttl, timeout).await,
     }
-}
-
-/// Signs a command with the operator key, sends it and prints the device's reply.
-#[allow(clippy::too_many_arguments)]
-async fn send_command(
-    conn: &Conn,
-    device: &str,
-    verb: String,
-    args: serde_json::Value,
-    key: &std::path::Path,
-    actor: String,
-    id: Option<String>,
-    ttl: u64,
-    timeout: u64,
-) -> Result<ExitCode> {
-    let text =
-        std::fs::read_to_string(key).with_context(|| format!("read key {}", key.display()))?;
-    let kp =
-        fleet_contract::key_pair_from_b64(&text).map_err(|e| anyhow!("{}: {e}", key.display()))?;
-    let issued = now();
-    let env = CommandEnvelope {
-        api_version: COMMAND_API_VERSION.into(),
-        id: id.unwrap_or_else(|| {
-            let r: [u8; 12] = rand::random();
-            r.iter().map(|b| format!("{b:02x}")).collect()
-        }),
-        device: device.to_owned(),
-        verb,
-        args,
-        actor,
-        issued_at: issued,
-        expires_at: issued + ttl.max(1),
-    };
-    let signed = SignedCommand::sign(&env, &kp).encode();
-    let t = transport(conn).await?;
-    let bytes = t
-        .command(device, signed, Duration::from_secs(timeout))
-        .await?;
-    let reply: CommandReply = serde_json::from_slice(&bytes).context("decode reply")?;
-    println!("{}", serde_json::to_string_pretty(&reply)?);
-    Ok(if reply.ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
-}
-
-/// `600`, `600s`, `10m`, `1h` -> seconds.
-fn parse_duration_secs(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, 's')) => (&s[..i], 1),
-        Some((i, 'm')) => (&s[..i], 60),
-        Some((i, 'h')) => (&s[..i], 3600),
-        _ => (s, 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| format!("{s:?} is not a duration like 600, 600s, 10m or 1h"))
-}
-
-fn write_private(path: &PathBuf, text: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| {
-            format!(
-                "create {} (refusing to overwrite an existing key)",
-                path.display()
-            )
-        })?;
-    f.write_all(text.as_bytes())?;
-    f.write_all(b"\n")?;
-    Ok(())
-}
-
-fn validate(files: &[PathBuf]) -> ExitCode {
-    let mut bad = 0;
-    for f in files {
-        let result = std::fs::read_to_string(f)
-            .map_err(|e| format!("{}: {e}", f.display()))
-            .and_then(|src| {
-                Deployment::from_toml_str(&src)
-                    .map_err(|e| e.with_source(f.display().to_string()).to_string())
-            });
-        match result {
-            Ok(d) => println!(
-                "{}: ok (deployment {} revision {})",
-                f.display(),
-                d.name,
-                d.revision
-            ),
-            Err(e) => {
-                bad += 1;
-                eprintln!("{e}");
-            }
-        }
-    }
-    if bad == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
-}
-
-fn render_status(views: &std::collections::BTreeMap<String, DeviceView>) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    if views.is_empty() {
-        out.push_str("(no devices have reported)\n");
-    }
-    for (dev, v) in views {
-        let version = v
-            .info
-            .as_ref()
-            .and_then(|i| i["version"].as_str())
-            .unwrap_or("?");
-        let _ = writeln!(out, "{dev}  fleet-agent {version}");
-        if let Some(su) = v.info.as_ref().map(|i| &i["details"]["self-upgrade"]) {
-            if let Some(phase) = su["phase"].as_str() {
-                let _ = writeln!(
-                    out,
-                    "  agent upgrade: {phase}{}{}",
-                    su["target"]
-                        .as_str()
-                        .map_or(String::new(), |t| format!(" ({t})")),
-                    su["message"]
-                        .as_str()
-                        .map_or(String::new(), |m| format!(": {m}"))
-                );
-            }
-        }
-        if let Some(mods) = v.info.as_ref().and_then(|i| i["modules"].as_array()) {
-            for m in mods {
-                let _ = writeln!(
-                    out,
-                    "  module {:<16} {:<12} {}",
-                    m["name"].as_str().unwrap_or("?"),
-                    m["probe"]["state"].as_str().unwrap_or("?"),
-                    m["health"]["state"].as_str().unwrap_or("?")
-                );
-            }
-        }
-        if let Some(line) = v
-            .info
-            .as_ref()
-            .and_then(|i| os_upgrade_line(&i["details"]["system-upgrade"]))
-        {
-            let _ = writeln!(out, "  {line}");
-        }
-        for (name, d) in &v.deployments {
-            let _ = writeln!(
-                out,
-                "  {:<20} rev {:<5} {:<12} {}",
-                name,
-                d["revision"].as_u64().map_or("-".into(), |r| r.to_string()),
-                d["phase"].as_str().unwrap_or("?"),
-                d["message"].as_str().unwrap_or("")
-            );
-        }
-    }
-    out
-}
-
-/// One status line for the device's OS upgrade (`details["system-upgrade"]` of the
-/// heartbeat), e.g. `os-upgrade u-1 RolledBack (2 boots): deadline: not committed within 600 s`.
-fn os_upgrade_line(d: &serde_json::Value) -> Option<String> {
-    let phase = d["phase"].as_str()?;
-    let id = d["id"].as_str().unwrap_or("?");
-    let boots = d["boots"]
-        .as_u64()
-        .map(|b| format!(" ({b} boot{})", if b == 1 { "" } else { "s" }))
-        .unwrap_or_default();
-    let why = d["reason"]
-        .as_str()
-        .filter(|r| !r.is_empty() && matches!(phase, "RolledBack" | "Failed"))
-        .or_else(|| d["message"].as_str())
-        .unwrap_or("");
-    Some(format!("os-upgrade {id} {phase}{boots}: {why}"))
 }
 
 #[cfg(test)]
 mod tests {
+    use super::command::parse_duration_secs;
+    use super::status::os_upgrade_line;
     use super::*;
 
     #[test]

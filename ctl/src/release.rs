@@ -2,11 +2,13 @@
 //! `agent-upgrade` (ARCHITECTURE §6).
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::Subcommand;
 use fleet_contract::release::{sha256_hex, ReleaseSignature};
 
+use crate::command::send_command;
 use crate::transport::Transport;
 
 /// `fleetctl release ...`.
@@ -113,6 +115,66 @@ pub async fn put_desired(t: &Transport, device: &str, args: &serde_json::Value) 
         fleet_contract::names::kv_agent_key(device),
         &fleet_contract::names::mqtt_desired_agent(device),
         body,
+    )
+    .await
+}
+
+/// `fleetctl artifacts put`: uploads a file to the artifact store.
+pub(crate) async fn artifacts_put(
+    conn: &crate::Conn,
+    file: PathBuf,
+    name: Option<String>,
+) -> Result<ExitCode> {
+    let name = match name {
+        Some(n) => n,
+        None => file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| anyhow!("{}: no file name; pass --name", file.display()))?,
+    };
+    let t = crate::transport(conn).await?;
+    let size = put_artifact(&t, &file, &name).await?;
+    println!("nats-object://{name} ({size} bytes)");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `fleetctl agent-upgrade`: a signed command, or with `--desired` the device's desired
+/// agent release.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn agent_upgrade(
+    conn: &crate::Conn,
+    device: String,
+    version: String,
+    artifact: String,
+    signature: PathBuf,
+    key: Option<PathBuf>,
+    desired: bool,
+    actor: String,
+    ttl: u64,
+    timeout: u64,
+) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(&signature)
+        .with_context(|| format!("read {}", signature.display()))?;
+    let sig: fleet_contract::release::ReleaseSignature = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a release signature document", signature.display()))?;
+    let args = upgrade_args(&sig, &version, &artifact)?;
+    if desired {
+        let t = crate::transport(conn).await?;
+        let rev = put_desired(&t, &device, &args).await?;
+        println!("desired agent release of {device}: {version} (revision {rev})");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let key = key.ok_or_else(|| anyhow!("--key is required without --desired"))?;
+    send_command(
+        conn,
+        &device,
+        "agent-upgrade".into(),
+        args,
+        &key,
+        actor,
+        None,
+        ttl,
+        timeout,
     )
     .await
 }

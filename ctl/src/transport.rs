@@ -13,6 +13,10 @@ use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 
+/// Largest MQTT packet fleetctl takes (rumqttc's default is 10 KiB): four times the manifest
+/// cap, as the agent, so any document within the contract's caps arrives.
+const MAX_PACKET: u32 = 4 * fleet_contract::MAX_MANIFEST_BYTES as u32;
+
 /// Everything the operator reads back about one device.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct DeviceView {
@@ -250,11 +254,11 @@ impl Transport {
                 }
             }
             Transport::Mqtt { .. } => {
-                let filter = match device {
-                    Some(d) => format!("fleet/{d}/#"),
-                    None => "fleet/+/#".to_owned(),
-                };
-                for (topic, payload) in self.mqtt_collect_retained(&filter).await? {
+                // Status and online flags only: the desired documents (manifests up to the
+                // contract's cap) are not read back here.
+                let d = device.unwrap_or("+");
+                let filters = [format!("fleet/{d}/status/#"), format!("fleet/{d}/online")];
+                for (topic, payload) in self.mqtt_collect_retained(&filters).await? {
                     let parts: Vec<&str> = topic.split('/').collect();
                     let (Some(dev), rest) = (parts.get(1), parts.get(2..).unwrap_or(&[])) else {
                         continue;
@@ -353,7 +357,8 @@ impl Transport {
         let id: [u8; 8] = rand::random();
         let mut o = MqttOptions::new(format!("fleetctl-{}", hex(&id)), host.clone(), *port);
         o.set_clean_start(clean)
-            .set_keep_alive(Duration::from_secs(10));
+            .set_keep_alive(Duration::from_secs(10))
+            .set_max_packet_size(Some(MAX_PACKET));
         Ok(AsyncClient::new(o, 64))
     }
 
@@ -381,8 +386,8 @@ impl Transport {
         }
     }
 
-    /// Subscribes to `filter` and collects retained messages until the broker is quiet.
-    async fn mqtt_collect_retained(&self, filter: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    /// Subscribes to `filters` and collects retained messages until the broker is quiet.
+    async fn mqtt_collect_retained(&self, filters: &[String]) -> Result<Vec<(String, Vec<u8>)>> {
         let (client, mut ev) = self.mqtt_connect(true)?;
         let mut out = Vec::new();
         let mut quiet_until: Option<tokio::time::Instant> = None;
@@ -395,7 +400,9 @@ impl Transport {
             };
             match e {
                 Event::Incoming(Packet::ConnAck(_)) => {
-                    client.subscribe(filter, QoS::AtLeastOnce).await?;
+                    for filter in filters {
+                        client.subscribe(filter.as_str(), QoS::AtLeastOnce).await?;
+                    }
                 }
                 Event::Incoming(Packet::SubAck(_)) => {
                     quiet_until = Some(tokio::time::Instant::now() + Duration::from_millis(500));

@@ -749,3 +749,72 @@ async fn nats_artifact_download_is_size_capped() {
         .unwrap_err();
     assert!(e.contains("missing"), "{e}");
 }
+
+/// `fleetctl --mqtt status` with a retained manifest at the contract's cap (256 KiB) and a
+/// status document past rumqttc's 10 KiB default packet limit on the broker: both views work.
+/// (Before, the 10 KiB default made the client fail on the first large retained message.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_status_works_with_large_retained_documents() {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    if !require("mosquitto") {
+        return;
+    }
+    let mq = Mosquitto::start().unwrap();
+    let (client, mut ev) = AsyncClient::new(
+        MqttOptions::new("ctl-test-publisher", "127.0.0.1", mq.port()),
+        16,
+    );
+    let manifest = format!(
+        r#"{{"apiVersion":"fleet/v1","name":"big","revision":1,"container":{{"image":"localhost/x:1"}}}}{}"#,
+        " ".repeat(fleet_contract::MAX_MANIFEST_BYTES - 200)
+    );
+    let info = serde_json::json!({
+        "device": DEV, "version": "9.9.9", "at": now(), "stopped": false,
+        "modules": [], "details": { "padding": "p".repeat(20_000) },
+    });
+    let docs = [
+        (
+            fleet_contract::names::mqtt_desired_deploy(DEV, "big"),
+            manifest.into_bytes(),
+        ),
+        (
+            fleet_contract::names::mqtt_status_info(DEV),
+            info.to_string().into_bytes(),
+        ),
+    ];
+    for (topic, body) in docs {
+        client
+            .publish(topic, QoS::AtLeastOnce, true, body)
+            .await
+            .unwrap();
+    }
+    // Drive the event loop until both publishes are acknowledged.
+    let mut acked = 0;
+    while acked < 2 {
+        let e = tokio::time::timeout(Duration::from_secs(10), ev.poll())
+            .await
+            .unwrap()
+            .unwrap();
+        if let Event::Incoming(Packet::PubAck(_)) = e {
+            acked += 1;
+        }
+    }
+    let conn = ["--mqtt".to_owned(), format!("127.0.0.1:{}", mq.port())];
+    for device in [Some(DEV), None] {
+        let mut args = conn.to_vec();
+        args.extend(["status", "--json"].map(String::from));
+        if let Some(d) = device {
+            args.extend(["--device".to_owned(), d.to_owned()]);
+        }
+        let out = ctl_async(args).await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v[DEV]["info"]["version"], "9.9.9", "{v}");
+    }
+}

@@ -23,6 +23,12 @@ pub struct Mosquitto {
 impl Mosquitto {
     /// Writes `<tmp>/mosquitto.conf` for a free port, runs `mosquitto -c` and waits until it accepts.
     pub fn start() -> Result<Self> {
+        Self::start_with_config("")
+    }
+
+    /// As [`start`](Self::start), with `extra` lines appended to the conf (e.g.
+    /// `max_packet_size 4096`).
+    pub fn start_with_config(extra: &str) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("fleet-mosquitto-")
             .tempdir()
@@ -32,7 +38,7 @@ impl Mosquitto {
         let port = daemon.start_on_free_port(
             "TCP accept and the 'running' log line",
             |port| {
-                write_conf(&conf, port)?;
+                write_conf(&conf, port, extra)?;
                 Ok(args(&conf))
             },
             ready,
@@ -88,13 +94,14 @@ impl Mosquitto {
     }
 }
 
-fn write_conf(conf: &Path, port: u16) -> Result<()> {
+fn write_conf(conf: &Path, port: u16, extra: &str) -> Result<()> {
     let text = format!(
         "# written by fleet-testkit\n\
          listener {port} 127.0.0.1\n\
          allow_anonymous true\n\
          persistence false\n\
-         log_dest stderr\n"
+         log_dest stderr\n\
+         {extra}\n"
     );
     std::fs::write(conf, text).map_err(|e| Error::io(format!("writing {}", conf.display()), e))
 }

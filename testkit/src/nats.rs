@@ -21,6 +21,7 @@ pub struct NatsServer {
     port: u16,
     name: String,
     store: PathBuf,
+    conf: Option<PathBuf>,
     // Declared last so the process dies before its directory goes.
     dir: TempDir,
 }
@@ -28,6 +29,13 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts `nats-server -js -a 127.0.0.1 -p <free port> -sd <tmp>/js` and waits for its `INFO`.
     pub fn start_jetstream() -> Result<Self> {
+        Self::start_jetstream_with_config("")
+    }
+
+    /// As [`start_jetstream`](Self::start_jetstream), with `config` (nats-server config file
+    /// syntax, e.g. `max_payload: 4096`) passed with `-c`; the flags still set the port,
+    /// storage and name.
+    pub fn start_jetstream_with_config(config: &str) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("fleet-nats-")
             .tempdir()
@@ -36,10 +44,18 @@ impl NatsServer {
         // A unique server name lets the readiness check tell our server from a stranger
         // that grabbed the port first.
         let name = unique_id("fleet-test-nats");
+        let conf = if config.is_empty() {
+            None
+        } else {
+            let path = dir.path().join("nats-server.conf");
+            std::fs::write(&path, config)
+                .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+            Some(path)
+        };
         let mut daemon = Daemon::new(BINARY, dir.path().join("nats-server.log"));
         let port = daemon.start_on_free_port(
             "INFO line on the client port",
-            |port| Ok(args(port, &name, &store)),
+            |port| Ok(args(port, &name, &store, conf.as_deref())),
             |_, port| info_ready(port, &name),
         )?;
         Ok(NatsServer {
@@ -47,6 +63,7 @@ impl NatsServer {
             port,
             name,
             store,
+            conf,
             dir,
         })
     }
@@ -84,7 +101,7 @@ impl NatsServer {
     /// Stops (if running) and starts again on the same port with the same storage dir.
     pub fn restart(&mut self) -> Result<()> {
         self.daemon.stop();
-        let args = args(self.port, &self.name, &self.store);
+        let args = args(self.port, &self.name, &self.store, self.conf.as_deref());
         let name = self.name.clone();
         self.daemon.start_on_port(
             self.port,
@@ -100,11 +117,13 @@ impl NatsServer {
     }
 }
 
-fn args(port: u16, name: &str, store: &Path) -> Vec<OsString> {
-    let mut v: Vec<OsString> = ["-js", "-a", "127.0.0.1", "-p"]
-        .iter()
-        .map(OsString::from)
-        .collect();
+fn args(port: u16, name: &str, store: &Path, conf: Option<&Path>) -> Vec<OsString> {
+    let mut v: Vec<OsString> = Vec::new();
+    if let Some(c) = conf {
+        v.push("-c".into());
+        v.push(c.as_os_str().to_owned());
+    }
+    v.extend(["-js", "-a", "127.0.0.1", "-p"].iter().map(OsString::from));
     v.push(port.to_string().into());
     v.push("-sd".into());
     v.push(store.as_os_str().to_owned());

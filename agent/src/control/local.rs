@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fleet_contract::{DecodeError, Deployment, MAX_MANIFEST_BYTES};
+use fleet_contract::{quote, DecodeError, Deployment, MAX_MANIFEST_BYTES};
 use fleet_module_api::{CancellationToken, DesiredDeployment, DesiredState, DesiredSystem};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use super::{ControlError, ControlPlane, DesiredUpdate, PlaneIo};
+use super::{ControlError, ControlPlane, DesiredUpdate, IgnoredInput, PlaneIo, Refusal};
 use crate::store::DesiredRecord;
 
 /// Events arriving this close together are handled as one rescan.
@@ -39,28 +39,43 @@ impl LocalPlane {
     pub fn scan(&self) -> Result<DesiredUpdate, ControlError> {
         let mut update = scan_dir(&self.dir)?;
         if let Some(file) = self.system_file() {
-            match read_capped(&file) {
-                Ok(bytes) => {
-                    let source = file.display().to_string();
+            let source = file.display().to_string();
+            let system = match read_manifest(&file, super::caps::SYSTEM) {
+                Ok(Read::Body(bytes)) => {
                     let system = super::decode_system(&source, &bytes);
+                    update.records.push(DesiredRecord::new(
+                        super::SYSTEM_RECORD_KEY,
+                        source,
+                        None,
+                        bytes,
+                    ));
+                    Some(system)
+                }
+                Ok(Read::Refused(r)) => {
                     update.records.push(DesiredRecord {
                         key: super::SYSTEM_RECORD_KEY.to_owned(),
-                        source,
+                        source: source.clone(),
                         revision: None,
-                        body: bytes,
+                        length: r.length,
+                        body: Vec::new(),
+                        refused: Some(r.reason.clone()),
                     });
-                    Arc::make_mut(&mut update.state).system = Some(system);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    let source = file.display().to_string();
-                    let error =
-                        DecodeError::whole(format!("cannot read: {e}")).with_source(&source);
-                    Arc::make_mut(&mut update.state).system = Some(DesiredSystem::Invalid {
+                    Some(DesiredSystem::Invalid {
+                        error: DecodeError::whole(r.reason).with_source(&source),
                         source_name: source,
-                        error,
-                    });
+                    })
                 }
+                Err(Unusable::Missing) => None,
+                Err(Unusable::Other(why)) => {
+                    update.ignored.push(IgnoredInput::new(quote(&source), &why));
+                    Some(DesiredSystem::Invalid {
+                        error: DecodeError::whole(why).with_source(&source),
+                        source_name: source,
+                    })
+                }
+            };
+            if system.is_some() {
+                Arc::make_mut(&mut update.state).system = system;
             }
         }
         Ok(update)
@@ -118,12 +133,13 @@ impl ControlPlane for LocalPlane {
         }
         tracing::info!(dir = %self.dir.display(), "watching deployment manifests");
 
-        let mut last: Option<Arc<DesiredState>> = None;
+        let mut last: Option<(Arc<DesiredState>, Vec<IgnoredInput>)> = None;
         loop {
             match self.scan() {
                 Ok(update) => {
-                    if last.as_ref() != Some(&update.state) {
-                        last = Some(update.state.clone());
+                    let seen = (update.state.clone(), update.ignored.clone());
+                    if last.as_ref() != Some(&seen) {
+                        last = Some(seen);
                         log_update(&update);
                         tx.send_replace(update);
                     }
@@ -154,6 +170,9 @@ fn log_update(update: &DesiredUpdate) {
         }
         None => {}
     }
+    for i in &update.ignored {
+        tracing::warn!(input = %i.input, reason = %i.reason, "input ignored");
+    }
     for (name, d) in &update.state.deployments {
         match d {
             DesiredDeployment::Valid(dep) => {
@@ -166,12 +185,99 @@ fn log_update(update: &DesiredUpdate) {
     }
 }
 
-/// Is this a manifest file (not an editor backup, temp or hidden file)?
-fn is_manifest(path: &Path) -> bool {
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-        return false;
-    };
+/// Is this name a manifest's (not an editor backup, temp or hidden file)?
+fn is_manifest_name(name: &str) -> bool {
     !name.starts_with('.') && name.ends_with(".toml")
+}
+
+/// What reading one manifest path gave.
+enum Read {
+    /// The whole file, within the cap.
+    Body(Vec<u8>),
+    /// Over the cap: its real size and why; nothing was read.
+    Refused(Refusal),
+}
+
+/// Why a manifest path could not be read.
+enum Unusable {
+    /// It is gone (deleted or renamed between listing and reading).
+    Missing,
+    /// Anything else (not a regular file, a symlink loop, permissions), said in words.
+    Other(String),
+}
+
+/// Reads a manifest without ever blocking or reading past `cap`: only a regular file (after
+/// following symlinks) is opened, non-blocking, and its size is checked before reading.
+fn read_manifest(path: &Path, cap: usize) -> Result<Read, Unusable> {
+    use std::io::Read as _;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let kind = |ft: std::fs::FileType| {
+        if ft.is_dir() {
+            "a directory"
+        } else if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_socket() {
+            "a socket"
+        } else if ft.is_block_device() || ft.is_char_device() {
+            "a device"
+        } else {
+            "not a regular file"
+        }
+    };
+    let io = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            // A symlink pointing nowhere is not "missing": the link is there.
+            match std::fs::symlink_metadata(path) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    Unusable::Other("a symbolic link to nothing".into())
+                }
+                _ => Unusable::Missing,
+            }
+        } else if e.raw_os_error() == Some(libc::ELOOP) {
+            Unusable::Other("a symbolic link loop".into())
+        } else {
+            Unusable::Other(format!("cannot read: {e}"))
+        }
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(Unusable::Other(format!(
+            "{}, not a manifest file",
+            kind(meta.file_type())
+        )));
+    }
+    // Non-blocking: a FIFO swapped in after the check cannot hang the scan.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(Unusable::Other(format!(
+            "{}, not a manifest file",
+            kind(meta.file_type())
+        )));
+    }
+    let too_big = |len: u64| {
+        Read::Refused(Refusal {
+            length: len,
+            reason: format!("the whole file: {len} bytes is over the limit of {cap} bytes"),
+        })
+    };
+    if meta.len() > cap as u64 {
+        return Ok(too_big(meta.len()));
+    }
+    let mut buf = Vec::with_capacity(meta.len() as usize);
+    file.take(cap as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(io)?;
+    if buf.len() > cap {
+        // It grew while being read: its size now.
+        let len = std::fs::metadata(path).map_or(buf.len() as u64, |m| m.len());
+        return Ok(too_big(len));
+    }
+    Ok(Read::Body(buf))
 }
 
 fn scan_dir(dir: &Path) -> Result<DesiredUpdate, ControlError> {
@@ -187,38 +293,62 @@ fn scan_dir(dir: &Path) -> Result<DesiredUpdate, ControlError> {
             })
         }
     };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| is_manifest(p) && p.is_file())
-        .collect();
+    let mut ignored = Vec::new();
+    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    for entry in entries {
+        let Ok(entry) = entry else { continue };
+        let name = entry.file_name();
+        match name.to_str() {
+            Some(n) if is_manifest_name(n) => files.push((n.to_owned(), entry.path())),
+            Some(_) => {} // editor backups, notes, hidden files: not manifests
+            None => ignored.push(IgnoredInput::new(
+                format!("{}/{}", dir.display(), quote(&name.to_string_lossy())),
+                "file name is not UTF-8",
+            )),
+        }
+    }
     files.sort();
 
     let mut deployments: BTreeMap<String, DesiredDeployment> = BTreeMap::new();
     let mut sources: BTreeMap<String, String> = BTreeMap::new();
     let mut records = Vec::new();
-    for path in files {
+    for (file_name, path) in files {
         let source = path.display().to_string();
-        let stem = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("invalid")
-            .to_owned();
-        let bytes = match read_capped(&path) {
-            Ok(b) => b,
-            Err(e) => {
-                // Vanished between listing and reading (deleted or renamed): skip.
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    continue;
+        let stem = file_name.trim_end_matches(".toml").to_owned();
+        let bytes = match read_manifest(&path, MAX_MANIFEST_BYTES) {
+            Ok(Read::Body(b)) => b,
+            Ok(Read::Refused(r)) => {
+                let entry = super::refused_deployment(&source, &r);
+                records.push(DesiredRecord {
+                    key: format!("deploy.{stem}"),
+                    source: source.clone(),
+                    revision: None,
+                    length: r.length,
+                    body: Vec::new(),
+                    refused: Some(r.reason),
+                });
+                sources.insert(stem.clone(), source);
+                deployments.insert(stem, entry);
+                continue;
+            }
+            Err(Unusable::Missing) => continue,
+            Err(Unusable::Other(why)) => {
+                ignored.push(IgnoredInput::new(
+                    format!("{}/{}", dir.display(), quote(&file_name)),
+                    &why,
+                ));
+                // Known by name, so nothing is removed for it while it cannot be read.
+                if fleet_contract::DeviceId::parse(&stem).is_ok() && !sources.contains_key(&stem) {
+                    let error = DecodeError::whole(why).with_source(&source);
+                    sources.insert(stem.clone(), source.clone());
+                    deployments.insert(
+                        stem,
+                        DesiredDeployment::Invalid {
+                            source_name: source,
+                            error,
+                        },
+                    );
                 }
-                let error = DecodeError::whole(format!("cannot read: {e}")).with_source(&source);
-                deployments.insert(
-                    stem,
-                    DesiredDeployment::Invalid {
-                        source_name: source,
-                        error,
-                    },
-                );
                 continue;
             }
         };
@@ -240,16 +370,13 @@ fn scan_dir(dir: &Path) -> Result<DesiredUpdate, ControlError> {
         };
         if let Some(first) = sources.get(&name) {
             let error = DecodeError::whole(format!(
-                "deployment name {name:?} is already defined in {first}"
+                "deployment name {} is already defined in {first}",
+                quote(&name)
             ))
             .with_source(&source);
-            // Keep the first definition; report the duplicate under its own file stem.
-            let dup_key = format!(
-                "{name}@{}",
-                path.file_name().and_then(|n| n.to_str()).unwrap_or("")
-            );
+            // Keep the first definition; report the duplicate under its own file name.
             deployments.insert(
-                dup_key,
+                format!("{name}@{file_name}"),
                 DesiredDeployment::Invalid {
                     source_name: source,
                     error,
@@ -258,12 +385,12 @@ fn scan_dir(dir: &Path) -> Result<DesiredUpdate, ControlError> {
             continue;
         }
         sources.insert(name.clone(), source.clone());
-        records.push(DesiredRecord {
-            key: format!("deploy.{name}"),
+        records.push(DesiredRecord::new(
+            format!("deploy.{name}"),
             source,
             revision,
-            body: bytes,
-        });
+            bytes,
+        ));
         deployments.insert(name, entry);
     }
     Ok(DesiredUpdate {
@@ -275,16 +402,9 @@ fn scan_dir(dir: &Path) -> Result<DesiredUpdate, ControlError> {
             ..DesiredState::default()
         }),
         records,
+        ignored,
+        ignored_overflow: 0,
     })
-}
-
-fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let f = std::fs::File::open(path)?;
-    let mut buf = Vec::new();
-    f.take(MAX_MANIFEST_BYTES as u64 + 1)
-        .read_to_end(&mut buf)?;
-    Ok(buf)
 }
 
 #[cfg(test)]
@@ -352,5 +472,77 @@ mod tests {
             u.state.deployments["g"],
             DesiredDeployment::Invalid { .. }
         ));
+    }
+
+    /// Odd entries in the directory each appear as an ignored input with the reason; none
+    /// blocks the scan (a FIFO is never opened for a blocking read), and a deployment whose
+    /// file cannot be read stays known (Invalid), so nothing is removed for it.
+    #[test]
+    fn odd_files_are_ignored_inputs_with_their_reason() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("good.toml"), M.replace("NAME", "good")).unwrap();
+        std::fs::write(
+            d.join(std::ffi::OsStr::from_bytes(b"bad-\xff.toml")),
+            M.replace("NAME", "x"),
+        )
+        .unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(d.join("pipe.toml"))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        std::os::unix::fs::symlink("loop-b.toml", d.join("loop-a.toml")).unwrap();
+        std::os::unix::fs::symlink("loop-a.toml", d.join("loop-b.toml")).unwrap();
+        std::os::unix::fs::symlink("nowhere", d.join("dangling.toml")).unwrap();
+        std::fs::create_dir(d.join("x.toml")).unwrap();
+
+        let u = scan_dir(d).unwrap();
+        let reason = |needle: &str| {
+            u.ignored
+                .iter()
+                .find(|i| i.input.contains(needle))
+                .map(|i| i.reason.clone())
+                .unwrap_or_else(|| panic!("{needle} not among {:#?}", u.ignored))
+        };
+        assert!(reason("bad-").contains("not UTF-8"));
+        assert!(reason("pipe.toml").contains("a FIFO"));
+        assert!(reason("loop-a.toml").contains("symbolic link loop"));
+        assert!(reason("dangling.toml").contains("link to nothing"));
+        assert!(reason("x.toml").contains("a directory"));
+        assert!(matches!(
+            u.state.deployments["good"],
+            DesiredDeployment::Valid(_)
+        ));
+        for name in ["pipe", "x", "dangling"] {
+            assert!(
+                matches!(u.state.deployments[name], DesiredDeployment::Invalid { .. }),
+                "{name}"
+            );
+        }
+    }
+
+    /// A file over the cap is refused with its real size, not the read cap, and cached as
+    /// (key, length, reason) without its body.
+    #[test]
+    fn an_oversized_file_is_refused_with_its_real_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = MAX_MANIFEST_BYTES + 12_345;
+        std::fs::write(dir.path().join("big.toml"), vec![b'#'; size]).unwrap();
+        let u = scan_dir(dir.path()).unwrap();
+        match &u.state.deployments["big"] {
+            DesiredDeployment::Invalid { error, .. } => {
+                assert!(
+                    error.to_string().contains(&format!("{size} bytes")),
+                    "{error}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(u.records.len(), 1);
+        assert_eq!(u.records[0].length, size as u64);
+        assert!(u.records[0].body.is_empty());
+        assert!(u.records[0].refused.is_some());
     }
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use fleet_contract::{DecodeError, Deployment, DeploymentStatus, SystemUpgrade};
 use fleet_module_api::{CancellationToken, DesiredDeployment, DesiredState, DesiredSystem};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::heartbeat::Heartbeat;
@@ -29,6 +30,101 @@ pub struct PlaneIo {
     pub commands: mpsc::Sender<CommandRequest>,
     /// Audit records to publish.
     pub audit: broadcast::Receiver<serde_json::Value>,
+    /// Where the plane reports documents it could not publish (shown in status).
+    pub failures: Arc<PublishFailures>,
+}
+
+/// Most publish failures listed in status at once.
+pub const MAX_PUBLISH_FAILURES: usize = 16;
+
+/// One document the plane could not publish, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishFailure {
+    /// Which document (`info`, `deploy.<name>`).
+    pub document: String,
+    /// Why (capped).
+    pub reason: String,
+}
+
+/// Documents a plane could not publish, by document; cleared when one goes out.
+#[derive(Debug, Default)]
+pub struct PublishFailures {
+    failed: std::sync::Mutex<BTreeMap<String, String>>,
+}
+
+impl PublishFailures {
+    fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
+        self.failed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `document` could not be published: logged and kept for status.
+    pub fn failed(&self, document: &str, reason: &str) {
+        let reason = fleet_contract::cap_message(reason);
+        tracing::warn!(document, %reason, "cannot publish; the plane goes on");
+        let mut map = self.map();
+        if map.len() < MAX_PUBLISH_FAILURES || map.contains_key(document) {
+            map.insert(document.to_owned(), reason);
+        }
+    }
+
+    /// `document` went out.
+    pub fn ok(&self, document: &str) {
+        self.map().remove(document);
+    }
+
+    /// Every recorded failure.
+    pub fn list(&self) -> Vec<PublishFailure> {
+        self.map()
+            .iter()
+            .map(|(d, r)| PublishFailure {
+                document: d.clone(),
+                reason: r.clone(),
+            })
+            .collect()
+    }
+}
+
+/// `body` if it fits in `limit` bytes, else a small document saying it was cut.
+pub(crate) fn fit_document(body: Vec<u8>, limit: usize, what: &str) -> Vec<u8> {
+    if body.len() <= limit {
+        return body;
+    }
+    tracing::warn!(
+        document = what,
+        length = body.len(),
+        limit,
+        "document cut to fit the broker's limit"
+    );
+    serde_json::to_vec(&serde_json::json!({
+        "cut": true,
+        "document": what,
+        "length": body.len(),
+        "limit": limit,
+        "message": format!("{what} of {} bytes cut to fit the broker's limit of {limit} bytes", body.len()),
+    }))
+    .unwrap_or_default()
+}
+
+/// A deployment status as JSON within `limit` bytes: its message is capped, and a status
+/// still too large keeps its fields but says it was cut.
+pub(crate) fn status_within(st: &DeploymentStatus, limit: usize) -> Vec<u8> {
+    let body = serde_json::to_vec(st).unwrap_or_default();
+    if body.len() <= limit {
+        return body;
+    }
+    let cut = DeploymentStatus {
+        message: format!(
+            "status of {} bytes cut to fit the broker's limit of {limit} bytes",
+            body.len()
+        ),
+        image_digest: None,
+        ..st.clone()
+    };
+    fit_document(
+        serde_json::to_vec(&cut).unwrap_or_default(),
+        limit,
+        "deployment status",
+    )
 }
 
 /// The latest status the device wants published.
@@ -94,7 +190,11 @@ pub(crate) fn decode_network_deployment(
                 line: None,
                 column: None,
                 field: Some("name".into()),
-                message: format!("manifest names {:?} but is stored under {name:?}", d.name),
+                message: format!(
+                    "manifest names {} but is stored under {}",
+                    fleet_contract::quote(&d.name),
+                    fleet_contract::quote(name)
+                ),
             },
         },
         Err(error) => DesiredDeployment::Invalid {
@@ -124,61 +224,202 @@ pub(crate) fn decode_system(source: &str, bytes: &[u8]) -> DesiredSystem {
     }
 }
 
-/// A document as received: (source, raw bytes).
-pub(crate) type Doc = (String, Vec<u8>);
+/// A document as received: where it came from and its body, or, when it was refused by size
+/// before being copied, only its length and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Doc {
+    /// File path or KV key/topic it came from.
+    pub source: String,
+    /// The body, or the refusal.
+    pub body: Result<Vec<u8>, Refusal>,
+}
 
-/// Builds a [`DesiredUpdate`] from a map of deployment name -> document, the OS upgrade
-/// request (`<device>.system`) and the agent release (`<device>.agent`), if any. The agent
-/// release is not cached: a device that starts offline does not upgrade itself from cache.
-pub(crate) fn update_from_docs(
-    docs: &BTreeMap<String, Doc>,
-    system: Option<&Doc>,
-    agent: Option<&Doc>,
-) -> DesiredUpdate {
-    let mut deployments = BTreeMap::new();
-    let mut records = Vec::new();
-    for (name, (source, bytes)) in docs {
-        let d = decode_network_deployment(name, source, bytes);
-        let revision = match &d {
-            DesiredDeployment::Valid(dep) => Some(dep.revision),
-            DesiredDeployment::Invalid { .. } => None,
+/// Why a document was refused unread: its length and the reason, never its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The document's length in bytes.
+    pub length: u64,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+impl Doc {
+    /// A document of `len` bytes from `source`: its body is copied by `body` only when `len`
+    /// is within `cap`; a longer one is kept as (length, reason).
+    pub(crate) fn checked(
+        source: String,
+        len: usize,
+        cap: usize,
+        body: impl FnOnce() -> Vec<u8>,
+    ) -> Self {
+        let body = if len > cap {
+            Err(Refusal {
+                length: len as u64,
+                reason: format!("the whole document: {len} bytes is over the limit of {cap} bytes"),
+            })
+        } else {
+            Ok(body())
         };
-        records.push(DesiredRecord {
-            key: format!("deploy.{name}"),
-            source: source.clone(),
-            revision,
-            body: bytes.clone(),
-        });
-        deployments.insert(name.clone(), d);
+        Doc { source, body }
     }
-    let system = system.map(|(source, bytes)| {
-        records.push(DesiredRecord {
-            key: SYSTEM_RECORD_KEY.to_owned(),
-            source: source.clone(),
-            revision: None,
-            body: bytes.clone(),
-        });
-        decode_system(source, bytes)
-    });
-    let agent = agent.map(|(source, bytes)| {
-        match fleet_contract::release::AgentRelease::from_json_slice(bytes) {
-            Ok(rel) => fleet_module_api::DesiredAgent::Valid(rel),
-            Err(error) => fleet_module_api::DesiredAgent::Invalid {
-                source_name: source.clone(),
-                error,
+
+    fn record(&self, key: String, revision: Option<u64>) -> DesiredRecord {
+        match &self.body {
+            Ok(bytes) => DesiredRecord {
+                key,
+                source: self.source.clone(),
+                revision,
+                length: bytes.len() as u64,
+                body: bytes.clone(),
+                refused: None,
+            },
+            Err(r) => DesiredRecord {
+                key,
+                source: self.source.clone(),
+                revision: None,
+                length: r.length,
+                body: Vec::new(),
+                refused: Some(r.reason.clone()),
             },
         }
-    });
-    DesiredUpdate {
-        state: Arc::new(DesiredState {
-            deployments,
-            system,
-            agent,
-            // The plane's full listing, just received: an absent deployment was deleted.
-            complete: true,
-            deleted: Default::default(),
-        }),
-        records,
+    }
+}
+
+/// An input a plane received and did not use (an odd key, topic or file, a document refused
+/// unread), shown in status with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct IgnoredInput {
+    /// The input, quoted with [`fleet_contract::quote`] (plane, bucket or directory, key).
+    pub input: String,
+    /// Why it was not used.
+    pub reason: String,
+}
+
+impl IgnoredInput {
+    /// `input` (already quoted) ignored because of `reason` (capped).
+    pub fn new(input: impl Into<String>, reason: &str) -> Self {
+        Self {
+            input: input.into(),
+            reason: fleet_contract::cap_message(reason),
+        }
+    }
+}
+
+/// How many ignored inputs a plane tracks at once; more are only counted.
+pub(crate) const MAX_IGNORED_TRACKED: usize = 1024;
+
+/// A plane's ignored inputs by key, bounded: past [`MAX_IGNORED_TRACKED`] only counted.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct IgnoredSet {
+    by_key: BTreeMap<String, IgnoredInput>,
+    /// Inputs ignored while the set was full (until the next full replay).
+    overflow: u64,
+}
+
+impl IgnoredSet {
+    /// Records `key` as ignored (replacing an earlier reason).
+    pub(crate) fn insert(&mut self, key: &str, input: IgnoredInput) {
+        if self.by_key.len() >= MAX_IGNORED_TRACKED && !self.by_key.contains_key(key) {
+            self.overflow += 1;
+            return;
+        }
+        self.by_key.insert(key.to_owned(), input);
+    }
+
+    /// `key` is gone (deleted) or became a used input.
+    pub(crate) fn remove(&mut self, key: &str) {
+        self.by_key.remove(key);
+    }
+
+    fn to_vec(&self) -> (Vec<IgnoredInput>, u64) {
+        (self.by_key.values().cloned().collect(), self.overflow)
+    }
+}
+
+/// Size caps of the desired documents, checked before a body is copied.
+pub(crate) mod caps {
+    /// A deployment manifest.
+    pub const DEPLOYMENT: usize = fleet_contract::MAX_MANIFEST_BYTES;
+    /// The OS upgrade request.
+    pub const SYSTEM: usize = fleet_contract::MAX_SYSTEM_UPGRADE_BYTES;
+    /// The agent release document (small; the manifest cap bounds it).
+    pub const AGENT: usize = fleet_contract::MAX_MANIFEST_BYTES;
+}
+
+/// The plane's desired documents: deployments by name, the OS upgrade request, the agent
+/// release, and the inputs it ignored.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Docs {
+    pub deployments: BTreeMap<String, Doc>,
+    pub system: Option<Doc>,
+    pub agent: Option<Doc>,
+    pub ignored: IgnoredSet,
+}
+
+impl Docs {
+    /// Builds a [`DesiredUpdate`]: the full listing of the plane, just received (`complete`).
+    /// The agent release is not cached: a device that starts offline does not upgrade itself
+    /// from cache.
+    pub(crate) fn update(&self) -> DesiredUpdate {
+        let mut deployments = BTreeMap::new();
+        let mut records = Vec::new();
+        for (name, doc) in &self.deployments {
+            let d = match &doc.body {
+                Ok(bytes) => decode_network_deployment(name, &doc.source, bytes),
+                Err(r) => refused_deployment(&doc.source, r),
+            };
+            let revision = match &d {
+                DesiredDeployment::Valid(dep) => Some(dep.revision),
+                DesiredDeployment::Invalid { .. } => None,
+            };
+            records.push(doc.record(format!("deploy.{name}"), revision));
+            deployments.insert(name.clone(), d);
+        }
+        let system = self.system.as_ref().map(|doc| {
+            records.push(doc.record(SYSTEM_RECORD_KEY.to_owned(), None));
+            match &doc.body {
+                Ok(bytes) => decode_system(&doc.source, bytes),
+                Err(r) => DesiredSystem::Invalid {
+                    source_name: doc.source.clone(),
+                    error: DecodeError::whole(r.reason.clone()).with_source(&doc.source),
+                },
+            }
+        });
+        let agent = self.agent.as_ref().map(|doc| match &doc.body {
+            Ok(bytes) => match fleet_contract::release::AgentRelease::from_json_slice(bytes) {
+                Ok(rel) => fleet_module_api::DesiredAgent::Valid(rel),
+                Err(error) => fleet_module_api::DesiredAgent::Invalid {
+                    source_name: doc.source.clone(),
+                    error: fleet_contract::cap_message(&error),
+                },
+            },
+            Err(r) => fleet_module_api::DesiredAgent::Invalid {
+                source_name: doc.source.clone(),
+                error: r.reason.clone(),
+            },
+        });
+        let (ignored, ignored_overflow) = self.ignored.to_vec();
+        DesiredUpdate {
+            state: Arc::new(DesiredState {
+                deployments,
+                system,
+                agent,
+                // The plane's full listing, just received: an absent deployment was deleted.
+                complete: true,
+                deleted: Default::default(),
+            }),
+            records,
+            ignored,
+            ignored_overflow,
+        }
+    }
+}
+
+/// A deployment whose document was refused unread (by size).
+pub(crate) fn refused_deployment(source: &str, r: &Refusal) -> DesiredDeployment {
+    DesiredDeployment::Invalid {
+        source_name: source.to_owned(),
+        error: DecodeError::whole(r.reason.clone()).with_source(source),
     }
 }
 
@@ -189,6 +430,10 @@ pub struct DesiredUpdate {
     pub state: Arc<DesiredState>,
     /// The documents as received, for the SQLite cache.
     pub records: Vec<DesiredRecord>,
+    /// Inputs the plane received and did not use.
+    pub ignored: Vec<IgnoredInput>,
+    /// Further ignored inputs, only counted.
+    pub ignored_overflow: u64,
 }
 
 /// Failure of a control plane.
@@ -220,4 +465,118 @@ pub trait ControlPlane: Send + Sync + 'static {
         io: PlaneIo,
         shutdown: CancellationToken,
     ) -> Result<(), ControlError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleet_contract::Phase;
+
+    fn heartbeat(detail: usize) -> Heartbeat {
+        let mut details = serde_json::Map::new();
+        details.insert(
+            "m".into(),
+            serde_json::json!({ "blob": "x".repeat(detail) }),
+        );
+        Heartbeat {
+            device: "dev-1".into(),
+            version: "1.0.0".into(),
+            pid: 1,
+            boot_id: "b".into(),
+            started_at: 1,
+            at: 2,
+            agent_uptime_secs: 1,
+            control_plane: "nats".into(),
+            stopped: false,
+            modules: Vec::new(),
+            details,
+            ignored_inputs: crate::heartbeat::IgnoredReport::bounded(
+                (0..40)
+                    .map(|i| IgnoredInput::new(format!("k{i}"), "odd"))
+                    .collect(),
+                3,
+            ),
+            publish_failures: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_over_size_heartbeat_keeps_who_and_when() {
+        let hb = heartbeat(10_000);
+        assert_eq!(hb.ignored_inputs.listed.len(), crate::MAX_IGNORED_LISTED);
+        assert_eq!(hb.ignored_inputs.more, 40 - 16 + 3);
+        let small = hb.to_json_within(100_000);
+        assert_eq!(serde_json::from_slice::<Heartbeat>(&small).unwrap(), hb);
+        let cut = hb.to_json_within(2048);
+        assert!(cut.len() <= 2048, "{}", cut.len());
+        let v: Heartbeat = serde_json::from_slice(&cut).unwrap();
+        assert_eq!((v.device.as_str(), v.at), ("dev-1", 2));
+        assert!(v.details["cut"]["length"].as_u64().unwrap() > 10_000);
+        assert_eq!(v.ignored_inputs.more, 40 + 3);
+    }
+
+    #[test]
+    fn documents_and_statuses_are_cut_to_the_limit() {
+        assert_eq!(fit_document(b"abc".to_vec(), 3, "x"), b"abc");
+        let cut = fit_document(vec![b'a'; 5000], 1024, "audit record");
+        assert!(cut.len() <= 1024);
+        let v: serde_json::Value = serde_json::from_slice(&cut).unwrap();
+        assert_eq!(
+            (v["cut"].as_bool(), v["length"].as_u64()),
+            (Some(true), Some(5000))
+        );
+        let st = DeploymentStatus {
+            name: "web".into(),
+            revision: Some(3),
+            phase: Phase::Failed,
+            message: "m".repeat(50_000),
+            restarts: 0,
+            last_exit_code: None,
+            image_digest: None,
+            updated_at: 1,
+        };
+        let body = status_within(&st, 4096);
+        assert!(body.len() <= 4096);
+        let back: DeploymentStatus = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (back.name.as_str(), back.revision, back.phase),
+            ("web", Some(3), Phase::Failed)
+        );
+        assert!(back.message.contains("cut to fit"), "{}", back.message);
+    }
+
+    #[test]
+    fn a_document_over_its_cap_is_never_copied() {
+        let d = Doc::checked("src".into(), 10, 5, || panic!("copied"));
+        assert_eq!(d.body.unwrap_err().length, 10);
+        let d = Doc::checked("src".into(), 5, 5, || b"12345".to_vec());
+        assert_eq!(d.body.unwrap(), b"12345");
+    }
+
+    #[test]
+    fn the_ignored_set_is_bounded() {
+        let mut set = IgnoredSet::default();
+        for i in 0..MAX_IGNORED_TRACKED + 5 {
+            set.insert(&format!("k{i}"), IgnoredInput::new(format!("k{i}"), "odd"));
+        }
+        let (listed, overflow) = set.to_vec();
+        assert_eq!((listed.len(), overflow), (MAX_IGNORED_TRACKED, 5));
+        set.remove("k0");
+        assert_eq!(set.to_vec().0.len(), MAX_IGNORED_TRACKED - 1);
+    }
+
+    #[test]
+    fn module_reasons_in_a_heartbeat_are_capped() {
+        let health = fleet_module_api::Health::Unhealthy {
+            reason: "r".repeat(100_000),
+        };
+        let m = crate::ModuleReport::new("m", None, &health, 0);
+        let reason = m.health["reason"].as_str().unwrap();
+        assert!(
+            reason.len() <= fleet_contract::MAX_MESSAGE_BYTES,
+            "{}",
+            reason.len()
+        );
+        assert!(reason.ends_with("(message cut, 100000 bytes)"));
+    }
 }

@@ -9,14 +9,13 @@
 //! is rebuilt from scratch and handed to the modules once the broker has been quiet for
 //! [`SETTLE`], so a partial replay never removes a deployment.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use fleet_contract::names;
-use fleet_contract::DeviceId;
+use fleet_contract::{quote, DeviceId};
 use fleet_module_api::CancellationToken;
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
@@ -24,12 +23,26 @@ use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
-    update_from_docs, Backoff, CommandRequest, ControlError, ControlPlane, PlaneIo, StatusSnapshot,
+    caps, fit_document, status_within, Backoff, CommandRequest, ControlError, ControlPlane, Doc,
+    Docs, IgnoredInput, PlaneIo, PublishFailures, StatusSnapshot,
 };
 use crate::config::MqttConfig;
 
 /// Quiet time after a subscribe before the retained replay counts as complete.
 pub const SETTLE: Duration = Duration::from_millis(700);
+
+/// Largest packet the agent takes, announced to the broker in CONNECT (MQTT 5 Maximum Packet
+/// Size): four times the manifest cap, so every document up to the contract's caps and well
+/// past them arrives, and one over its cap is refused by size with its topic, length and
+/// reason. A broker does not deliver a larger packet at all (MQTT 5 §3.1.2.11.4): such a
+/// document is visible only in the broker's log.
+pub const MAX_INCOMING_PACKET: u32 = 4 * fleet_contract::MAX_MANIFEST_BYTES as u32;
+
+/// Largest document published when the broker's CONNACK names no maximum packet size.
+pub const DEFAULT_OUTGOING_LIMIT: usize = fleet_contract::MAX_MANIFEST_BYTES;
+
+/// Room for the fixed header, topic length, packet id and properties of a PUBLISH.
+const PACKET_OVERHEAD: usize = 512;
 
 /// MQTT 5 adapter.
 pub struct MqttPlane {
@@ -39,7 +52,8 @@ pub struct MqttPlane {
 
 /// What the event-loop task reports.
 enum Incoming {
-    Connected,
+    /// Connected; the broker's maximum packet size, if its CONNACK names one.
+    Connected(Option<u32>),
     Subscribed,
     Disconnected(String),
     Publish {
@@ -66,7 +80,7 @@ impl MqttPlane {
         o.set_keep_alive(Duration::from_secs(self.cfg.keep_alive_secs))
             .set_clean_start(false)
             .set_session_expiry_interval(Some(self.cfg.session_expiry_secs))
-            .set_max_packet_size(Some(1024 * 1024))
+            .set_max_packet_size(Some(MAX_INCOMING_PACKET))
             .set_last_will(LastWill::new(
                 names::mqtt_online(dev),
                 "false",
@@ -136,9 +150,9 @@ impl ControlPlane for MqttPlane {
                     ev = eventloop.poll() => ev,
                 };
                 let msg = match ev {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                         backoff.reset();
-                        Incoming::Connected
+                        Incoming::Connected(ack.properties.and_then(|p| p.max_packet_size))
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => Incoming::Subscribed,
                     Ok(Event::Incoming(Packet::Publish(p))) => Incoming::Publish {
@@ -168,11 +182,13 @@ impl ControlPlane for MqttPlane {
             mut status,
             commands,
             mut audit,
+            failures,
         } = io;
-        let mut docs: BTreeMap<String, (String, Vec<u8>)> = BTreeMap::new();
-        let mut system: Option<(String, Vec<u8>)> = None;
+        let mut docs = Docs::default();
         let agent_topic = names::mqtt_desired_agent(&dev);
-        let mut agent_doc: Option<(String, Vec<u8>)> = None;
+        let system_topic = names::mqtt_desired_system(&dev);
+        let desired_prefix = format!("{}/desired/", names::mqtt_prefix(&dev));
+        let mut limit = DEFAULT_OUTGOING_LIMIT;
         // Some(deadline) while a retained replay is settling.
         let mut settling: Option<tokio::time::Instant> = None;
         let mut connected = false;
@@ -185,13 +201,17 @@ impl ControlPlane for MqttPlane {
                 () = shutdown.cancelled() => break Ok(()),
                 () = tokio::time::sleep_until(settle_at), if settling.is_some() => {
                     settling = None;
-                    tracing::info!(deployments = docs.len(), "MQTT desired state replayed");
-                    desired.send_replace(update_from_docs(&docs, system.as_ref(), agent_doc.as_ref()));
+                    tracing::info!(deployments = docs.deployments.len(), "MQTT desired state replayed");
+                    desired.send_replace(docs.update());
                 }
                 msg = in_rx.recv() => match msg {
                     None => break Ok(()),
-                    Some(Incoming::Connected) => {
+                    Some(Incoming::Connected(broker_max)) => {
                         connected = true;
+                        limit = broker_max
+                            .map_or(DEFAULT_OUTGOING_LIMIT, |m| (m as usize).min(DEFAULT_OUTGOING_LIMIT))
+                            .saturating_sub(PACKET_OVERHEAD)
+                            .max(PACKET_OVERHEAD);
                         tracing::info!(broker = %format!("{}:{}", self.cfg.host, self.cfg.port), "MQTT connected");
                         let subs = [names::mqtt_desired_filter(&dev), names::mqtt_cmd(&dev)];
                         for topic in subs {
@@ -199,16 +219,13 @@ impl ControlPlane for MqttPlane {
                                 tracing::warn!(error = %e, "MQTT subscribe failed");
                             }
                         }
-                        docs.clear();
-                        system = None;
-                        agent_doc = None;
+                        docs = Docs::default();
                         settling = Some(tokio::time::Instant::now() + SETTLE * 3);
                         let _ = client.publish(names::mqtt_online(&dev), QoS::AtLeastOnce, true, "true").await;
                         // Re-publish everything after every (re)connect.
                         published = StatusSnapshot::default();
                         let snap = status.borrow_and_update().clone();
-                        publish(&client, &dev, &published, &snap).await;
-                        published = snap;
+                        publish(&client, &dev, limit, &failures, &mut published, &snap).await;
                     }
                     Some(Incoming::Subscribed) => {
                         if settling.is_some() {
@@ -222,23 +239,34 @@ impl ControlPlane for MqttPlane {
                         connected = false;
                     }
                     Some(Incoming::Publish { topic, payload, props }) => {
-                        // A retained desired-state document; an empty payload deletes it.
-                        let doc = || (!payload.is_empty()).then(|| (format!("mqtt:{topic}"), payload.to_vec()));
-                        let is_desired = if topic == names::mqtt_desired_system(&dev) {
-                            system = doc();
+                        // A retained desired-state document; an empty payload deletes it. The
+                        // size is checked before the body is copied.
+                        let source = format!("mqtt:{topic}");
+                        let doc = |cap| {
+                            (!payload.is_empty()).then(|| Doc::checked(source.clone(), payload.len(), cap, || payload.to_vec()))
+                        };
+                        let is_desired = if topic == system_topic {
+                            docs.system = doc(caps::SYSTEM);
                             true
                         } else if topic == agent_topic {
-                            agent_doc = doc();
+                            docs.agent = doc(caps::AGENT);
                             true
-                        } else if let Some(name) = names::deploy_name_from_mqtt_topic(&dev, &topic) {
-                            if DeviceId::parse(name).is_err() {
-                                tracing::warn!(%topic, "ignoring desired-state topic with an invalid deployment name");
-                                continue;
+                        } else if topic.starts_with(&desired_prefix) {
+                            match classify_topic(&dev, &topic) {
+                                Ok(name) => match doc(caps::DEPLOYMENT) {
+                                    Some(d) => {
+                                        docs.deployments.insert(name.to_owned(), d);
+                                    }
+                                    None => {
+                                        docs.deployments.remove(name);
+                                    }
+                                },
+                                Err(reason) if !payload.is_empty() => {
+                                    tracing::warn!(topic = %quote(&topic), %reason, "ignoring desired-state topic");
+                                    docs.ignored.insert(&topic, IgnoredInput::new(format!("mqtt:{}", quote(&topic)), &reason));
+                                }
+                                Err(_) => docs.ignored.remove(&topic),
                             }
-                            match doc() {
-                                Some(d) => docs.insert(name.to_owned(), d),
-                                None => docs.remove(name),
-                            };
                             true
                         } else {
                             false
@@ -246,7 +274,7 @@ impl ControlPlane for MqttPlane {
                         if is_desired {
                             match settling {
                                 Some(_) => settling = Some(tokio::time::Instant::now() + SETTLE),
-                                None => { desired.send_replace(update_from_docs(&docs, system.as_ref(), agent_doc.as_ref())); }
+                                None => { desired.send_replace(docs.update()); }
                             }
                         } else if topic == names::mqtt_cmd(&dev) {
                             let Some((reply_to, corr)) = props.and_then(|p| p.response_topic.map(|t| (t, p.correlation_data))) else {
@@ -260,6 +288,7 @@ impl ControlPlane for MqttPlane {
                             let client = client.clone();
                             tokio::spawn(async move {
                                 if let Ok(bytes) = rx.await {
+                                    let bytes = fit_document(bytes, limit, "command reply");
                                     let props = PublishProperties { correlation_data: corr, ..Default::default() };
                                     if let Err(e) = client.publish_with_properties(reply_to, QoS::AtLeastOnce, false, bytes, props).await {
                                         tracing::warn!(error = %e, "cannot send command reply");
@@ -277,13 +306,12 @@ impl ControlPlane for MqttPlane {
                     }
                     let snap = status.borrow_and_update().clone();
                     if connected {
-                        publish(&client, &dev, &published, &snap).await;
-                        published = snap;
+                        publish(&client, &dev, limit, &failures, &mut published, &snap).await;
                     }
                 }
                 event = audit.recv() => match event {
                     Ok(v) => {
-                        let body = serde_json::to_vec(&v).unwrap_or_default();
+                        let body = fit_document(serde_json::to_vec(&v).unwrap_or_default(), limit, "audit record");
                         let _ = client.publish(names::mqtt_audit(&dev), QoS::AtLeastOnce, false, body).await;
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!(missed = n, "audit stream lagged; records remain in the store"),
@@ -301,13 +329,38 @@ impl ControlPlane for MqttPlane {
     }
 }
 
-/// Publishes what differs between `old` and `new` (retained status, heartbeat, clears for
-/// removed deployments). Failures are logged: the next change or reconnect publishes again.
-async fn publish(client: &AsyncClient, dev: &str, old: &StatusSnapshot, new: &StatusSnapshot) {
+/// The deployment name of a desired-state topic, or why the topic is not one this agent reads.
+fn classify_topic<'a>(dev: &str, topic: &'a str) -> Result<&'a str, String> {
+    match names::deploy_name_from_mqtt_topic(dev, topic) {
+        Some(name) => match DeviceId::parse(name) {
+            Ok(_) => Ok(name),
+            Err(e) => Err(fleet_contract::cap_message(&format!(
+                "deployment name {}: {e}",
+                quote(name)
+            ))),
+        },
+        None => Err(format!(
+            "not a topic this agent reads (fleet/{dev}/desired/deploy/<name>, .../desired/system, .../desired/agent)"
+        )),
+    }
+}
+
+/// Publishes what differs between `published` and `new` (retained status, heartbeat, clears
+/// for removed deployments), each document within `limit` bytes, and records in `published`
+/// what was handed to the client. A failure is logged and reported; the next change or
+/// reconnect publishes again.
+async fn publish(
+    client: &AsyncClient,
+    dev: &str,
+    limit: usize,
+    failures: &PublishFailures,
+    published: &mut StatusSnapshot,
+    new: &StatusSnapshot,
+) {
     if let Some(hb) = &new.heartbeat {
-        if old.heartbeat.as_ref() != Some(hb) {
-            let body = serde_json::to_vec(hb).unwrap_or_default();
-            let _ = client
+        if published.heartbeat.as_ref() != Some(hb) {
+            let body = hb.to_json_within(limit);
+            let info = client
                 .publish(
                     names::mqtt_status_info(dev),
                     QoS::AtLeastOnce,
@@ -315,37 +368,60 @@ async fn publish(client: &AsyncClient, dev: &str, old: &StatusSnapshot, new: &St
                     body.clone(),
                 )
                 .await;
-            let _ = client
+            let beat = client
                 .publish(names::mqtt_hb(dev), QoS::AtMostOnce, false, body)
                 .await;
-        }
-    }
-    for (name, st) in &new.deployments {
-        if old.deployments.get(name) != Some(st) {
-            let body = serde_json::to_vec(st).unwrap_or_default();
-            if let Err(e) = client
-                .publish(
-                    names::mqtt_status_deploy(dev, name),
-                    QoS::AtLeastOnce,
-                    true,
-                    body,
-                )
-                .await
-            {
-                tracing::warn!(error = %e, deployment = %name, "cannot publish status");
+            match info.and(beat) {
+                Ok(()) => {
+                    failures.ok("info");
+                    published.heartbeat = Some(hb.clone());
+                }
+                Err(e) => failures.failed("info", &format!("publish status info: {e}")),
             }
         }
     }
-    for name in old.deployments.keys() {
-        if !new.deployments.contains_key(name) {
-            let _ = client
+    for (name, st) in &new.deployments {
+        if published.deployments.get(name) != Some(st) {
+            let what = format!("deploy.{name}");
+            match client
                 .publish(
                     names::mqtt_status_deploy(dev, name),
                     QoS::AtLeastOnce,
                     true,
-                    Vec::<u8>::new(),
+                    status_within(st, limit),
                 )
-                .await;
+                .await
+            {
+                Ok(()) => {
+                    failures.ok(&what);
+                    published.deployments.insert(name.clone(), st.clone());
+                }
+                Err(e) => failures.failed(&what, &format!("publish status of {name}: {e}")),
+            }
+        }
+    }
+    let gone: Vec<String> = published
+        .deployments
+        .keys()
+        .filter(|n| !new.deployments.contains_key(*n))
+        .cloned()
+        .collect();
+    for name in gone {
+        let what = format!("deploy.{name}");
+        match client
+            .publish(
+                names::mqtt_status_deploy(dev, &name),
+                QoS::AtLeastOnce,
+                true,
+                Vec::<u8>::new(),
+            )
+            .await
+        {
+            Ok(()) => {
+                failures.ok(&what);
+                published.deployments.remove(&name);
+            }
+            Err(e) => failures.failed(&what, &format!("clear status of {name}: {e}")),
         }
     }
 }

@@ -5,7 +5,6 @@
 //! `fleetctl init`, never by the agent. While disconnected the agent keeps running from its
 //! SQLite cache; after a reconnect it re-publishes the latest status.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,14 +12,14 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use async_trait::async_trait;
 use fleet_contract::names::{self, DESIRED_BUCKET, STATUS_BUCKET};
-use fleet_contract::DeviceId;
+use fleet_contract::{quote, DeviceId};
 use fleet_module_api::CancellationToken;
 use futures::StreamExt;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::{
-    update_from_docs, Backoff, CommandRequest, ControlError, ControlPlane, DesiredUpdate, PlaneIo,
-    StatusSnapshot,
+    caps, fit_document, status_within, Backoff, CommandRequest, ControlError, ControlPlane,
+    DesiredUpdate, Doc, Docs, IgnoredInput, PlaneIo, PublishFailures, StatusSnapshot,
 };
 use crate::config::NatsConfig;
 
@@ -165,21 +164,33 @@ impl NatsPlane {
         tracing::info!(servers = %self.cfg.servers.join(","), keys = n_subjects, "NATS control plane connected");
         backoff.reset();
 
-        let mut docs: BTreeMap<String, (String, Vec<u8>)> = BTreeMap::new();
-        let mut system: Option<(String, Vec<u8>)> = None;
+        let mut docs = Docs::default();
         let system_key = names::kv_system_key(dev);
         let agent_key = names::kv_agent_key(dev);
-        let mut agent_doc: Option<(String, Vec<u8>)> = None;
+        // Until the replay has caught up, nothing is handed on: a partial listing must never
+        // count as complete (an absent deployment would be taken for deleted).
         let mut caught_up = n_subjects == 0;
         if caught_up {
-            io.desired
-                .send_replace(update_from_docs(&docs, system.as_ref(), agent_doc.as_ref()));
+            io.desired.send_replace(docs.update());
         }
-        // Publish everything after every (re)connect.
+        // Documents are cut to fit the server's max payload (less room for the headers).
+        let limit = client
+            .server_info()
+            .max_payload
+            .saturating_sub(PAYLOAD_HEADROOM)
+            .max(MIN_DOCUMENT_LIMIT);
+        let out = Out {
+            client: &client,
+            kv: &status_kv,
+            dev,
+            limit,
+            failures: io.failures,
+        };
+        // Publish everything after every (re)connect. A document that cannot be published is
+        // logged and reported; the session goes on.
         let mut published = StatusSnapshot::default();
         let snap = io.status.borrow_and_update().clone();
-        publish(&client, &status_kv, dev, &published, &snap).await?;
-        published = snap;
+        out.publish(&mut published, &snap).await;
 
         loop {
             tokio::select! {
@@ -190,34 +201,41 @@ impl NatsPlane {
                         Some(Err(e)) => return Err(format!("desired-state watch: {e}")),
                         Some(Ok(e)) => e,
                     };
-                    let doc = || {
-                        matches!(entry.operation, kv::Operation::Put).then(|| {
-                            let source = format!("nats:{DESIRED_BUCKET}/{}@{}", entry.key, entry.revision);
-                            (source, entry.value.to_vec())
-                        })
+                    let put = matches!(entry.operation, kv::Operation::Put);
+                    let source = format!("nats:{DESIRED_BUCKET}/{}@{}", entry.key, entry.revision);
+                    // The size is checked before the body is copied.
+                    let doc = |cap| {
+                        put.then(|| Doc::checked(source.clone(), entry.value.len(), cap, || entry.value.to_vec()))
                     };
                     if entry.key == system_key {
-                        system = doc();
+                        docs.system = doc(caps::SYSTEM);
                     } else if entry.key == agent_key {
-                        agent_doc = doc();
+                        docs.agent = doc(caps::AGENT);
                     } else {
-                        match names::deploy_name_from_kv_key(dev, &entry.key) {
-                            Some(name) if fleet_contract::DeviceId::parse(name).is_ok() => match doc() {
-                                Some(d) => {
-                                    docs.insert(name.to_owned(), d);
+                        match classify_key(dev, &entry.key) {
+                            Ok(name) => {
+                                match doc(caps::DEPLOYMENT) {
+                                    Some(d) => {
+                                        docs.deployments.insert(name.to_owned(), d);
+                                    }
+                                    None => {
+                                        docs.deployments.remove(name);
+                                    }
                                 }
-                                None => {
-                                    docs.remove(name);
-                                }
-                            },
-                            _ => tracing::warn!(key = %entry.key, "ignoring desired-state key this agent does not understand"),
+                            }
+                            Err(reason) if put => {
+                                let input = format!("nats:{DESIRED_BUCKET}/{}", quote(&entry.key));
+                                tracing::warn!(key = %quote(&entry.key), %reason, "ignoring desired-state key");
+                                docs.ignored.insert(&entry.key, IgnoredInput::new(input, &reason));
+                            }
+                            Err(_) => docs.ignored.remove(&entry.key),
                         }
                     }
                     if !caught_up && entry.delta == 0 {
                         caught_up = true;
                     }
                     if caught_up {
-                        io.desired.send_replace(update_from_docs(&docs, system.as_ref(), agent_doc.as_ref()));
+                        io.desired.send_replace(docs.update());
                     }
                 }
                 changed = io.status.changed() => {
@@ -225,8 +243,7 @@ impl NatsPlane {
                         return Ok(());
                     }
                     let snap = io.status.borrow_and_update().clone();
-                    publish(&client, &status_kv, dev, &published, &snap).await?;
-                    published = snap;
+                    out.publish(&mut published, &snap).await;
                 }
                 msg = cmds.next() => {
                     let Some(msg) = msg else {
@@ -243,6 +260,7 @@ impl NatsPlane {
                     let client = client.clone();
                     tokio::spawn(async move {
                         if let Ok(bytes) = rx.await {
+                            let bytes = fit_document(bytes, limit, "command reply");
                             if let Err(e) = client.publish(reply_to, bytes.into()).await {
                                 tracing::warn!(error = %e, "cannot send command reply");
                             }
@@ -251,7 +269,7 @@ impl NatsPlane {
                 }
                 event = io.audit.recv() => match event {
                     Ok(v) => {
-                        let body = serde_json::to_vec(&v).unwrap_or_default();
+                        let body = fit_document(serde_json::to_vec(&v).unwrap_or_default(), limit, "audit record");
                         if let Err(e) = client.publish(names::nats_audit_subject(dev), body.into()).await {
                             tracing::warn!(error = %e, "cannot publish audit record (kept in the store)");
                         }
@@ -266,50 +284,109 @@ impl NatsPlane {
     }
 }
 
+/// Room left in a message for headers and framing below the server's max payload.
+const PAYLOAD_HEADROOM: usize = 1024;
+/// Documents are never cut below this, whatever a server announces.
+const MIN_DOCUMENT_LIMIT: usize = 1024;
+
+/// The deployment name of a desired-state key, or why the key is not one this agent reads.
+fn classify_key<'a>(dev: &str, key: &'a str) -> Result<&'a str, String> {
+    match names::deploy_name_from_kv_key(dev, key) {
+        Some(name) => match DeviceId::parse(name) {
+            Ok(_) => Ok(name),
+            Err(e) => Err(fleet_contract::cap_message(&format!(
+                "deployment name {}: {e}",
+                quote(name)
+            ))),
+        },
+        None => Err(format!(
+            "not a key this agent reads ({dev}.deploy.<name>, {dev}.system, {dev}.agent)"
+        )),
+    }
+}
+
+/// Where a session publishes status.
+struct Out<'a> {
+    client: &'a async_nats::Client,
+    kv: &'a kv::Store,
+    dev: &'a str,
+    /// Largest document published.
+    limit: usize,
+    failures: &'a PublishFailures,
+}
+
+impl Out<'_> {
+    /// Publishes what differs between `published` and `new` (info + heartbeat, changed
+    /// deployment statuses, deletes for removed ones) and records in `published` what went
+    /// out. A failure is logged and reported, never ends the session; the document is tried
+    /// again with the next change.
+    async fn publish(&self, published: &mut StatusSnapshot, new: &StatusSnapshot) {
+        let dev = self.dev;
+        if let Some(hb) = &new.heartbeat {
+            if published.heartbeat.as_ref() != Some(hb) {
+                let body = bytes::Bytes::from(hb.to_json_within(self.limit));
+                let info = self.kv.put(names::kv_info_key(dev), body.clone()).await;
+                let beat = self.client.publish(names::nats_hb_subject(dev), body).await;
+                match (info, beat) {
+                    (Ok(_), Ok(())) => {
+                        self.failures.ok("info");
+                        published.heartbeat = Some(hb.clone());
+                    }
+                    (Err(e), _) => self
+                        .failures
+                        .failed("info", &format!("publish status info: {e}")),
+                    (_, Err(e)) => self
+                        .failures
+                        .failed("info", &format!("publish heartbeat: {e}")),
+                }
+            }
+        }
+        for (name, st) in &new.deployments {
+            if published.deployments.get(name) != Some(st) {
+                let body = status_within(st, self.limit);
+                let what = format!("deploy.{name}");
+                match self
+                    .kv
+                    .put(names::kv_deploy_key(dev, name), body.into())
+                    .await
+                {
+                    Ok(_) => {
+                        self.failures.ok(&what);
+                        published.deployments.insert(name.clone(), st.clone());
+                    }
+                    Err(e) => self
+                        .failures
+                        .failed(&what, &format!("publish status of {name}: {e}")),
+                }
+            }
+        }
+        let gone: Vec<String> = published
+            .deployments
+            .keys()
+            .filter(|n| !new.deployments.contains_key(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            let what = format!("deploy.{name}");
+            match self.kv.delete(names::kv_deploy_key(dev, &name)).await {
+                Ok(()) => {
+                    self.failures.ok(&what);
+                    published.deployments.remove(&name);
+                }
+                Err(e) => self
+                    .failures
+                    .failed(&what, &format!("delete status of {name}: {e}")),
+            }
+        }
+    }
+}
+
 struct SessionIo<'a> {
     desired: &'a watch::Sender<DesiredUpdate>,
+    failures: &'a PublishFailures,
     status: &'a mut watch::Receiver<StatusSnapshot>,
     commands: &'a mpsc::Sender<CommandRequest>,
     audit: &'a mut broadcast::Receiver<serde_json::Value>,
-}
-
-/// Publishes what differs between `old` and `new`: info + heartbeat, changed deployment
-/// statuses, and deletes for removed ones.
-async fn publish(
-    client: &async_nats::Client,
-    kv: &kv::Store,
-    dev: &str,
-    old: &StatusSnapshot,
-    new: &StatusSnapshot,
-) -> Result<(), String> {
-    if let Some(hb) = &new.heartbeat {
-        if old.heartbeat.as_ref() != Some(hb) {
-            let body = bytes::Bytes::from(serde_json::to_vec(hb).unwrap_or_default());
-            kv.put(names::kv_info_key(dev), body.clone())
-                .await
-                .map_err(|e| format!("publish status info: {e}"))?;
-            client
-                .publish(names::nats_hb_subject(dev), body)
-                .await
-                .map_err(|e| format!("publish heartbeat: {e}"))?;
-        }
-    }
-    for (name, st) in &new.deployments {
-        if old.deployments.get(name) != Some(st) {
-            let body = serde_json::to_vec(st).unwrap_or_default();
-            kv.put(names::kv_deploy_key(dev, name), body.into())
-                .await
-                .map_err(|e| format!("publish status of {name}: {e}"))?;
-        }
-    }
-    for name in old.deployments.keys() {
-        if !new.deployments.contains_key(name) {
-            kv.delete(names::kv_deploy_key(dev, name))
-                .await
-                .map_err(|e| format!("delete status of {name}: {e}"))?;
-        }
-    }
-    Ok(())
 }
 
 #[async_trait]
@@ -346,9 +423,11 @@ impl ControlPlane for NatsPlane {
             mut status,
             commands,
             mut audit,
+            failures,
         } = io;
         let mut sio = SessionIo {
             desired: &desired,
+            failures: &failures,
             status: &mut status,
             commands: &commands,
             audit: &mut audit,

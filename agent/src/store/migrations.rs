@@ -49,6 +49,20 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (module, key)
     );
     "#,
+    // 1 -> 2: documents refused unread are cached as (key, length, reason), never their body;
+    // deletions that were received are kept as tombstones, so a start-up from the cache
+    // knows what was deleted (and never takes an absence for a deletion). Additive: an
+    // agent of schema 1 still reads and writes `desired` (the new columns are nullable).
+    r#"
+    ALTER TABLE desired ADD COLUMN length INTEGER;      -- bytes of the document as received
+    ALTER TABLE desired ADD COLUMN refused TEXT;        -- why it was refused unread (body empty)
+    CREATE TABLE desired_deleted (
+        key         TEXT PRIMARY KEY,      -- e.g. deploy.web
+        source      TEXT NOT NULL,         -- where the deleted document had come from
+        deleted_at  INTEGER NOT NULL
+    );
+    CREATE INDEX desired_deleted_age ON desired_deleted(deleted_at);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -5,17 +5,20 @@
 //! fresh store is created; desired state is then re-fetched from the control plane, and the
 //! recovery is recorded in the audit log and shown by `fleet-agent status`.
 
+mod desired;
+mod kv;
 mod migrations;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fleet_contract::DeploymentStatus;
-use fleet_module_api::{ModuleStore, StoreError as ModuleStoreError};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
+pub use desired::{CacheReport, DesiredRecord, MAX_TOMBSTONES, TOMBSTONE_MAX_AGE};
+pub use kv::ScopedStore;
 pub use migrations::latest as latest_schema_version;
 
 /// Store failures, naming the file.
@@ -94,19 +97,6 @@ pub struct AuditWatermark {
     pub trimmed_total: u64,
     /// Unix seconds of the last trim.
     pub last_trim_at: u64,
-}
-
-/// One cached desired-state document.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DesiredRecord {
-    /// Key, e.g. `deploy.web`.
-    pub key: String,
-    /// File path or KV key it came from.
-    pub source: String,
-    /// Revision, when the document decoded.
-    pub revision: Option<u64>,
-    /// The document as received.
-    pub body: Vec<u8>,
 }
 
 /// The SQLite store. One connection behind a mutex: every call is a short transaction.
@@ -267,57 +257,6 @@ impl Store {
     /// Runs SQLite's integrity check; `Ok("ok")` when healthy.
     pub fn integrity(&self) -> Result<String, StoreError> {
         integrity_check(&self.conn()).map_err(self.err("integrity check"))
-    }
-
-    // ---- desired-state cache ----
-
-    /// Caches one desired document.
-    pub fn put_desired(&self, rec: &DesiredRecord) -> Result<(), StoreError> {
-        self.conn()
-            .execute(
-                "INSERT INTO desired(key, source, revision, body, updated_at) VALUES (?1,?2,?3,?4,?5)
-                 ON CONFLICT(key) DO UPDATE SET source=excluded.source, revision=excluded.revision,
-                 body=excluded.body, updated_at=excluded.updated_at",
-                params![rec.key, rec.source, rec.revision, rec.body, now_secs()],
-            )
-            .map_err(self.err("cache desired state"))?;
-        Ok(())
-    }
-
-    /// Replaces the whole desired-state cache in one transaction.
-    pub fn replace_desired(&self, recs: &[DesiredRecord]) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(self.err("begin"))?;
-        tx.execute("DELETE FROM desired", [])
-            .map_err(self.err("clear desired state"))?;
-        for rec in recs {
-            tx.execute(
-                "INSERT INTO desired(key, source, revision, body, updated_at) VALUES (?1,?2,?3,?4,?5)",
-                params![rec.key, rec.source, rec.revision, rec.body, now_secs()],
-            )
-            .map_err(self.err("cache desired state"))?;
-        }
-        tx.commit().map_err(self.err("commit desired state"))
-    }
-
-    /// Every cached desired document, by key.
-    pub fn desired(&self) -> Result<Vec<DesiredRecord>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare("SELECT key, source, revision, body FROM desired ORDER BY key")
-            .map_err(self.err("read desired state"))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok(DesiredRecord {
-                    key: r.get(0)?,
-                    source: r.get(1)?,
-                    revision: r.get(2)?,
-                    body: r.get(3)?,
-                })
-            })
-            .map_err(self.err("read desired state"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(self.err("read desired state"))
     }
 
     // ---- deployment status ----
@@ -504,129 +443,6 @@ impl Store {
             .optional()
             .map_err(self.err("read audit watermark"))?
             .unwrap_or_default())
-    }
-
-    // ---- per-module key/value ----
-
-    /// Reads a module's key.
-    pub fn kv_get(&self, module: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.conn()
-            .query_row(
-                "SELECT value FROM module_kv WHERE module = ?1 AND key = ?2",
-                [module, key],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(self.err("read module key"))
-    }
-
-    /// Writes a module's key (committed, durable, when this returns).
-    pub fn kv_put(&self, module: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.conn()
-            .execute(
-                "INSERT INTO module_kv(module, key, value, updated_at) VALUES (?1,?2,?3,?4)
-                 ON CONFLICT(module, key) DO UPDATE SET value=excluded.value, updated_at=excluded.updated_at",
-                params![module, key, value, now_secs()],
-            )
-            .map_err(self.err("write module key"))?;
-        Ok(())
-    }
-
-    /// Deletes a module's key.
-    pub fn kv_delete(&self, module: &str, key: &str) -> Result<(), StoreError> {
-        self.conn()
-            .execute(
-                "DELETE FROM module_kv WHERE module = ?1 AND key = ?2",
-                [module, key],
-            )
-            .map_err(self.err("delete module key"))?;
-        Ok(())
-    }
-
-    /// A module's keys starting with `prefix`.
-    pub fn kv_keys(&self, module: &str, prefix: &str) -> Result<Vec<String>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare(
-                "SELECT key FROM module_kv WHERE module = ?1 AND substr(key, 1, length(?2)) = ?2 ORDER BY key",
-            )
-            .map_err(self.err("list module keys"))?;
-        let rows = stmt
-            .query_map([module, prefix], |r| r.get(0))
-            .map_err(self.err("list module keys"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(self.err("list module keys"))
-    }
-
-    /// Atomically adds `delta` to an integer key (created at 0); returns the new value.
-    /// Used by the power-cut test plumbing to prove committed writes survive.
-    pub fn kv_increment(&self, module: &str, key: &str, delta: i64) -> Result<i64, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(self.err("begin increment"))?;
-        let current: Option<Vec<u8>> = tx
-            .query_row(
-                "SELECT value FROM module_kv WHERE module = ?1 AND key = ?2",
-                [module, key],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(self.err("read counter"))?;
-        let n = match current {
-            None => 0,
-            Some(bytes) => std::str::from_utf8(&bytes)
-                .ok()
-                .and_then(|s| s.trim().parse::<i64>().ok())
-                .ok_or_else(|| StoreError::Decode {
-                    path: self.path.clone(),
-                    what: format!("{module}/{key}"),
-                    message: "not an integer".into(),
-                })?,
-        } + delta;
-        tx.execute(
-            "INSERT INTO module_kv(module, key, value, updated_at) VALUES (?1,?2,?3,?4)
-             ON CONFLICT(module, key) DO UPDATE SET value=excluded.value, updated_at=excluded.updated_at",
-            params![module, key, n.to_string().into_bytes(), now_secs()],
-        )
-        .map_err(self.err("write counter"))?;
-        tx.commit().map_err(self.err("commit counter"))?;
-        Ok(n)
-    }
-}
-
-/// A module's view of the store: its own key/value area and nothing else.
-#[derive(Debug, Clone)]
-pub struct ScopedStore {
-    store: Arc<Store>,
-    module: &'static str,
-}
-
-impl ScopedStore {
-    /// Scopes `store` to `module`.
-    pub fn new(store: Arc<Store>, module: &'static str) -> Self {
-        Self { store, module }
-    }
-}
-
-impl ModuleStore for ScopedStore {
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, ModuleStoreError> {
-        self.store
-            .kv_get(self.module, key)
-            .map_err(|e| ModuleStoreError(e.to_string()))
-    }
-    fn put(&self, key: &str, value: &[u8]) -> Result<(), ModuleStoreError> {
-        self.store
-            .kv_put(self.module, key, value)
-            .map_err(|e| ModuleStoreError(e.to_string()))
-    }
-    fn delete(&self, key: &str) -> Result<(), ModuleStoreError> {
-        self.store
-            .kv_delete(self.module, key)
-            .map_err(|e| ModuleStoreError(e.to_string()))
-    }
-    fn keys(&self, prefix: &str) -> Result<Vec<String>, ModuleStoreError> {
-        self.store
-            .kv_keys(self.module, prefix)
-            .map_err(|e| ModuleStoreError(e.to_string()))
     }
 }
 

@@ -1,0 +1,162 @@
+//! Read-back verbs: `status` and `devices`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::transport::DeviceView;
+use crate::{now, transport, Conn};
+
+/// `fleetctl status`: every device's (or one device's) published status.
+pub(crate) async fn status(
+    conn: &Conn,
+    device: Option<String>,
+    json: bool,
+    watch: bool,
+) -> Result<ExitCode> {
+    let t = transport(conn).await?;
+    loop {
+        let views = t.status(device.as_deref()).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&views)?);
+        } else {
+            print!("{}", render_status(&views));
+        }
+        if !watch {
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        println!();
+    }
+}
+
+/// `fleetctl devices`: one line per device, online or not.
+pub(crate) async fn devices(conn: &Conn, json: bool, offline_after: u64) -> Result<ExitCode> {
+    let t = transport(conn).await?;
+    let views = t.status(None).await?;
+    let now = now();
+    let rows: Vec<serde_json::Value> = views
+        .iter()
+        .map(|(dev, v)| {
+            let at = v.info.as_ref().and_then(|i| i["at"].as_u64());
+            let stopped = v
+                .info
+                .as_ref()
+                .and_then(|i| i["stopped"].as_bool())
+                .unwrap_or(false);
+            let online = v.online.unwrap_or(true)
+                && !stopped
+                && at.is_some_and(|a| now.saturating_sub(a) <= offline_after);
+            serde_json::json!({
+                "device": dev,
+                "online": online,
+                "last_heartbeat": at,
+                "version": v.info.as_ref().and_then(|i| i["version"].as_str()),
+                "deployments": v.deployments.len(),
+            })
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!(
+            "{:<24} {:<8} {:<10} {:<12} DEPLOYMENTS",
+            "DEVICE", "STATE", "VERSION", "LAST SEEN"
+        );
+        for r in &rows {
+            let seen = r["last_heartbeat"].as_u64().map_or("never".into(), |a| {
+                format!("{} s ago", now.saturating_sub(a))
+            });
+            println!(
+                "{:<24} {:<8} {:<10} {:<12} {}",
+                r["device"].as_str().unwrap_or(""),
+                if r["online"] == true {
+                    "online"
+                } else {
+                    "offline"
+                },
+                r["version"].as_str().unwrap_or("?"),
+                seen,
+                r["deployments"]
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn render_status(views: &std::collections::BTreeMap<String, DeviceView>) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    if views.is_empty() {
+        out.push_str("(no devices have reported)\n");
+    }
+    for (dev, v) in views {
+        let version = v
+            .info
+            .as_ref()
+            .and_then(|i| i["version"].as_str())
+            .unwrap_or("?");
+        let _ = writeln!(out, "{dev}  fleet-agent {version}");
+        if let Some(su) = v.info.as_ref().map(|i| &i["details"]["self-upgrade"]) {
+            if let Some(phase) = su["phase"].as_str() {
+                let _ = writeln!(
+                    out,
+                    "  agent upgrade: {phase}{}{}",
+                    su["target"]
+                        .as_str()
+                        .map_or(String::new(), |t| format!(" ({t})")),
+                    su["message"]
+                        .as_str()
+                        .map_or(String::new(), |m| format!(": {m}"))
+                );
+            }
+        }
+        if let Some(mods) = v.info.as_ref().and_then(|i| i["modules"].as_array()) {
+            for m in mods {
+                let _ = writeln!(
+                    out,
+                    "  module {:<16} {:<12} {}",
+                    m["name"].as_str().unwrap_or("?"),
+                    m["probe"]["state"].as_str().unwrap_or("?"),
+                    m["health"]["state"].as_str().unwrap_or("?")
+                );
+            }
+        }
+        if let Some(line) = v
+            .info
+            .as_ref()
+            .and_then(|i| os_upgrade_line(&i["details"]["system-upgrade"]))
+        {
+            let _ = writeln!(out, "  {line}");
+        }
+        for (name, d) in &v.deployments {
+            let _ = writeln!(
+                out,
+                "  {:<20} rev {:<5} {:<12} {}",
+                name,
+                d["revision"].as_u64().map_or("-".into(), |r| r.to_string()),
+                d["phase"].as_str().unwrap_or("?"),
+                d["message"].as_str().unwrap_or("")
+            );
+        }
+    }
+    out
+}
+
+/// One status line for the device's OS upgrade (`details["system-upgrade"]` of the
+/// heartbeat), e.g. `os-upgrade u-1 RolledBack (2 boots): deadline: not committed within 600 s`.
+pub(crate) fn os_upgrade_line(d: &serde_json::Value) -> Option<String> {
+    let phase = d["phase"].as_str()?;
+    let id = d["id"].as_str().unwrap_or("?");
+    let boots = d["boots"]
+        .as_u64()
+        .map(|b| format!(" ({b} boot{})", if b == 1 { "" } else { "s" }))
+        .unwrap_or_default();
+    let why = d["reason"]
+        .as_str()
+        .filter(|r| !r.is_empty() && matches!(phase, "RolledBack" | "Failed"))
+        .or_else(|| d["message"].as_str())
+        .unwrap_or("");
+    Some(format!("os-upgrade {id} {phase}{boots}: {why}"))
+}
