@@ -83,7 +83,8 @@ impl PodmanRuntime {
         };
         self.podman.create(&create).await?;
         let result = async {
-            self.podman.start(&name).await?;
+            let secrets: Vec<String> = crate::podman::command_secrets(&spec.command).collect();
+            self.podman.start(&name, &secrets).await?;
             let code = self.podman.wait(&name, spec.timeout).await?;
             let logs = self
                 .podman

@@ -38,6 +38,8 @@ impl Engine {
                             ),
                         );
                     }
+                    // Cut short by shutdown: the next start takes over, nothing failed.
+                    Err(_) if self.ctx.shutdown.is_cancelled() => {}
                     Err(message) => self.fail(&deployment, &hash, message),
                 }
             }
@@ -45,7 +47,12 @@ impl Engine {
                 deployment,
                 container,
                 count,
-            } => match self.rt.podman.start(&container).await {
+            } => match self
+                .rt
+                .podman
+                .start(&container, &secrets(&deployment))
+                .await
+            {
                 Ok(()) => {
                     self.track(&deployment.name, |t| t.restart_due = None);
                     if count {
@@ -57,6 +64,7 @@ impl Engine {
                         format!("{container} runs {}", deployment.container.image),
                     );
                 }
+                Err(e) if !count => self.repair_unstarted(&deployment, &container, &e).await,
                 Err(e) => {
                     tracing::warn!(deployment = %deployment.name, error = %e, "restart failed");
                     let initial = Duration::from_secs(self.cfg.backoff_initial_secs);
@@ -81,6 +89,44 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// A created container that does not start: podman (or the agent with it) was killed
+    /// mid-start, and its database says `created`/`initialized`/`configured` while runc may
+    /// run it or have forgotten it. Look again; still not running: remove it (its data is in
+    /// the volume) so the next pass creates it anew.
+    async fn repair_unstarted(&self, d: &Deployment, container: &str, error: &crate::Error) {
+        let state = self.rt.podman.state(container).await;
+        if let Ok(Some(s)) = &state {
+            if s == "running" {
+                return; // it did start after all; the next pass reports it
+            }
+        }
+        let state = match state {
+            Ok(Some(s)) => s,
+            Ok(None) => "gone".to_owned(),
+            Err(e) => format!("unknown ({e})"),
+        };
+        tracing::warn!(deployment = %d.name, %container, %state, %error,
+            "a created container does not start; removing it to create it again");
+        let removed = match self.rt.podman.rm(container).await {
+            Ok(()) => Ok(()),
+            Err(_) => self.rt.podman.rm_storage(container).await,
+        };
+        let message = match removed {
+            Ok(()) => format!(
+                "cannot start {container} (left {state} by an interrupted start: {error}); \
+                 removed it to create it again"
+            ),
+            Err(e) => format!("cannot start {container} ({error}) nor remove it: {e}"),
+        };
+        let initial = Duration::from_secs(self.cfg.backoff_initial_secs);
+        let max = Duration::from_secs(self.cfg.backoff_max_secs);
+        self.track(&d.name, |t| {
+            t.crash_backoff = next_backoff(t.crash_backoff, initial, max);
+            t.restart_due = Some(Instant::now() + t.crash_backoff);
+        });
+        self.publish(d, Phase::Failed, message);
     }
 
     /// Records a failed attempt: status Failed with the reason, retry with backoff.
@@ -146,6 +192,7 @@ impl Engine {
         self.track(&d.name, |t| t.digest = digest);
 
         if let Some(old) = old {
+            self.not_stopping()?;
             let previous = self.applied(&d.name);
             let (signal, grace) = previous.as_ref().map_or_else(
                 || {
@@ -214,6 +261,7 @@ impl Engine {
             }
         }
         let name = self.rt.naming.container(&d.name);
+        self.not_stopping()?;
         self.publish(d, Phase::Starting, format!("creating {name}"));
         let spec = CreateSpec {
             name: name.clone(),
@@ -225,18 +273,38 @@ impl Engine {
             stop_signal: d.lifecycle.stop_signal.clone(),
             stop_timeout: d.lifecycle.grace_period_secs,
         };
-        // No forced removal first: the plan creates only when none of our containers exists,
-        // and a stranger holding the name is not ours to remove (create fails, naming it).
-        self.rt
-            .podman
-            .create(&spec)
-            .await
-            .map_err(|e| e.to_string())?;
+        self.create(&spec).await.map_err(|e| e.to_string())?;
         self.remember_applied(d);
-        if let Err(e) = self.rt.podman.start(&name).await {
+        if let Err(e) = self.rt.podman.start(&name, &secrets(d)).await {
             return Err(format!("starting {name}: {e}"));
         }
         Ok(())
+    }
+
+    /// Between the steps of a job: the agent is stopping, begin no new podman call.
+    fn not_stopping(&self) -> Result<(), String> {
+        if self.ctx.shutdown.is_cancelled() {
+            Err("the agent is stopping".into())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// `podman create`, repairing one state a killed podman leaves: a storage-only container
+    /// holding our name (in containers/storage, unknown to podman's database, so no label
+    /// listing shows it). No forced removal otherwise: the plan creates only when none of our
+    /// containers exists, and a stranger in podman's database holding the name is not ours to
+    /// remove (create fails, naming it).
+    async fn create(&self, spec: &CreateSpec) -> Result<String, crate::Error> {
+        match self.rt.podman.create(spec).await {
+            Err(e) if e.name_in_use() && self.rt.podman.storage_only(&spec.name).await? => {
+                tracing::warn!(container = %spec.name,
+                    "a storage-only container left by an interrupted create holds the name; removing it");
+                self.rt.podman.rm_storage(&spec.name).await?;
+                self.rt.podman.create(spec).await
+            }
+            other => other,
+        }
     }
 
     /// Stops and removes a deployment that is no longer desired, with its volume.
@@ -257,6 +325,13 @@ impl Engine {
             if let Err(e) = stopped.and(self.rt.podman.rm(c).await) {
                 tracing::warn!(container = %c, error = %e, "cannot remove; retrying on the next pass");
                 return;
+            }
+        }
+        // A storage-only container an interrupted create left under the deployment's name.
+        let canonical = self.rt.naming.container(name);
+        if let Ok(true) = self.rt.podman.storage_only(&canonical).await {
+            if let Err(e) = self.rt.podman.rm_storage(&canonical).await {
+                tracing::warn!(container = %canonical, error = %e, "cannot remove storage-only container");
             }
         }
         if let Err(e) = self.rt.podman.volume_rm(&self.rt.naming.volume(name)).await {
@@ -299,4 +374,11 @@ impl Engine {
             tracing::warn!(deployment = %d.name, error = %e, "cannot record applied manifest");
         }
     }
+}
+
+/// What must never appear in a message about `d`: its env values and container arguments.
+pub(super) fn secrets(d: &Deployment) -> Vec<String> {
+    let mut s: Vec<String> = d.container.env.values().cloned().collect();
+    s.extend(crate::podman::command_secrets(&d.container.command));
+    s
 }

@@ -37,6 +37,10 @@ const DEBOUNCE: Duration = Duration::from_millis(100);
 const SETTLE: Duration = Duration::from_secs(1);
 /// Retry after podman itself failed (list, events).
 const PODMAN_RETRY: Duration = Duration::from_secs(5);
+/// On shutdown, how long the podman call in flight may take to finish (the agent gives its
+/// modules 8 s, systemd 15 s). Past it the job is dropped; its podman child is not killed
+/// and runs to its end, so podman is never cut mid-create by the agent.
+const SHUTDOWN_BUDGET: Duration = Duration::from_secs(6);
 /// The name of the init-containers hook (checked for manifests with `[[init]]`).
 const INIT_HOOK: &str = "init-containers";
 
@@ -66,6 +70,8 @@ pub struct Engine {
     ctx: Context,
     tracks: Mutex<BTreeMap<String, Track>>,
     published: Mutex<BTreeSet<String>>,
+    /// Deployments whose containers and volume are held (last reported).
+    held: Mutex<BTreeSet<String>>,
     health: Arc<Mutex<Health>>,
 }
 
@@ -106,6 +112,7 @@ impl Engine {
             ctx,
             tracks: Mutex::new(BTreeMap::new()),
             published: Mutex::new(published),
+            held: Mutex::new(BTreeSet::new()),
             health,
         }
     }
@@ -150,7 +157,20 @@ impl Engine {
             }
         }
         events.abort();
-        jobs.abort_all();
+        // Take no new job (queued ones find the semaphore closed) and let the ones in flight
+        // finish their podman call, within the budget.
+        sem.close();
+        let drained = tokio::time::timeout(SHUTDOWN_BUDGET, async {
+            while jobs.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                jobs = jobs.len(),
+                "container jobs still running at shutdown; leaving their podman calls to finish"
+            );
+            jobs.abort_all();
+        }
     }
 
     /// One pass: observe, plan, start jobs. Returns how soon the next pass is due, if sooner
@@ -206,9 +226,20 @@ impl Engine {
             }
         }
 
-        for action in reconcile::plan(&desired, &hashes, &observed, &busy) {
+        let removal_received = |n: &str| state.removal_received(n);
+        let mut actions = reconcile::plan(&desired, &hashes, &observed, &busy, &removal_received);
+        actions.extend(
+            self.volume_only(&desired, &observed, &busy, &removal_received)
+                .await,
+        );
+        let mut held = Vec::new();
+        for action in actions {
             let name = action.deployment().to_owned();
             let job = match action {
+                Action::Hold { containers, .. } => {
+                    held.push((name.clone(), containers));
+                    None
+                }
                 Action::Keep { .. } => {
                     let Some(d) = manifests.get(name.as_str()) else {
                         continue;
@@ -339,6 +370,8 @@ impl Engine {
             }
         }
 
+        self.report_held(held);
+
         // Statuses of deployments that are gone from desired state and from the device.
         let gone: Vec<String> = {
             let published = self.published.lock().unwrap_or_else(|p| p.into_inner());
@@ -362,6 +395,52 @@ impl Engine {
             self.unpublish(&name);
         }
         wake
+    }
+
+    /// Data volumes of deployments absent from `desired` whose containers are all gone (a
+    /// container lost to an interrupted create, one removed by hand): removed with the
+    /// deployment when its deletion was received, held otherwise.
+    async fn volume_only(
+        &self,
+        desired: &BTreeMap<String, Want<'_>>,
+        observed: &[Observed],
+        busy: &BTreeSet<String>,
+        removal_received: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Vec<Action> {
+        let volumes = match self.rt.podman.volumes(&self.rt.naming.selector()).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list volumes");
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        let mut seen = BTreeSet::new();
+        for v in &volumes {
+            let Some(d) = v.label(LABEL_DEPLOYMENT) else {
+                continue;
+            };
+            if v.name != self.rt.naming.volume(d)
+                || desired.contains_key(d)
+                || busy.contains(d)
+                || observed.iter().any(|o| o.deployment == d)
+                || !seen.insert(d.to_owned())
+            {
+                continue;
+            }
+            out.push(if removal_received(d) {
+                Action::Remove {
+                    deployment: d.to_owned(),
+                    containers: Vec::new(),
+                }
+            } else {
+                Action::Hold {
+                    deployment: d.to_owned(),
+                    containers: Vec::new(),
+                }
+            });
+        }
+        out
     }
 
     /// When an exited container may be restarted (crash-loop backoff), remembering it.

@@ -9,7 +9,42 @@ use super::{Engine, PUBLISHED_KEY};
 use crate::podman::PsEntry;
 use crate::reconcile::LABEL_DEPLOYMENT;
 
+/// Why a held deployment's containers and volume stay.
+pub(super) const HELD_REASON: &str = "absent from a desired state that may be partial (rebuilt \
+     from the cache); kept until the control plane confirms its deletion";
+
 impl Engine {
+    /// Reports the deployments held this pass (containers and volume kept although absent
+    /// from the desired state) in the module's detail, and logs each change.
+    pub(super) fn report_held(&self, held: Vec<(String, Vec<String>)>) {
+        let names: BTreeSet<String> = held.iter().map(|(n, _)| n.clone()).collect();
+        let mut last = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if *last == names {
+            return;
+        }
+        for (name, containers) in &held {
+            if !last.contains(name) {
+                tracing::info!(deployment = %name, containers = %containers.join(", "),
+                    volume = %self.rt.naming.volume(name), "kept: {HELD_REASON}");
+            }
+        }
+        let entries: Vec<serde_json::Value> = held
+            .iter()
+            .map(|(name, containers)| {
+                serde_json::json!({
+                    "deployment": name,
+                    "containers": containers,
+                    "volume": self.rt.naming.volume(name),
+                    "reason": HELD_REASON,
+                })
+            })
+            .collect();
+        self.ctx
+            .status
+            .detail(crate::NAME, serde_json::json!({ "held": entries }));
+        *last = names;
+    }
+
     /// Reports a running, matching container (adopted or just started).
     pub(super) async fn report_running(&self, d: &Deployment, listed: &[PsEntry]) {
         let needs_digest = self

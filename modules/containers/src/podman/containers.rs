@@ -1,60 +1,116 @@
-//! Container calls: list, create, start, stop, rm, wait, logs, events.
+//! Container calls: list, create, start, stop, rm, wait, logs, events; and the storage-level
+//! calls that repair a container a killed podman left half-made.
 
 use std::process::Stdio;
 use std::time::Duration;
 
+use fleet_contract::quote;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use super::{tail, CreateSpec, EventStream, Podman, PsEntry, QUICK, STDERR_TAIL};
+use super::{Call, CreateSpec, EventStream, Podman, PsEntry, QUICK};
 use crate::error::Error;
 
 impl Podman {
     /// Every container (any state) carrying `label` (`key=value`).
     pub async fn list(&self, label: &str) -> Result<Vec<PsEntry>, Error> {
-        let filter = format!("label={label}");
-        let args = ["ps", "-a", "--format", "json", "--filter", &filter];
-        let out = self.run(&args).await?;
+        let call = Call::new(&["ps"])
+            .opts(["-a", "--format", "json", "--filter"])
+            .opts([format!("label={label}")]);
+        let out = self.run(&call).await?;
         if out.trim().is_empty() {
             return Ok(Vec::new());
         }
-        self.decode(&args, &out)
+        self.decode(&call, &out)
     }
 
-    /// Creates (does not start) a container; returns its id.
+    /// Creates (does not start) a container; returns its id. Refuses, naming the field, a
+    /// spec podman would misread (see [`create_call`]).
     pub async fn create(&self, spec: &CreateSpec) -> Result<String, Error> {
-        let owned = create_args(spec);
-        let args: Vec<&str> = owned.iter().map(String::as_str).collect();
-        Ok(self.run(&args).await?.trim().to_owned())
+        let call = create_call(spec)?;
+        Ok(self.run(&call).await?.trim().to_owned())
     }
 
-    /// Starts a created or exited container.
-    pub async fn start(&self, name: &str) -> Result<(), Error> {
-        self.run(&["start", name]).await.map(drop)
+    /// Starts a created or exited container; `secrets` (its env values and arguments) are
+    /// redacted from podman's error, which may quote the command it could not run.
+    pub async fn start(&self, name: &str, secrets: &[String]) -> Result<(), Error> {
+        let call = Call::new(&["start"])
+            .name("container", name)
+            .secrets(secrets.iter().cloned());
+        self.run(&call).await.map(drop)
     }
 
     /// Stops a container the way it was created to be stopped: its stop signal, then
     /// SIGKILL after its stop timeout. A container that is not running is fine.
     pub async fn stop(&self, name: &str, grace: u32) -> Result<(), Error> {
-        let limit = QUICK + Duration::from_secs(u64::from(grace));
-        self.run_within(&["stop", "--ignore", name], limit)
-            .await
-            .map(drop)
+        let call = Call::new(&["stop"])
+            .opts(["--ignore"])
+            .name("container", name)
+            .limit(QUICK + Duration::from_secs(u64::from(grace)));
+        self.run(&call).await.map(drop)
     }
 
     /// Removes a container (killing it if it still runs); a missing one is fine.
     pub async fn rm(&self, name: &str) -> Result<(), Error> {
-        self.run(&["rm", "--force", "--ignore", "--time", "0", name])
-            .await
-            .map(drop)
+        let call = Call::new(&["rm"])
+            .opts(["--force", "--ignore", "--time", "0"])
+            .name("container", name);
+        self.run(&call).await.map(drop)
+    }
+
+    /// Is there a container `name` in podman's database?
+    pub async fn exists(&self, name: &str) -> Result<bool, Error> {
+        let call = Call::new(&["container", "exists"]).name("container", name);
+        match self.run(&call).await {
+            Ok(_) => Ok(true),
+            Err(Error::Command { code: Some(1), .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Is `name` a storage-only container: in containers/storage (`podman ps --external`)
+    /// but unknown to podman's database? A podman killed mid-create leaves one; it holds
+    /// the name, so every later create fails with "the container name … is already in use".
+    pub async fn storage_only(&self, name: &str) -> Result<bool, Error> {
+        if self.exists(name).await? {
+            return Ok(false);
+        }
+        let call = Call::new(&["container", "exists"])
+            .opts(["--external"])
+            .name("container", name);
+        match self.run(&call).await {
+            Ok(_) => Ok(true),
+            Err(Error::Command { code: Some(1), .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes a storage-only container (`podman rm --storage`).
+    pub async fn rm_storage(&self, name: &str) -> Result<(), Error> {
+        let call = Call::new(&["rm"])
+            .opts(["--storage"])
+            .name("container", name);
+        self.run(&call).await.map(drop)
+    }
+
+    /// The container's state as podman's database has it now (`created`, `running`, ...);
+    /// `None` when there is no such container.
+    pub async fn state(&self, name: &str) -> Result<Option<String>, Error> {
+        if !self.exists(name).await? {
+            return Ok(None);
+        }
+        let call = Call::new(&["container", "inspect"])
+            .opts(["--format", "{{.State.Status}}"])
+            .name("container", name);
+        Ok(Some(self.run(&call).await?.trim().to_owned()))
     }
 
     /// Waits for a container to exit; `Ok(None)` when `limit` passes first.
     pub async fn wait(&self, name: &str, limit: Duration) -> Result<Option<i32>, Error> {
-        let args = ["wait", name];
-        match self.run_within(&args, limit).await {
+        let call = Call::new(&["wait"]).name("container", name).limit(limit);
+        match self.run(&call).await {
             Ok(out) => out.trim().parse().map(Some).map_err(|e| Error::Decode {
-                command: self.describe(&args),
-                message: format!("exit code {:?}: {e}", out.trim()),
+                what: call.what.clone(),
+                message: format!("exit code {}: {e}", quote(out.trim())),
             }),
             Err(Error::Timeout { .. }) => Ok(None),
             Err(e) => Err(e),
@@ -63,67 +119,42 @@ impl Podman {
 
     /// The last `n` lines a container logged (stdout and stderr).
     pub async fn logs(&self, name: &str, n: usize) -> Result<Vec<String>, Error> {
-        let n = n.to_string();
-        let args = ["logs", "--tail", &n, name];
-        let command = self.describe(&args);
-        let out = tokio::time::timeout(
-            QUICK,
-            self.command(&args)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .output(),
-        )
-        .await
-        .map_err(|_| Error::Timeout {
-            command: command.clone(),
-            secs: QUICK.as_secs(),
-        })?
-        .map_err(|source| Error::Spawn {
-            command: command.clone(),
-            source,
-        })?;
-        if !out.status.success() {
-            return Err(Error::Command {
-                command,
-                status: out.status.to_string(),
-                stderr: tail(&String::from_utf8_lossy(&out.stderr), STDERR_TAIL),
-            });
-        }
+        let call = Call::new(&["logs"])
+            .opts(["--tail".to_owned(), n.to_string()])
+            .name("container", name);
+        let (out, err) = self.output(&call).await?;
         // Container stderr comes back on podman's stderr; order between the two is lost.
-        let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .chain(String::from_utf8_lossy(&out.stderr).lines())
-            .map(str::to_owned)
-            .collect();
-        let keep = lines.len().saturating_sub(n.parse().unwrap_or(usize::MAX));
+        let mut lines: Vec<String> = out.lines().chain(err.lines()).map(str::to_owned).collect();
+        let keep = lines.len().saturating_sub(n);
         lines.drain(..keep);
         Ok(lines)
     }
 
     /// Starts `podman events` for containers carrying `label`, as a stream of decoded events.
     pub fn events(&self, label: &str) -> Result<EventStream, Error> {
-        let filter = format!("label={label}");
-        let args = [
-            "events",
-            "--format",
-            "json",
-            "--filter",
-            "type=container",
-            "--filter",
-            &filter,
-        ];
-        let command = self.describe(&args);
+        let call = Call::new(&["events"]).opts([
+            "--format".to_owned(),
+            "json".to_owned(),
+            "--filter".to_owned(),
+            "type=container".to_owned(),
+            "--filter".to_owned(),
+            format!("label={label}"),
+        ]);
+        let argv = call.argv()?;
+        let what = call.what;
+        // A reader only: killing it when the engine stops loses nothing.
         let mut child = self
-            .command(&args)
+            .command(&argv)
+            .kill_on_drop(true)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .map_err(|source| Error::Spawn {
-                command: command.clone(),
+                what: what.clone(),
                 source,
             })?;
         let stdout = child.stdout.take().ok_or_else(|| Error::Decode {
-            command,
+            what,
             message: "no stdout pipe".into(),
         })?;
         Ok(EventStream {
@@ -133,10 +164,43 @@ impl Podman {
     }
 }
 
-/// `podman create` arguments for `spec` (pure, unit-tested).
-pub fn create_args(spec: &CreateSpec) -> Vec<String> {
-    let mut a: Vec<String> = vec![
-        "create".into(),
+/// The `podman create` call for `spec`. Refused before podman runs, naming the field: an
+/// image that starts with `-` or is empty, a NUL byte in any value, an env key that is empty
+/// or holds `=`. Env values and the command are secrets: they never appear in a message.
+pub(crate) fn create_call(spec: &CreateSpec) -> Result<Call, Error> {
+    let refused = |field: String, reason: &str| Error::Refused {
+        field,
+        reason: reason.to_owned(),
+    };
+    for (i, a) in spec.command.iter().enumerate() {
+        if a.contains('\0') {
+            return Err(refused(
+                format!("container.command[{i}]"),
+                "contains a NUL byte",
+            ));
+        }
+    }
+    for (k, v) in &spec.env {
+        let field = || format!("container.env.{}", quote(k));
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            return Err(refused(
+                field(),
+                "is not a usable variable name (empty, '=' or NUL)",
+            ));
+        }
+        if v.contains('\0') {
+            return Err(refused(field(), "value contains a NUL byte"));
+        }
+    }
+    for (k, v) in &spec.labels {
+        if k.contains('\0') || v.contains('\0') {
+            return Err(refused(
+                format!("label {}", quote(k)),
+                "contains a NUL byte",
+            ));
+        }
+    }
+    let mut opts: Vec<String> = vec![
         "--name".into(),
         spec.name.clone(),
         "--stop-signal".into(),
@@ -148,18 +212,26 @@ pub fn create_args(spec: &CreateSpec) -> Vec<String> {
         "no".into(),
     ];
     for (k, v) in &spec.labels {
-        a.push("--label".into());
-        a.push(format!("{k}={v}"));
+        opts.push("--label".into());
+        opts.push(format!("{k}={v}"));
     }
     for (k, v) in &spec.env {
-        a.push("--env".into());
-        a.push(format!("{k}={v}"));
+        opts.push("--env".into());
+        opts.push(format!("{k}={v}"));
     }
     for (vol, at) in &spec.volumes {
-        a.push("--volume".into());
-        a.push(format!("{vol}:{at}"));
+        opts.push("--volume".into());
+        opts.push(format!("{vol}:{at}"));
     }
-    a.push(spec.image.clone());
-    a.extend(spec.command.iter().cloned());
-    a
+    Ok(Call::new(&["create"])
+        .target(&spec.name)
+        .opts(opts)
+        .name("container.image", &spec.image)
+        .rest(&spec.command)
+        .secrets(spec.env.values().cloned()))
+}
+
+/// `podman create` arguments for `spec` (pure, unit-tested): options, `--`, image, command.
+pub fn create_args(spec: &CreateSpec) -> Result<Vec<String>, Error> {
+    create_call(spec)?.argv()
 }

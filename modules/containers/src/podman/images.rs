@@ -3,31 +3,31 @@
 use std::path::Path;
 
 use super::types::ImageInspect;
-use super::{Podman, PULL};
+use super::{Call, Podman, PULL};
 use crate::error::Error;
 
 impl Podman {
     /// Is `image` present in local storage?
     pub async fn image_exists(&self, image: &str) -> Result<bool, Error> {
-        match self.run(&["image", "exists", image]).await {
+        let call = Call::new(&["image", "exists"]).name("container.image", image);
+        match self.run(&call).await {
             Ok(_) => Ok(true),
-            Err(Error::Command { status, .. }) if status.ends_with("exit status: 1") => Ok(false),
+            Err(Error::Command { code: Some(1), .. }) => Ok(false),
             Err(e) => Err(e),
         }
     }
 
     /// Pulls `image`, with the configured credentials.
     pub async fn pull(&self, image: &str) -> Result<(), Error> {
-        let mut args = vec!["pull", "--quiet"];
-        let auth;
+        let mut call = Call::new(&["pull"]).opts(["--quiet"]);
         if let Some(path) = &self.auth_file {
             check_auth_file(path)?;
-            auth = path.to_string_lossy().into_owned();
-            args.extend(["--authfile", &auth]);
+            call = call.opts(["--authfile".to_owned(), path.to_string_lossy().into_owned()]);
         }
-        args.push(image);
-        match self.run_within(&args, PULL).await {
+        let call = call.name("container.image", image).limit(PULL);
+        match self.run(&call).await {
             Ok(_) => Ok(()),
+            Err(e @ Error::Refused { .. }) => Err(e),
             Err(e) => Err(Error::Pull {
                 image: image.to_owned(),
                 message: e.detail().replace('\n', " | "),
@@ -37,9 +37,11 @@ impl Podman {
 
     /// The repo digest of a local image (`sha256:...`), if it has one.
     pub async fn image_digest(&self, image: &str) -> Result<Option<String>, Error> {
-        let args = ["image", "inspect", "--format", "json", image];
-        let out = self.run(&args).await?;
-        let images: Vec<ImageInspect> = self.decode(&args, &out)?;
+        let call = Call::new(&["image", "inspect"])
+            .opts(["--format", "json"])
+            .name("container.image", image);
+        let out = self.run(&call).await?;
+        let images: Vec<ImageInspect> = self.decode(&call, &out)?;
         Ok(images
             .into_iter()
             .next()

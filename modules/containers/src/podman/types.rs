@@ -6,7 +6,7 @@ use serde::Deserialize;
 use tokio::io::{BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
 
-use super::truncate;
+use super::json_error;
 use crate::error::Error;
 
 /// One container as `podman ps -a --format json` lists it.
@@ -77,8 +77,8 @@ impl Event {
     /// Decodes one event line.
     pub fn parse(line: &str) -> Result<Event, Error> {
         serde_json::from_str(line).map_err(|e| Error::Decode {
-            command: "podman events --format json".into(),
-            message: format!("{e} in {:?}", truncate(line, 200)),
+            what: "podman events".into(),
+            message: json_error(&e, line.len()),
         })
     }
 
@@ -125,7 +125,7 @@ impl EventStream {
                 .next_line()
                 .await
                 .map_err(|source| Error::Spawn {
-                    command: "podman events".into(),
+                    what: "podman events".into(),
                     source,
                 })?;
             match line {
