@@ -358,11 +358,7 @@ pub fn find_process(needles: &[String]) -> Option<u32> {
         };
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
         let is_podman = args.first().is_some_and(|a| a.ends_with(b"podman"));
-        if is_podman
-            && needles
-                .iter()
-                .all(|n| args.iter().any(|a| *a == n.as_bytes()))
-        {
+        if is_podman && needles.iter().all(|n| args.contains(&n.as_bytes())) {
             return Some(pid);
         }
     }

@@ -563,14 +563,14 @@ async fn a_partial_desired_state_removes_nothing_and_a_complete_one_removes_both
 
     // Rebuilt from a cache that lacks it: an absence, not a deletion.
     let run = start(&section(&scope, ""), store.clone(), state(false, &[]));
-    eventually("the held deployment is reported", || {
-        run.sink.all_text().contains("confirms its deletion")
-    })
-    .await;
     // Several passes (resync every 2 s): still there.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(state_of(&container).as_deref(), Some("running"));
     assert!(volume_exists(&volume));
+    eventually("the held deployment is reported", || {
+        run.sink.all_text().contains("confirms its deletion")
+    })
+    .await;
     let detail = run.sink.details.lock().unwrap().last().cloned().unwrap();
     assert_eq!(detail["held"][0]["deployment"], "web", "{detail}");
     assert_eq!(detail["held"][0]["volume"], volume.as_str(), "{detail}");

@@ -273,7 +273,9 @@ impl Engine {
             stop_signal: d.lifecycle.stop_signal.clone(),
             stop_timeout: d.lifecycle.grace_period_secs,
         };
-        self.create(&spec).await.map_err(|e| e.to_string())?;
+        // No forced removal first: the plan creates only when none of our containers exists,
+        // and a stranger in podman's database holding the name is not ours to remove.
+        self.rt.create(&spec).await.map_err(|e| e.to_string())?;
         self.remember_applied(d);
         if let Err(e) = self.rt.podman.start(&name, &secrets(d)).await {
             return Err(format!("starting {name}: {e}"));
@@ -287,23 +289,6 @@ impl Engine {
             Err("the agent is stopping".into())
         } else {
             Ok(())
-        }
-    }
-
-    /// `podman create`, repairing one state a killed podman leaves: a storage-only container
-    /// holding our name (in containers/storage, unknown to podman's database, so no label
-    /// listing shows it). No forced removal otherwise: the plan creates only when none of our
-    /// containers exists, and a stranger in podman's database holding the name is not ours to
-    /// remove (create fails, naming it).
-    async fn create(&self, spec: &CreateSpec) -> Result<String, crate::Error> {
-        match self.rt.podman.create(spec).await {
-            Err(e) if e.name_in_use() && self.rt.podman.storage_only(&spec.name).await? => {
-                tracing::warn!(container = %spec.name,
-                    "a storage-only container left by an interrupted create holds the name; removing it");
-                self.rt.podman.rm_storage(&spec.name).await?;
-                self.rt.podman.create(spec).await
-            }
-            other => other,
         }
     }
 
