@@ -595,3 +595,61 @@ async fn a_partial_desired_state_removes_nothing_and_a_complete_one_removes_both
     .await;
     run.stop().await;
 }
+
+/// The state a podman killed between `runc start` and its database write leaves: podman says
+/// `initialized`, runc runs the process, and every `podman start` fails ("cannot start an
+/// already running container"). Made deterministic with `podman init` + `runc start`.
+#[tokio::test]
+async fn a_container_podman_calls_initialized_while_runc_runs_it_is_replaced_and_runs() {
+    if !require("podman") || !require("runc") {
+        return;
+    }
+    let image = busybox_image("testkit").unwrap();
+    let scope = PodmanScope::new("initrunc").unwrap();
+    let container = naming(&scope).container("web");
+    let d = deployment("web", &image, &[], &["sleep", "100"]);
+    let store: Arc<MemStore> = Arc::default();
+    let run = start(&section(&scope, ""), store.clone(), state(true, &[&d]));
+    run.wait_running("web").await;
+    run.stop().await;
+    let old_id = podman(&[
+        "container",
+        "inspect",
+        "--format",
+        "{{.Id}}",
+        "--",
+        &container,
+    ])
+    .unwrap()
+    .trim()
+    .to_owned();
+    podman(&["stop", "-t", "0", "--", &container]).unwrap();
+    podman(&["init", "--", &container]).unwrap();
+    let runc = std::process::Command::new("runc")
+        .args(["--root", "/run/runc", "start", &old_id])
+        .status()
+        .unwrap();
+    assert!(runc.success(), "runc start");
+    assert_eq!(state_of(&container).as_deref(), Some("initialized"));
+    assert!(
+        podman(&["start", "--", &container]).is_err(),
+        "podman start fails in this state"
+    );
+
+    let run = start(&section(&scope, ""), store, state(true, &[&d]));
+    eventually("a new container runs", || {
+        state_of(&container).as_deref() == Some("running")
+            && podman(&[
+                "container",
+                "inspect",
+                "--format",
+                "{{.Id}}",
+                "--",
+                &container,
+            ])
+            .is_ok_and(|id| id.trim() != old_id)
+    })
+    .await;
+    run.wait_running("web").await;
+    run.stop().await;
+}
