@@ -455,16 +455,24 @@ async fn killing_podman_create_or_start_mid_flight_then_a_fresh_run_converges() 
     let d = deployment("web", &image, &[], &["sleep", "100"]);
     let store: Arc<MemStore> = Arc::default();
     for (verb, after_ms) in [
+        // Around 80 ms in, podman has written storage but not its database (storage-only).
         ("create", 0),
         ("create", 40),
+        ("create", 70),
         ("create", 90),
+        ("create", 110),
+        ("create", 140),
         ("start", 0),
         ("start", 60),
         ("start", 150),
     ] {
         podman(&["rm", "-f", "--ignore", "--", &container]).unwrap();
+        let target = match verb {
+            "create" => format!("--name={container}"),
+            _ => container.clone(),
+        };
         let killer = kill_when_running(
-            vec![verb.to_owned(), container.clone()],
+            vec![verb.to_owned(), target],
             Duration::from_millis(after_ms),
             LONG,
         );
@@ -523,7 +531,12 @@ async fn a_shutdown_during_create_lets_podman_finish_and_the_next_start_converge
         state(true, &[&d]),
     );
     eventually("the create began", || dir.join("begun").exists()).await;
+    let stopping = std::time::Instant::now();
     run.stop().await;
+    eprintln!(
+        "module stopped {:?} after shutdown during a create",
+        stopping.elapsed()
+    );
     assert!(
         dir.join("finished").exists(),
         "the podman create in flight ran to its end before the module stopped"

@@ -14,8 +14,8 @@ impl Podman {
     /// Every container (any state) carrying `label` (`key=value`).
     pub async fn list(&self, label: &str) -> Result<Vec<PsEntry>, Error> {
         let call = Call::new(&["ps"])
-            .opts(["-a", "--format", "json", "--filter"])
-            .opts([format!("label={label}")]);
+            .opts(["-a".to_owned(), "--format=json".to_owned()])
+            .opts([format!("--filter=label={label}")]);
         let out = self.run(&call).await?;
         if out.trim().is_empty() {
             return Ok(Vec::new());
@@ -133,12 +133,9 @@ impl Podman {
     /// Starts `podman events` for containers carrying `label`, as a stream of decoded events.
     pub fn events(&self, label: &str) -> Result<EventStream, Error> {
         let call = Call::new(&["events"]).opts([
-            "--format".to_owned(),
-            "json".to_owned(),
-            "--filter".to_owned(),
-            "type=container".to_owned(),
-            "--filter".to_owned(),
-            format!("label={label}"),
+            "--format=json".to_owned(),
+            "--filter=type=container".to_owned(),
+            format!("--filter=label={label}"),
         ]);
         let argv = call.argv()?;
         let what = call.what;
@@ -200,29 +197,21 @@ pub(crate) fn create_call(spec: &CreateSpec) -> Result<Call, Error> {
             ));
         }
     }
+    // `--flag=value`, one argument each: no value can be taken for a flag of its own.
     let mut opts: Vec<String> = vec![
-        "--name".into(),
-        spec.name.clone(),
-        "--stop-signal".into(),
-        spec.stop_signal.clone(),
-        "--stop-timeout".into(),
-        spec.stop_timeout.to_string(),
+        format!("--name={}", spec.name),
+        format!("--stop-signal={}", spec.stop_signal),
+        format!("--stop-timeout={}", spec.stop_timeout),
         // The agent restarts containers itself (with backoff); podman must not.
-        "--restart".into(),
-        "no".into(),
+        "--restart=no".into(),
     ];
-    for (k, v) in &spec.labels {
-        opts.push("--label".into());
-        opts.push(format!("{k}={v}"));
-    }
-    for (k, v) in &spec.env {
-        opts.push("--env".into());
-        opts.push(format!("{k}={v}"));
-    }
-    for (vol, at) in &spec.volumes {
-        opts.push("--volume".into());
-        opts.push(format!("{vol}:{at}"));
-    }
+    opts.extend(spec.labels.iter().map(|(k, v)| format!("--label={k}={v}")));
+    opts.extend(spec.env.iter().map(|(k, v)| format!("--env={k}={v}")));
+    opts.extend(
+        spec.volumes
+            .iter()
+            .map(|(vol, at)| format!("--volume={vol}:{at}")),
+    );
     Ok(Call::new(&["create"])
         .target(&spec.name)
         .opts(opts)

@@ -22,7 +22,7 @@ impl Podman {
         let mut call = Call::new(&["pull"]).opts(["--quiet"]);
         if let Some(path) = &self.auth_file {
             check_auth_file(path)?;
-            call = call.opts(["--authfile".to_owned(), path.to_string_lossy().into_owned()]);
+            call = call.opts([format!("--authfile={}", path.to_string_lossy())]);
         }
         let call = call.name("container.image", image).limit(PULL);
         match self.run(&call).await {

@@ -388,8 +388,8 @@ mod tests {
         let a = create_args(&spec()).unwrap().join(" ");
         assert_eq!(
             a,
-            "create --name fleet-web --stop-signal SIGINT --stop-timeout 7 --restart no \
-             --label fleet.deployment=web --env A=b c --volume fleet-web-data:/data -- img:1 sh -c echo hi"
+            "create --name=fleet-web --stop-signal=SIGINT --stop-timeout=7 --restart=no \
+             --label=fleet.deployment=web --env=A=b c --volume=fleet-web-data:/data -- img:1 sh -c echo hi"
         );
         // A command that starts with '-' is the container's, after the image: fine.
         let mut s = spec();

@@ -29,10 +29,8 @@ impl Podman {
     /// Every volume carrying `label` (`key=value`).
     pub async fn volumes(&self, label: &str) -> Result<Vec<VolumeEntry>, Error> {
         let call = Call::new(&["volume", "ls"]).opts([
-            "--format".to_owned(),
-            "json".to_owned(),
-            "--filter".to_owned(),
-            format!("label={label}"),
+            "--format=json".to_owned(),
+            format!("--filter=label={label}"),
         ]);
         let out = self.run(&call).await?;
         if out.trim().is_empty() {
@@ -52,7 +50,7 @@ impl Podman {
         }
         let mut call = Call::new(&["volume", "create"]);
         for (k, v) in labels {
-            call = call.opts(["--label".to_owned(), format!("{k}={v}")]);
+            call = call.opts([format!("--label={k}={v}")]);
         }
         let call = call.name("volume", name);
         match self.run(&call).await {
