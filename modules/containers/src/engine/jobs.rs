@@ -115,8 +115,8 @@ impl Engine {
         };
         let message = match removed {
             Ok(()) => format!(
-                "cannot start {container} (left {state} by an interrupted start: {error}); \
-                 removed it to create it again"
+                "cannot start {container} ({error}); podman reports it {state}: removed it to \
+                 create it again"
             ),
             Err(e) => format!("cannot start {container} ({error}) nor remove it: {e}"),
         };
