@@ -43,7 +43,7 @@ pub enum Error {
         secs: u64,
     },
     /// An image could not be pulled; `message` carries the registry's answer.
-    #[error("pull {image} failed: {message}")]
+    #[error("pull {} failed: {message}", crate::podman::short(image))]
     Pull {
         /// The image reference.
         image: String,

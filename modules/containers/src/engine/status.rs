@@ -94,7 +94,7 @@ impl Engine {
             name: d.name.clone(),
             revision: Some(d.revision),
             phase,
-            message,
+            message: fleet_contract::cap_message(&message),
             restarts,
             last_exit_code,
             image_digest,

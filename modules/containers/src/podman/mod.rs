@@ -94,7 +94,7 @@ impl Call {
     /// Names the target in messages without adding an argument (e.g. `--name`'s value).
     pub(crate) fn target(mut self, target: &str) -> Self {
         self.what.push(' ');
-        self.what.push_str(target);
+        self.what.push_str(&short(target));
         self
     }
 
@@ -180,6 +180,17 @@ impl Call {
         let line = redact(line, &self.secrets);
         let line = truncate(&line, STDERR_LINE);
         fleet_contract::cap_message(line)
+    }
+}
+
+/// `value` as it is when it is short and plain (a container or volume name, an image), else
+/// quoted with [`quote`] (a prefix and its length): a hostile value never makes a long message.
+pub(crate) fn short(value: &str) -> String {
+    let plain = value.chars().count() <= 64 && !value.chars().any(char::is_control);
+    if plain {
+        value.to_owned()
+    } else {
+        quote(value)
     }
 }
 
@@ -429,6 +440,19 @@ mod tests {
                 .unwrap(),
             ["rm", "--force", "--", "x"]
         );
+    }
+
+    #[test]
+    fn a_long_or_odd_target_is_quoted_short() {
+        let long = "r/".repeat(300);
+        let what = Call::new(&["pull"]).name("container.image", &long).what;
+        assert!(what.len() < 120, "{what}");
+        assert!(what.contains("(600 bytes)"), "{what}");
+        assert_eq!(
+            Call::new(&["start"]).name("container", "fleet-web").what,
+            "podman start fleet-web"
+        );
+        assert_eq!(short("a\nb"), "\"a\\nb\"");
     }
 
     #[test]
