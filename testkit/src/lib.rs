@@ -38,7 +38,10 @@ pub use error::{Error, Result};
 pub use mosquitto::Mosquitto;
 pub use nats::NatsServer;
 pub use notify::NotifySocket;
-pub use podman::{busybox_image, podman, PodmanScope, BUSYBOX_REPO, SCOPE_LABEL};
+pub use podman::{
+    busybox_image, container_exists, external_names, find_process, kill_when_running, podman,
+    storage_only_container, PodmanScope, BUSYBOX_REPO, SCOPE_LABEL,
+};
 pub use registry::Registry;
 pub use restart_loop::{ArgsFor, Start, SystemdRestartLoop, Unit};
 pub use root::{TempRoot, KEEP_TEMP_ENV};

@@ -110,6 +110,12 @@ impl PodmanScope {
             args.extend(&ids);
             podman(&args)?;
         }
+        // Storage-only containers (a podman killed mid-create) carry no label podman shows.
+        for name in external_names()? {
+            if name.contains(&self.id) && !container_exists(&name)? {
+                podman(&["rm", "--storage", "--", &name])?;
+            }
+        }
         let vols = podman(&["volume", "ls", "-q", "--filter", &filter])?;
         let vols: Vec<&str> = vols.split_whitespace().collect();
         if !vols.is_empty() {
@@ -232,4 +238,129 @@ fn lock() -> Result<File> {
     file.lock()
         .map_err(|e| Error::io(format!("locking {LOCK_PATH}"), e))?;
     Ok(file)
+}
+
+/// Names of every container in containers/storage, including the storage-only ones podman's
+/// database does not know (`podman ps -a --external`).
+pub fn external_names() -> Result<Vec<String>> {
+    let out = podman(&["ps", "-a", "--external", "--format", "{{.Names}}"])?;
+    Ok(out
+        .lines()
+        .map(str::to_owned)
+        .filter(|l| !l.is_empty())
+        .collect())
+}
+
+/// Is `name` in podman's database?
+pub fn container_exists(name: &str) -> Result<bool> {
+    let status = Command::new(BINARY)
+        .args(["container", "exists", "--", name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|source| Error::Spawn {
+            binary: BINARY.to_owned(),
+            source,
+        })?;
+    Ok(status.success())
+}
+
+/// Leaves a storage-only container `name` behind, the state a `podman create` killed between
+/// its storage and its database write leaves: `podman create` is SIGKILLed after a delay
+/// that is narrowed (bisection between "too early: nothing" and "too late: created") until
+/// that state is hit. Returns the attempts it took; fails after `max_attempts`.
+pub fn storage_only_container(
+    name: &str,
+    image: &str,
+    label: &str,
+    max_attempts: u32,
+) -> Result<u32> {
+    let (mut lo, mut hi) = (10u64, 600u64);
+    for attempt in 1..=max_attempts {
+        // Bisect, with a little spread so one unlucky delay is not retried forever.
+        let d = (lo + hi) / 2 + u64::from(attempt % 3) * 3;
+        let mut child = Command::new(BINARY)
+            .args([
+                "create", "--name", name, "--label", label, "--", image, "true",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|source| Error::Spawn {
+                binary: BINARY.to_owned(),
+                source,
+            })?;
+        std::thread::sleep(std::time::Duration::from_millis(d));
+        let _ = child.kill();
+        let _ = child.wait();
+        let in_db = container_exists(name)?;
+        let in_storage = external_names()?.iter().any(|n| n == name);
+        match (in_db, in_storage) {
+            (false, true) => return Ok(attempt),
+            (true, _) => {
+                hi = d.max(lo + 2);
+                podman(&["rm", "-f", "--", name])?;
+            }
+            (false, false) => lo = d.min(hi.saturating_sub(2)),
+        }
+        if hi <= lo + 2 {
+            // The window moved (load): widen again.
+            (lo, hi) = (lo.saturating_sub(40).max(5), hi + 40);
+        }
+    }
+    Err(Error::Command {
+        command: format!("podman create --name {name} (killed mid-flight)"),
+        status: format!("no storage-only state in {max_attempts} attempts"),
+        stderr_tail: String::new(),
+    })
+}
+
+/// Watches `/proc` for a process whose argv contains every one of `needles` (e.g. `podman`,
+/// `create`, a container name) and SIGKILLs it `after` it was first seen; gives up after
+/// `within`. Returns the pid it killed.
+pub fn kill_when_running(
+    needles: Vec<String>,
+    after: std::time::Duration,
+    within: std::time::Duration,
+) -> std::thread::JoinHandle<Option<u32>> {
+    std::thread::spawn(move || {
+        let end = std::time::Instant::now() + within;
+        while std::time::Instant::now() < end {
+            if let Some(pid) = find_process(&needles) {
+                std::thread::sleep(after);
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+                return Some(pid);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        None
+    })
+}
+
+/// The first process whose argv (NUL-separated in `/proc/<pid>/cmdline`) holds every needle
+/// as one whole argument.
+pub fn find_process(needles: &[String]) -> Option<u32> {
+    let dir = std::fs::read_dir("/proc").ok()?;
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_podman = args.first().is_some_and(|a| a.ends_with(b"podman"));
+        if is_podman && needles.iter().all(|n| args.contains(&n.as_bytes())) {
+            return Some(pid);
+        }
+    }
+    None
 }

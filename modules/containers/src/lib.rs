@@ -8,7 +8,7 @@
 //!   `fleet.managed-by=fleet-agent`, `fleet.instance`, `fleet.deployment`, `fleet.spec-hash`
 //!   (hash of container spec, lifecycle and init containers; not the revision),
 //!   `fleet.revision` and `fleet.role=main`. Missing containers are created, containers from
-//!   another spec replaced, containers of deployments that left the desired state removed
+//!   another spec replaced, containers of deployments whose deletion was received removed
 //!   (with their data volume). Containers without our labels are never touched. Up to
 //!   `parallelism` deployments are worked on at once; one deployment never has two
 //!   operations in flight.
@@ -28,6 +28,24 @@
 //!   (done by the agent, not podman: containers are created with `--restart no`), with
 //!   crash-loop backoff (`backoff_initial_secs` doubling to `backoff_max_secs`, reset after a
 //!   run of `healthy_after_secs`) shown in the status message and restart count.
+//! - **Never removed for an absence.** A deployment's containers and volume are removed only
+//!   when `DesiredState::removal_received` says its deletion was received: the control
+//!   plane's complete set lacks it, or the cache recorded its deletion. A deployment merely
+//!   absent from a state that may be partial (rebuilt from the cache) is *held*: kept as it
+//!   is, logged once and listed in the module's status detail (`held`: deployment,
+//!   containers, volume, reason) until a complete state without it arrives.
+//! - **Interrupted podman.** podman calls are not killed when the agent drops them: on
+//!   shutdown the module takes no new job and lets the one in flight finish (up to 6 s of
+//!   the agent's 8 s), and only a call past its own time limit is killed. What a podman
+//!   killed anyway (power cut, cgroup-wide kill) leaves is repaired for this instance's own
+//!   names: a storage-only container holding the name (`podman rm --storage`, create
+//!   again; also on deletion, with the volume), and a created/initialized container that
+//!   does not start (looked at again, removed and created anew).
+//! - **The podman boundary.** Options always end with `--` before the image, names and
+//!   command; an image or name that starts with `-`, and any NUL byte, is refused naming
+//!   the field before podman runs. No message or log line carries podman's argv: a failure
+//!   names the operation and target, the exit code and podman's error line with the
+//!   deployment's env values and container arguments redacted, capped.
 //! - **Boot and offline.** The loop starts from whatever desired state the runtime has, which
 //!   is the SQLite cache when no control plane answers. A running container whose spec hash
 //!   matches is adopted as is: an agent restart recreates nothing. An exited one (after a

@@ -188,6 +188,14 @@ pub enum Action {
         /// Its containers.
         containers: Vec<String>,
     },
+    /// Containers of a deployment absent from a desired state that is not known complete
+    /// (rebuilt from the cache): kept and reported until a deletion is received.
+    Hold {
+        /// Deployment name.
+        deployment: String,
+        /// Its containers.
+        containers: Vec<String>,
+    },
     /// Stray containers of a desired deployment (a duplicate main, a left-over init).
     Clean {
         /// Deployment name.
@@ -208,6 +216,7 @@ impl Action {
             | Action::Exited { deployment, .. }
             | Action::Settle { deployment }
             | Action::Remove { deployment, .. }
+            | Action::Hold { deployment, .. }
             | Action::Clean { deployment, .. } => deployment,
         }
     }
@@ -223,12 +232,15 @@ pub fn wants_restart(policy: RestartPolicy, code: i32) -> bool {
 }
 
 /// Plans one pass. `hashes` holds the spec hash of every `Want::Run`. Deployments in `busy`
-/// (an operation is in flight) are skipped entirely.
+/// (an operation is in flight) are skipped entirely. The containers of a deployment absent
+/// from `desired` are removed only when `removal_received` says its deletion was received
+/// (`DesiredState::removal_received`), never for an absence alone; else they are held.
 pub fn plan(
     desired: &BTreeMap<String, Want<'_>>,
     hashes: &BTreeMap<String, String>,
     observed: &[Observed],
     busy: &BTreeSet<String>,
+    removal_received: &(dyn Fn(&str) -> bool + Sync),
 ) -> Vec<Action> {
     let mut by_dep: BTreeMap<&str, Vec<&Observed>> = BTreeMap::new();
     for o in observed {
@@ -309,9 +321,17 @@ pub fn plan(
         if desired.contains_key(name) || busy.contains(name) {
             continue;
         }
-        out.push(Action::Remove {
-            deployment: name.to_owned(),
-            containers: containers.iter().map(|o| o.name.clone()).collect(),
+        let containers = containers.iter().map(|o| o.name.clone()).collect();
+        out.push(if removal_received(name) {
+            Action::Remove {
+                deployment: name.to_owned(),
+                containers,
+            }
+        } else {
+            Action::Hold {
+                deployment: name.to_owned(),
+                containers,
+            }
         });
     }
     out
@@ -383,7 +403,7 @@ mod tests {
             desired.insert((*u).to_owned(), Want::Untouched);
         }
         let busy = busy.iter().map(|s| (*s).to_owned()).collect();
-        plan(&desired, &hashes, observed, &busy)
+        plan(&desired, &hashes, observed, &busy, &|_| true)
     }
 
     #[test]
@@ -452,6 +472,36 @@ mod tests {
                 deployment: "gone".into(),
                 containers: vec!["fleet-gone".into()]
             }]
+        );
+    }
+
+    #[test]
+    fn an_absence_without_a_received_deletion_holds_the_containers() {
+        let desired = BTreeMap::new();
+        let observed = [
+            obs("gone", "h", "running", 0),
+            obs("kept", "h", "exited", 0),
+        ];
+        let deleted = |n: &str| n == "gone";
+        let p = plan(
+            &desired,
+            &BTreeMap::new(),
+            &observed,
+            &BTreeSet::new(),
+            &deleted,
+        );
+        assert_eq!(
+            p,
+            vec![
+                Action::Remove {
+                    deployment: "gone".into(),
+                    containers: vec!["fleet-gone".into()]
+                },
+                Action::Hold {
+                    deployment: "kept".into(),
+                    containers: vec!["fleet-kept".into()]
+                }
+            ]
         );
     }
 

@@ -54,6 +54,24 @@ impl PodmanRuntime {
         Ok((volume, self.data_mount.clone()))
     }
 
+    /// `podman create`, repairing one state a killed podman leaves: a storage-only container
+    /// holding the name (in containers/storage, unknown to podman's database, so no label
+    /// listing shows it; only `podman ps --external` does). The name is this instance's own
+    /// (prefix and deployment), so the leftover is ours: `podman rm --storage`, create again.
+    /// A container in podman's database holding the name is left alone (create fails,
+    /// naming it).
+    pub async fn create(&self, spec: &CreateSpec) -> Result<String, Error> {
+        match self.podman.create(spec).await {
+            Err(e) if e.name_in_use() && self.podman.storage_only(&spec.name).await? => {
+                tracing::warn!(container = %spec.name,
+                    "a storage-only container left by an interrupted create holds the name; removing it");
+                self.podman.rm_storage(&spec.name).await?;
+                self.podman.create(spec).await
+            }
+            other => other,
+        }
+    }
+
     async fn run_once(&self, spec: &RunSpec) -> Result<RunOutcome, Error> {
         let _digest = self.ensure_image(&spec.image, || {}).await?;
         let (name, mut labels, volumes) = match &spec.deployment {
@@ -69,7 +87,8 @@ impl PodmanRuntime {
             ),
         };
         labels.extend(spec.labels.iter().cloned());
-        // A left-over from an interrupted earlier run would block the name.
+        // A left-over from an interrupted earlier run would block the name (a storage-only
+        // one is handled by `create`).
         self.podman.rm(&name).await?;
         let create = CreateSpec {
             name: name.clone(),
@@ -81,9 +100,10 @@ impl PodmanRuntime {
             stop_signal: "SIGKILL".into(),
             stop_timeout: 0,
         };
-        self.podman.create(&create).await?;
+        self.create(&create).await?;
         let result = async {
-            self.podman.start(&name).await?;
+            let secrets: Vec<String> = crate::podman::command_secrets(&spec.command).collect();
+            self.podman.start(&name, &secrets).await?;
             let code = self.podman.wait(&name, spec.timeout).await?;
             let logs = self
                 .podman

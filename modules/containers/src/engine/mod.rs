@@ -3,21 +3,25 @@
 //! [`crate::reconcile::plan`] and runs the resulting operations as jobs, at most one per
 //! deployment and at most `parallelism` at a time.
 
+mod events;
+mod jobs;
+mod status;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fleet_contract::{Deployment, DeploymentStatus, Phase};
-use fleet_module_api::{Context, DesiredDeployment, DesiredState, Health, LifecycleHook};
+use fleet_contract::{Deployment, Phase};
+use fleet_module_api::{Context, DesiredDeployment, DesiredState, Health};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::podman::{CreateSpec, PsEntry};
+use crate::podman::PsEntry;
 use crate::reconcile::{
-    self, next_backoff, restart_delay, spec_hash, Action, Observed, Want, LABEL_DEPLOYMENT,
-    LABEL_MANAGED_BY, LABEL_ROLE, LABEL_SPEC_HASH, MANAGER,
+    self, restart_delay, spec_hash, Action, Observed, Want, LABEL_DEPLOYMENT, LABEL_MANAGED_BY,
+    LABEL_ROLE, LABEL_SPEC_HASH, MANAGER,
 };
 use crate::runtime::SharedRuntime;
 
@@ -33,6 +37,10 @@ const DEBOUNCE: Duration = Duration::from_millis(100);
 const SETTLE: Duration = Duration::from_secs(1);
 /// Retry after podman itself failed (list, events).
 const PODMAN_RETRY: Duration = Duration::from_secs(5);
+/// On shutdown, how long the podman call in flight may take to finish (the agent gives its
+/// modules 8 s, systemd 15 s). Past it the job is dropped; its podman child is not killed
+/// and runs to its end, so podman is never cut mid-create by the agent.
+const SHUTDOWN_BUDGET: Duration = Duration::from_secs(6);
 /// The name of the init-containers hook (checked for manifests with `[[init]]`).
 const INIT_HOOK: &str = "init-containers";
 
@@ -62,6 +70,8 @@ pub struct Engine {
     ctx: Context,
     tracks: Mutex<BTreeMap<String, Track>>,
     published: Mutex<BTreeSet<String>>,
+    /// Deployments whose containers and volume are held (last reported).
+    held: Mutex<BTreeSet<String>>,
     health: Arc<Mutex<Health>>,
 }
 
@@ -102,6 +112,7 @@ impl Engine {
             ctx,
             tracks: Mutex::new(BTreeMap::new()),
             published: Mutex::new(published),
+            held: Mutex::new(BTreeSet::new()),
             health,
         }
     }
@@ -117,7 +128,7 @@ impl Engine {
     /// Runs until shutdown.
     pub async fn run(self: Arc<Self>) {
         let (trigger, mut triggers) = mpsc::unbounded_channel::<()>();
-        let events = tokio::spawn(watch_events(self.clone(), trigger));
+        let events = tokio::spawn(events::watch_events(self.clone(), trigger));
         let mut desired = self.ctx.desired.clone();
         let mut jobs: JoinSet<()> = JoinSet::new();
         let mut running: HashMap<tokio::task::Id, String> = HashMap::new();
@@ -146,7 +157,20 @@ impl Engine {
             }
         }
         events.abort();
-        jobs.abort_all();
+        // Take no new job (queued ones find the semaphore closed) and let the ones in flight
+        // finish their podman call, within the budget.
+        sem.close();
+        let drained = tokio::time::timeout(SHUTDOWN_BUDGET, async {
+            while jobs.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                jobs = jobs.len(),
+                "container jobs still running at shutdown; leaving their podman calls to finish"
+            );
+            jobs.abort_all();
+        }
     }
 
     /// One pass: observe, plan, start jobs. Returns how soon the next pass is due, if sooner
@@ -202,9 +226,20 @@ impl Engine {
             }
         }
 
-        for action in reconcile::plan(&desired, &hashes, &observed, &busy) {
+        let removal_received = |n: &str| state.removal_received(n);
+        let mut actions = reconcile::plan(&desired, &hashes, &observed, &busy, &removal_received);
+        actions.extend(
+            self.volume_only(&desired, &observed, &busy, &removal_received)
+                .await,
+        );
+        let mut held = Vec::new();
+        for action in actions {
             let name = action.deployment().to_owned();
             let job = match action {
+                Action::Hold { containers, .. } => {
+                    held.push((name.clone(), containers));
+                    None
+                }
                 Action::Keep { .. } => {
                     let Some(d) = manifests.get(name.as_str()) else {
                         continue;
@@ -335,6 +370,8 @@ impl Engine {
             }
         }
 
+        self.report_held(held);
+
         // Statuses of deployments that are gone from desired state and from the device.
         let gone: Vec<String> = {
             let published = self.published.lock().unwrap_or_else(|p| p.into_inner());
@@ -358,6 +395,52 @@ impl Engine {
             self.unpublish(&name);
         }
         wake
+    }
+
+    /// Data volumes of deployments absent from `desired` whose containers are all gone (a
+    /// container lost to an interrupted create, one removed by hand): removed with the
+    /// deployment when its deletion was received, held otherwise.
+    async fn volume_only(
+        &self,
+        desired: &BTreeMap<String, Want<'_>>,
+        observed: &[Observed],
+        busy: &BTreeSet<String>,
+        removal_received: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Vec<Action> {
+        let volumes = match self.rt.podman.volumes(&self.rt.naming.selector()).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list volumes");
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        let mut seen = BTreeSet::new();
+        for v in &volumes {
+            let Some(d) = v.label(LABEL_DEPLOYMENT) else {
+                continue;
+            };
+            if v.name != self.rt.naming.volume(d)
+                || desired.contains_key(d)
+                || busy.contains(d)
+                || observed.iter().any(|o| o.deployment == d)
+                || !seen.insert(d.to_owned())
+            {
+                continue;
+            }
+            out.push(if removal_received(d) {
+                Action::Remove {
+                    deployment: d.to_owned(),
+                    containers: Vec::new(),
+                }
+            } else {
+                Action::Hold {
+                    deployment: d.to_owned(),
+                    containers: Vec::new(),
+                }
+            });
+        }
+        out
     }
 
     /// When an exited container may be restarted (crash-loop backoff), remembering it.
@@ -417,369 +500,6 @@ impl Engine {
             tracing::warn!(deployment = %name, error = %e, "cannot record restart count");
         }
     }
-
-    /// Reports a running, matching container (adopted or just started).
-    async fn report_running(&self, d: &Deployment, listed: &[PsEntry]) {
-        let needs_digest = self
-            .tracks()
-            .get(&d.name)
-            .is_none_or(|t| t.digest.is_none());
-        if needs_digest {
-            let image_id = listed
-                .iter()
-                .find(|p| p.label(LABEL_DEPLOYMENT) == Some(d.name.as_str()))
-                .map(|p| p.image_id.clone())
-                .unwrap_or_else(|| d.container.image.clone());
-            if let Ok(Some(digest)) = self.rt.podman.image_digest(&image_id).await {
-                self.track(&d.name, |t| t.digest = Some(digest));
-            }
-        }
-        self.track(&d.name, |t| {
-            t.failure = None;
-            t.restart_due = None;
-        });
-        self.publish(
-            d,
-            Phase::Running,
-            format!(
-                "{} runs {}",
-                self.rt.naming.container(&d.name),
-                d.container.image
-            ),
-        );
-    }
-
-    async fn job(self: Arc<Self>, job: Job) {
-        match job {
-            Job::Apply {
-                deployment,
-                hash,
-                old,
-            } => {
-                let result = self.apply(&deployment, old.as_deref()).await;
-                match result {
-                    Ok(()) => {
-                        self.track(&deployment.name, |t| {
-                            t.failure = None;
-                            t.restart_due = None;
-                            t.last_exit = None;
-                            t.crash_backoff = Duration::ZERO;
-                        });
-                        self.publish(
-                            &deployment,
-                            Phase::Running,
-                            format!(
-                                "{} runs {}",
-                                self.rt.naming.container(&deployment.name),
-                                deployment.container.image
-                            ),
-                        );
-                    }
-                    Err(message) => self.fail(&deployment, &hash, message),
-                }
-            }
-            Job::Restart {
-                deployment,
-                container,
-                count,
-            } => match self.rt.podman.start(&container).await {
-                Ok(()) => {
-                    self.track(&deployment.name, |t| t.restart_due = None);
-                    if count {
-                        self.count_restart(&deployment.name);
-                    }
-                    self.publish(
-                        &deployment,
-                        Phase::Running,
-                        format!("{container} runs {}", deployment.container.image),
-                    );
-                }
-                Err(e) => {
-                    tracing::warn!(deployment = %deployment.name, error = %e, "restart failed");
-                    let initial = Duration::from_secs(self.cfg.backoff_initial_secs);
-                    let max = Duration::from_secs(self.cfg.backoff_max_secs);
-                    self.track(&deployment.name, |t| {
-                        t.crash_backoff = next_backoff(t.crash_backoff, initial, max);
-                        t.restart_due = Some(Instant::now() + t.crash_backoff);
-                    });
-                    self.publish(
-                        &deployment,
-                        Phase::Failed,
-                        format!("cannot start {container}: {e}"),
-                    );
-                }
-            },
-            Job::Remove { name, containers } => self.remove(&name, &containers).await,
-            Job::Clean { containers } => {
-                for c in containers {
-                    if let Err(e) = self.rt.podman.rm(&c).await {
-                        tracing::warn!(container = %c, error = %e, "cannot remove stray container");
-                    }
-                }
-            }
-        }
-    }
-
-    /// Records a failed attempt: status Failed with the reason, retry with backoff.
-    fn fail(&self, d: &Deployment, hash: &str, message: String) {
-        let initial = Duration::from_secs(self.cfg.backoff_initial_secs);
-        let max = Duration::from_secs(self.cfg.backoff_max_secs);
-        let backoff = {
-            let mut tracks = self.tracks();
-            let t = self.entry(&mut tracks, &d.name);
-            let prev = t
-                .failure
-                .as_ref()
-                .filter(|f| f.hash == hash)
-                .map_or(Duration::ZERO, |f| f.backoff);
-            let backoff = next_backoff(prev, initial, max);
-            t.failure = Some(Failure {
-                hash: hash.to_owned(),
-                retry_at: Instant::now() + backoff,
-                backoff,
-            });
-            backoff
-        };
-        tracing::warn!(deployment = %d.name, revision = d.revision, %message, "deployment failed");
-        self.publish(
-            d,
-            Phase::Failed,
-            format!("{message} (retry in {} s)", backoff.as_secs()),
-        );
-    }
-
-    /// Brings `d` up: pull, stop and remove `old`, init, create, start.
-    async fn apply(&self, d: &Deployment, old: Option<&str>) -> Result<(), String> {
-        let hooks: Vec<Arc<dyn LifecycleHook>> = self.ctx.ext.all::<dyn LifecycleHook>();
-        if !d.init.is_empty() && !hooks.iter().any(|h| h.name() == INIT_HOOK) {
-            return Err(format!(
-                "the manifest has {} init container(s), but this agent is built without the \
-                 init-containers module",
-                d.init.len()
-            ));
-        }
-        // Pull everything first, while the old revision still runs.
-        let mut images = vec![d.container.image.as_str()];
-        for i in &d.init {
-            if let Some(img) = &i.image {
-                if !images.contains(&img.as_str()) {
-                    images.push(img);
-                }
-            }
-        }
-        let mut digest = None;
-        for image in images {
-            let got = self
-                .rt
-                .ensure_image(image, || {
-                    self.publish(d, Phase::Pulling, format!("pulling {image}"));
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-            if image == d.container.image {
-                digest = got;
-            }
-        }
-        self.track(&d.name, |t| t.digest = digest);
-
-        if let Some(old) = old {
-            let previous = self.applied(&d.name);
-            let (signal, grace) = previous.as_ref().map_or_else(
-                || {
-                    (
-                        d.lifecycle.stop_signal.clone(),
-                        d.lifecycle.grace_period_secs,
-                    )
-                },
-                |p| {
-                    (
-                        p.lifecycle.stop_signal.clone(),
-                        p.lifecycle.grace_period_secs,
-                    )
-                },
-            );
-            self.publish(
-                d,
-                Phase::Upgrading,
-                format!(
-                    "stopping {old}{} with {signal}, SIGKILL after {grace} s",
-                    previous
-                        .as_ref()
-                        .map(|p| format!(" (revision {})", p.revision))
-                        .unwrap_or_default()
-                ),
-            );
-            self.rt
-                .podman
-                .stop(old, grace)
-                .await
-                .map_err(|e| format!("stopping {old}: {e}"))?;
-            self.rt
-                .podman
-                .rm(old)
-                .await
-                .map_err(|e| format!("removing {old}: {e}"))?;
-            if let Some(p) = &previous {
-                for h in &hooks {
-                    if let Err(e) = h.after_stop(p).await {
-                        tracing::warn!(hook = h.name(), error = %e, "after_stop failed");
-                    }
-                }
-            }
-            self.publish(
-                d,
-                Phase::Upgrading,
-                format!("{old} stopped; starting revision {}", d.revision),
-            );
-        }
-
-        let volume = self
-            .rt
-            .data_volume(&d.name)
-            .await
-            .map_err(|e| format!("data volume: {e}"))?;
-        if !hooks.is_empty() {
-            if !d.init.is_empty() {
-                self.publish(
-                    d,
-                    Phase::Initializing,
-                    format!("running {} init container(s)", d.init.len()),
-                );
-            }
-            for h in &hooks {
-                h.before_start(d).await.map_err(|e| e.0)?;
-            }
-        }
-        let name = self.rt.naming.container(&d.name);
-        self.publish(d, Phase::Starting, format!("creating {name}"));
-        let spec = CreateSpec {
-            name: name.clone(),
-            image: d.container.image.clone(),
-            command: d.container.command.clone(),
-            env: d.container.env.clone(),
-            labels: self.rt.naming.main_labels(d, &spec_hash(d)),
-            volumes: vec![volume],
-            stop_signal: d.lifecycle.stop_signal.clone(),
-            stop_timeout: d.lifecycle.grace_period_secs,
-        };
-        // No forced removal first: the plan creates only when none of our containers exists,
-        // and a stranger holding the name is not ours to remove (create fails, naming it).
-        self.rt
-            .podman
-            .create(&spec)
-            .await
-            .map_err(|e| e.to_string())?;
-        self.remember_applied(d);
-        if let Err(e) = self.rt.podman.start(&name).await {
-            return Err(format!("starting {name}: {e}"));
-        }
-        Ok(())
-    }
-
-    /// Stops and removes a deployment that is no longer desired, with its volume.
-    async fn remove(&self, name: &str, containers: &[String]) {
-        let previous = self.applied(name);
-        let grace = previous
-            .as_ref()
-            .map_or(10, |p| p.lifecycle.grace_period_secs);
-        if let Some(p) = &previous {
-            self.publish(
-                p,
-                Phase::Removing,
-                format!("removing {}", containers.join(", ")),
-            );
-        }
-        for c in containers {
-            let stopped = self.rt.podman.stop(c, grace).await;
-            if let Err(e) = stopped.and(self.rt.podman.rm(c).await) {
-                tracing::warn!(container = %c, error = %e, "cannot remove; retrying on the next pass");
-                return;
-            }
-        }
-        if let Err(e) = self.rt.podman.volume_rm(&self.rt.naming.volume(name)).await {
-            tracing::warn!(deployment = %name, error = %e, "cannot remove data volume");
-        }
-        if let Some(p) = &previous {
-            for h in self.ctx.ext.all::<dyn LifecycleHook>() {
-                if let Err(e) = h.after_stop(p).await {
-                    tracing::warn!(hook = h.name(), error = %e, "after_stop failed");
-                }
-            }
-        }
-        let _ = self.ctx.store.delete(&format!("{APPLIED_PREFIX}{name}"));
-        let _ = self.ctx.store.delete(&format!("{RESTARTS_PREFIX}{name}"));
-        self.tracks().remove(name);
-        // Still desired as an invalid document? Then the runtime owns its status now.
-        let invalid = self.ctx.desired.borrow().deployments.contains_key(name);
-        if !invalid {
-            self.ctx.status.deployment_removed(name);
-        }
-        self.unpublish(name);
-        tracing::info!(deployment = %name, "removed from the device");
-    }
-
-    fn applied(&self, name: &str) -> Option<Deployment> {
-        let bytes = self
-            .ctx
-            .store
-            .get(&format!("{APPLIED_PREFIX}{name}"))
-            .ok()??;
-        Deployment::from_json_slice(&bytes).ok()
-    }
-
-    fn remember_applied(&self, d: &Deployment) {
-        if let Err(e) = self
-            .ctx
-            .store
-            .put(&format!("{APPLIED_PREFIX}{}", d.name), &d.to_json())
-        {
-            tracing::warn!(deployment = %d.name, error = %e, "cannot record applied manifest");
-        }
-    }
-
-    /// Publishes a status for `d`, unless its desired document turned invalid meanwhile.
-    fn publish(&self, d: &Deployment, phase: Phase, message: String) {
-        let still_valid = matches!(
-            self.ctx.desired.borrow().deployments.get(&d.name),
-            Some(DesiredDeployment::Valid(_))
-        );
-        if !still_valid && phase != Phase::Removing {
-            return;
-        }
-        let (restarts, last_exit_code, image_digest) = {
-            let mut tracks = self.tracks();
-            let t = self.entry(&mut tracks, &d.name);
-            (t.restarts, t.last_exit, t.digest.clone())
-        };
-        self.ctx.status.deployment(DeploymentStatus {
-            name: d.name.clone(),
-            revision: Some(d.revision),
-            phase,
-            message,
-            restarts,
-            last_exit_code,
-            image_digest,
-            updated_at: self.ctx.clock.unix_secs(),
-        });
-        let mut published = self.published.lock().unwrap_or_else(|p| p.into_inner());
-        if published.insert(d.name.clone()) {
-            self.save_published(&published);
-        }
-    }
-
-    fn unpublish(&self, name: &str) {
-        let mut published = self.published.lock().unwrap_or_else(|p| p.into_inner());
-        if published.remove(name) {
-            self.save_published(&published);
-        }
-    }
-
-    fn save_published(&self, published: &BTreeSet<String>) {
-        let body = serde_json::to_vec(published).unwrap_or_default();
-        if let Err(e) = self.ctx.store.put(PUBLISHED_KEY, &body) {
-            tracing::warn!(error = %e, "cannot record published deployments");
-        }
-    }
 }
 
 fn finished(
@@ -819,46 +539,4 @@ fn observe(p: &PsEntry) -> Option<Observed> {
         exit_code: p.exit_code,
         ran_secs,
     })
-}
-
-/// Follows `podman events` for this instance and triggers a pass on every container change;
-/// restarts the stream (and triggers a pass, since events may have been missed) when it ends.
-async fn watch_events(engine: Arc<Engine>, trigger: mpsc::UnboundedSender<()>) {
-    let selector = engine.rt.naming.selector();
-    loop {
-        match engine.rt.podman.events(&selector) {
-            Ok(mut stream) => loop {
-                match stream.next().await {
-                    Ok(Some(ev)) => {
-                        let relevant = matches!(
-                            ev.status.as_str(),
-                            "died" | "remove" | "stop" | "pause" | "unpause" | "kill"
-                        );
-                        if relevant && ev.label(LABEL_DEPLOYMENT).is_some() {
-                            tracing::debug!(container = %ev.name, status = %ev.status, "podman event");
-                            if trigger.send(()).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    Ok(None) => {
-                        tracing::warn!("podman events ended; restarting it");
-                        break;
-                    }
-                    Err(e @ crate::error::Error::Decode { .. }) => {
-                        tracing::warn!(error = %e, "skipping an undecodable podman event");
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "podman events failed; restarting it");
-                        break;
-                    }
-                }
-            },
-            Err(e) => tracing::warn!(error = %e, "cannot follow podman events"),
-        }
-        if trigger.send(()).is_err() {
-            return;
-        }
-        tokio::time::sleep(PODMAN_RETRY).await;
-    }
 }

@@ -1,0 +1,369 @@
+//! The job worker: applies, restarts and removes deployments, one job per deployment.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_contract::{Deployment, Phase};
+use fleet_module_api::LifecycleHook;
+use tokio::time::Instant;
+
+use super::{Engine, Failure, Job, APPLIED_PREFIX, INIT_HOOK, RESTARTS_PREFIX};
+use crate::podman::CreateSpec;
+use crate::reconcile::{next_backoff, spec_hash};
+
+impl Engine {
+    pub(super) async fn job(self: Arc<Self>, job: Job) {
+        match job {
+            Job::Apply {
+                deployment,
+                hash,
+                old,
+            } => {
+                let result = self.apply(&deployment, old.as_deref()).await;
+                match result {
+                    Ok(()) => {
+                        self.track(&deployment.name, |t| {
+                            t.failure = None;
+                            t.restart_due = None;
+                            t.last_exit = None;
+                            t.crash_backoff = Duration::ZERO;
+                        });
+                        self.publish(
+                            &deployment,
+                            Phase::Running,
+                            format!(
+                                "{} runs {}",
+                                self.rt.naming.container(&deployment.name),
+                                deployment.container.image
+                            ),
+                        );
+                    }
+                    // Cut short by shutdown: the next start takes over, nothing failed.
+                    Err(_) if self.ctx.shutdown.is_cancelled() => {}
+                    Err(message) => self.fail(&deployment, &hash, message),
+                }
+            }
+            Job::Restart {
+                deployment,
+                container,
+                count,
+            } => match self
+                .rt
+                .podman
+                .start(&container, &secrets(&deployment))
+                .await
+            {
+                Ok(()) => {
+                    self.track(&deployment.name, |t| t.restart_due = None);
+                    if count {
+                        self.count_restart(&deployment.name);
+                    }
+                    self.publish(
+                        &deployment,
+                        Phase::Running,
+                        format!("{container} runs {}", deployment.container.image),
+                    );
+                }
+                Err(e) if !count => self.repair_unstarted(&deployment, &container, &e).await,
+                Err(e) => {
+                    tracing::warn!(deployment = %deployment.name, error = %e, "restart failed");
+                    let initial = Duration::from_secs(self.cfg.backoff_initial_secs);
+                    let max = Duration::from_secs(self.cfg.backoff_max_secs);
+                    self.track(&deployment.name, |t| {
+                        t.crash_backoff = next_backoff(t.crash_backoff, initial, max);
+                        t.restart_due = Some(Instant::now() + t.crash_backoff);
+                    });
+                    self.publish(
+                        &deployment,
+                        Phase::Failed,
+                        format!("cannot start {container}: {e}"),
+                    );
+                }
+            },
+            Job::Remove { name, containers } => self.remove(&name, &containers).await,
+            Job::Clean { containers } => {
+                for c in containers {
+                    if let Err(e) = self.rt.podman.rm(&c).await {
+                        tracing::warn!(container = %c, error = %e, "cannot remove stray container");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A created container that does not start: podman (or the agent with it) was killed
+    /// mid-start, and its database says `created`/`initialized`/`configured` while runc may
+    /// run it or have forgotten it. Look again; still not running: remove it (its data is in
+    /// the volume) so the next pass creates it anew.
+    async fn repair_unstarted(&self, d: &Deployment, container: &str, error: &crate::Error) {
+        let state = self.rt.podman.state(container).await;
+        if let Ok(Some(s)) = &state {
+            if s == "running" {
+                return; // it did start after all; the next pass reports it
+            }
+        }
+        let state = match state {
+            Ok(Some(s)) => s,
+            Ok(None) => "gone".to_owned(),
+            Err(e) => format!("unknown ({e})"),
+        };
+        tracing::warn!(deployment = %d.name, %container, %state, %error,
+            "a created container does not start; removing it to create it again");
+        let removed = match self.rt.podman.rm(container).await {
+            Ok(()) => Ok(()),
+            Err(_) => self.rt.podman.rm_storage(container).await,
+        };
+        let message = match removed {
+            Ok(()) => format!(
+                "cannot start {container} ({error}); podman reports it {state}: removed it to \
+                 create it again"
+            ),
+            Err(e) => format!("cannot start {container} ({error}) nor remove it: {e}"),
+        };
+        let initial = Duration::from_secs(self.cfg.backoff_initial_secs);
+        let max = Duration::from_secs(self.cfg.backoff_max_secs);
+        self.track(&d.name, |t| {
+            t.crash_backoff = next_backoff(t.crash_backoff, initial, max);
+            t.restart_due = Some(Instant::now() + t.crash_backoff);
+        });
+        self.publish(d, Phase::Failed, message);
+    }
+
+    /// Records a failed attempt: status Failed with the reason, retry with backoff.
+    fn fail(&self, d: &Deployment, hash: &str, message: String) {
+        let initial = Duration::from_secs(self.cfg.backoff_initial_secs);
+        let max = Duration::from_secs(self.cfg.backoff_max_secs);
+        let backoff = {
+            let mut tracks = self.tracks();
+            let t = self.entry(&mut tracks, &d.name);
+            let prev = t
+                .failure
+                .as_ref()
+                .filter(|f| f.hash == hash)
+                .map_or(Duration::ZERO, |f| f.backoff);
+            let backoff = next_backoff(prev, initial, max);
+            t.failure = Some(Failure {
+                hash: hash.to_owned(),
+                retry_at: Instant::now() + backoff,
+                backoff,
+            });
+            backoff
+        };
+        tracing::warn!(deployment = %d.name, revision = d.revision, %message, "deployment failed");
+        self.publish(
+            d,
+            Phase::Failed,
+            format!("{message} (retry in {} s)", backoff.as_secs()),
+        );
+    }
+
+    /// Brings `d` up: pull, stop and remove `old`, init, create, start.
+    async fn apply(&self, d: &Deployment, old: Option<&str>) -> Result<(), String> {
+        let hooks: Vec<Arc<dyn LifecycleHook>> = self.ctx.ext.all::<dyn LifecycleHook>();
+        if !d.init.is_empty() && !hooks.iter().any(|h| h.name() == INIT_HOOK) {
+            return Err(format!(
+                "the manifest has {} init container(s), but this agent is built without the \
+                 init-containers module",
+                d.init.len()
+            ));
+        }
+        // Pull everything first, while the old revision still runs.
+        let mut images = vec![d.container.image.as_str()];
+        for i in &d.init {
+            if let Some(img) = &i.image {
+                if !images.contains(&img.as_str()) {
+                    images.push(img);
+                }
+            }
+        }
+        let mut digest = None;
+        for image in images {
+            let got = self
+                .rt
+                .ensure_image(image, || {
+                    self.publish(d, Phase::Pulling, format!("pulling {image}"));
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            if image == d.container.image {
+                digest = got;
+            }
+        }
+        self.track(&d.name, |t| t.digest = digest);
+
+        if let Some(old) = old {
+            self.not_stopping()?;
+            let previous = self.applied(&d.name);
+            let (signal, grace) = previous.as_ref().map_or_else(
+                || {
+                    (
+                        d.lifecycle.stop_signal.clone(),
+                        d.lifecycle.grace_period_secs,
+                    )
+                },
+                |p| {
+                    (
+                        p.lifecycle.stop_signal.clone(),
+                        p.lifecycle.grace_period_secs,
+                    )
+                },
+            );
+            self.publish(
+                d,
+                Phase::Upgrading,
+                format!(
+                    "stopping {old}{} with {signal}, SIGKILL after {grace} s",
+                    previous
+                        .as_ref()
+                        .map(|p| format!(" (revision {})", p.revision))
+                        .unwrap_or_default()
+                ),
+            );
+            self.rt
+                .podman
+                .stop(old, grace)
+                .await
+                .map_err(|e| format!("stopping {old}: {e}"))?;
+            self.rt
+                .podman
+                .rm(old)
+                .await
+                .map_err(|e| format!("removing {old}: {e}"))?;
+            if let Some(p) = &previous {
+                for h in &hooks {
+                    if let Err(e) = h.after_stop(p).await {
+                        tracing::warn!(hook = h.name(), error = %e, "after_stop failed");
+                    }
+                }
+            }
+            self.publish(
+                d,
+                Phase::Upgrading,
+                format!("{old} stopped; starting revision {}", d.revision),
+            );
+        }
+
+        let volume = self
+            .rt
+            .data_volume(&d.name)
+            .await
+            .map_err(|e| format!("data volume: {e}"))?;
+        if !hooks.is_empty() {
+            if !d.init.is_empty() {
+                self.publish(
+                    d,
+                    Phase::Initializing,
+                    format!("running {} init container(s)", d.init.len()),
+                );
+            }
+            for h in &hooks {
+                h.before_start(d).await.map_err(|e| e.0)?;
+            }
+        }
+        let name = self.rt.naming.container(&d.name);
+        self.not_stopping()?;
+        self.publish(d, Phase::Starting, format!("creating {name}"));
+        let spec = CreateSpec {
+            name: name.clone(),
+            image: d.container.image.clone(),
+            command: d.container.command.clone(),
+            env: d.container.env.clone(),
+            labels: self.rt.naming.main_labels(d, &spec_hash(d)),
+            volumes: vec![volume],
+            stop_signal: d.lifecycle.stop_signal.clone(),
+            stop_timeout: d.lifecycle.grace_period_secs,
+        };
+        // No forced removal first: the plan creates only when none of our containers exists,
+        // and a stranger in podman's database holding the name is not ours to remove.
+        self.rt.create(&spec).await.map_err(|e| e.to_string())?;
+        self.remember_applied(d);
+        if let Err(e) = self.rt.podman.start(&name, &secrets(d)).await {
+            return Err(format!("starting {name}: {e}"));
+        }
+        Ok(())
+    }
+
+    /// Between the steps of a job: the agent is stopping, begin no new podman call.
+    fn not_stopping(&self) -> Result<(), String> {
+        if self.ctx.shutdown.is_cancelled() {
+            Err("the agent is stopping".into())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Stops and removes a deployment that is no longer desired, with its volume.
+    async fn remove(&self, name: &str, containers: &[String]) {
+        let previous = self.applied(name);
+        let grace = previous
+            .as_ref()
+            .map_or(10, |p| p.lifecycle.grace_period_secs);
+        if let Some(p) = &previous {
+            self.publish(
+                p,
+                Phase::Removing,
+                format!("removing {}", containers.join(", ")),
+            );
+        }
+        for c in containers {
+            let stopped = self.rt.podman.stop(c, grace).await;
+            if let Err(e) = stopped.and(self.rt.podman.rm(c).await) {
+                tracing::warn!(container = %c, error = %e, "cannot remove; retrying on the next pass");
+                return;
+            }
+        }
+        // A storage-only container an interrupted create left under the deployment's name.
+        let canonical = self.rt.naming.container(name);
+        if let Ok(true) = self.rt.podman.storage_only(&canonical).await {
+            if let Err(e) = self.rt.podman.rm_storage(&canonical).await {
+                tracing::warn!(container = %canonical, error = %e, "cannot remove storage-only container");
+            }
+        }
+        if let Err(e) = self.rt.podman.volume_rm(&self.rt.naming.volume(name)).await {
+            tracing::warn!(deployment = %name, error = %e, "cannot remove data volume");
+        }
+        if let Some(p) = &previous {
+            for h in self.ctx.ext.all::<dyn LifecycleHook>() {
+                if let Err(e) = h.after_stop(p).await {
+                    tracing::warn!(hook = h.name(), error = %e, "after_stop failed");
+                }
+            }
+        }
+        let _ = self.ctx.store.delete(&format!("{APPLIED_PREFIX}{name}"));
+        let _ = self.ctx.store.delete(&format!("{RESTARTS_PREFIX}{name}"));
+        self.tracks().remove(name);
+        // Still desired as an invalid document? Then the runtime owns its status now.
+        let invalid = self.ctx.desired.borrow().deployments.contains_key(name);
+        if !invalid {
+            self.ctx.status.deployment_removed(name);
+        }
+        self.unpublish(name);
+        tracing::info!(deployment = %name, "removed from the device");
+    }
+
+    fn applied(&self, name: &str) -> Option<Deployment> {
+        let bytes = self
+            .ctx
+            .store
+            .get(&format!("{APPLIED_PREFIX}{name}"))
+            .ok()??;
+        Deployment::from_json_slice(&bytes).ok()
+    }
+
+    fn remember_applied(&self, d: &Deployment) {
+        if let Err(e) = self
+            .ctx
+            .store
+            .put(&format!("{APPLIED_PREFIX}{}", d.name), &d.to_json())
+        {
+            tracing::warn!(deployment = %d.name, error = %e, "cannot record applied manifest");
+        }
+    }
+}
+
+/// What must never appear in a message about `d`: its env values and container arguments.
+pub(super) fn secrets(d: &Deployment) -> Vec<String> {
+    let mut s: Vec<String> = d.container.env.values().cloned().collect();
+    s.extend(crate::podman::command_secrets(&d.container.command));
+    s
+}

@@ -1,0 +1,122 @@
+//! Status reporting: what the engine publishes per deployment, and which it has published.
+
+use std::collections::BTreeSet;
+
+use fleet_contract::{Deployment, DeploymentStatus, Phase};
+use fleet_module_api::DesiredDeployment;
+
+use super::{Engine, PUBLISHED_KEY};
+use crate::podman::PsEntry;
+use crate::reconcile::LABEL_DEPLOYMENT;
+
+/// Why a held deployment's containers and volume stay.
+pub(super) const HELD_REASON: &str = "absent from a desired state that may be partial (rebuilt \
+     from the cache); kept until the control plane confirms its deletion";
+
+impl Engine {
+    /// Reports the deployments held this pass (containers and volume kept although absent
+    /// from the desired state) in the module's detail, and logs each change.
+    pub(super) fn report_held(&self, held: Vec<(String, Vec<String>)>) {
+        let names: BTreeSet<String> = held.iter().map(|(n, _)| n.clone()).collect();
+        let mut last = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if *last == names {
+            return;
+        }
+        for (name, containers) in &held {
+            if !last.contains(name) {
+                tracing::info!(deployment = %name, containers = %containers.join(", "),
+                    volume = %self.rt.naming.volume(name), "kept: {HELD_REASON}");
+            }
+        }
+        let entries: Vec<serde_json::Value> = held
+            .iter()
+            .map(|(name, containers)| {
+                serde_json::json!({
+                    "deployment": name,
+                    "containers": containers,
+                    "volume": self.rt.naming.volume(name),
+                    "reason": HELD_REASON,
+                })
+            })
+            .collect();
+        self.ctx
+            .status
+            .detail(crate::NAME, serde_json::json!({ "held": entries }));
+        *last = names;
+    }
+
+    /// Reports a running, matching container (adopted or just started).
+    pub(super) async fn report_running(&self, d: &Deployment, listed: &[PsEntry]) {
+        let needs_digest = self
+            .tracks()
+            .get(&d.name)
+            .is_none_or(|t| t.digest.is_none());
+        if needs_digest {
+            let image_id = listed
+                .iter()
+                .find(|p| p.label(LABEL_DEPLOYMENT) == Some(d.name.as_str()))
+                .map(|p| p.image_id.clone())
+                .unwrap_or_else(|| d.container.image.clone());
+            if let Ok(Some(digest)) = self.rt.podman.image_digest(&image_id).await {
+                self.track(&d.name, |t| t.digest = Some(digest));
+            }
+        }
+        self.track(&d.name, |t| {
+            t.failure = None;
+            t.restart_due = None;
+        });
+        self.publish(
+            d,
+            Phase::Running,
+            format!(
+                "{} runs {}",
+                self.rt.naming.container(&d.name),
+                d.container.image
+            ),
+        );
+    }
+
+    /// Publishes a status for `d`, unless its desired document turned invalid meanwhile.
+    pub(super) fn publish(&self, d: &Deployment, phase: Phase, message: String) {
+        let still_valid = matches!(
+            self.ctx.desired.borrow().deployments.get(&d.name),
+            Some(DesiredDeployment::Valid(_))
+        );
+        if !still_valid && phase != Phase::Removing {
+            return;
+        }
+        let (restarts, last_exit_code, image_digest) = {
+            let mut tracks = self.tracks();
+            let t = self.entry(&mut tracks, &d.name);
+            (t.restarts, t.last_exit, t.digest.clone())
+        };
+        self.ctx.status.deployment(DeploymentStatus {
+            name: d.name.clone(),
+            revision: Some(d.revision),
+            phase,
+            message: fleet_contract::cap_message(&message),
+            restarts,
+            last_exit_code,
+            image_digest,
+            updated_at: self.ctx.clock.unix_secs(),
+        });
+        let mut published = self.published.lock().unwrap_or_else(|p| p.into_inner());
+        if published.insert(d.name.clone()) {
+            self.save_published(&published);
+        }
+    }
+
+    pub(super) fn unpublish(&self, name: &str) {
+        let mut published = self.published.lock().unwrap_or_else(|p| p.into_inner());
+        if published.remove(name) {
+            self.save_published(&published);
+        }
+    }
+
+    fn save_published(&self, published: &BTreeSet<String>) {
+        let body = serde_json::to_vec(published).unwrap_or_default();
+        if let Err(e) = self.ctx.store.put(PUBLISHED_KEY, &body) {
+            tracing::warn!(error = %e, "cannot record published deployments");
+        }
+    }
+}

@@ -1,0 +1,497 @@
+//! The only place that runs `podman`. Every call is a [`Call`]: options, then `--`, then
+//! the positionals (image, names, the container's command), so no value can ever be read as an
+//! option; an image or name that starts with `-`, and any NUL byte, is refused before podman
+//! is spawned, naming the field. Errors name the operation and target, podman's exit code and
+//! one capped line of its stderr with the call's secrets redacted, never the argv (it holds
+//! env values). `--format json` output is decoded into the small serde structs of `types`,
+//! never with `unwrap`, and a decode error gives a position, never the output.
+//!
+//! A call is not killed when its future is dropped (no `kill_on_drop`): a podman cut
+//! mid-create leaves a container half in storage, half in its database. Only a call past its
+//! own time limit is killed, explicitly. The event stream is the exception: a reader only.
+//!
+//! Why the CLI and not the libpod REST API: see the crate docs ("Runtime access").
+
+mod containers;
+mod images;
+mod types;
+mod volumes;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use fleet_contract::quote;
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+
+use crate::error::Error;
+
+pub use containers::create_args;
+#[cfg(test)]
+use images::check_auth_file;
+pub use types::{CreateSpec, Event, EventStream, PsEntry};
+
+/// Longest stderr line kept in an error (characters; the whole message is capped again).
+const STDERR_LINE: usize = 400;
+/// Ceiling for calls that should return quickly (ps, inspect, create, start, rm).
+const QUICK: Duration = Duration::from_secs(120);
+/// Ceiling for a pull.
+const PULL: Duration = Duration::from_secs(1800);
+/// Shortest container argument treated as a secret.
+const MIN_ARG_SECRET: usize = 4;
+/// What replaces a secret in podman's stderr.
+const REDACTED: &str = "<redacted>";
+
+/// A podman CLI with the environment this module configured.
+#[derive(Debug, Clone)]
+pub struct Podman {
+    bin: PathBuf,
+    env: Vec<(OsString, OsString)>,
+    auth_file: Option<PathBuf>,
+}
+
+/// One podman invocation: `podman <options> -- <names> <rest>`.
+#[derive(Debug, Clone)]
+pub(crate) struct Call {
+    /// Operation and target for messages and logs: `podman create fleet-web`.
+    what: String,
+    /// Subcommand words and options.
+    options: Vec<String>,
+    /// Positionals that must not look like options: `(field, value)`.
+    names: Vec<(String, String)>,
+    /// Positionals after the names (the container's command), taken as they are.
+    rest: Vec<String>,
+    /// Values that must not appear in a message (env values, container arguments).
+    secrets: Vec<String>,
+    limit: Duration,
+}
+
+impl Call {
+    /// `podman <words>`, e.g. `&["volume", "create"]`.
+    pub(crate) fn new(words: &[&str]) -> Self {
+        Self {
+            what: format!("podman {}", words.join(" ")),
+            options: words.iter().map(|w| (*w).to_owned()).collect(),
+            names: Vec::new(),
+            rest: Vec::new(),
+            secrets: Vec::new(),
+            limit: QUICK,
+        }
+    }
+
+    /// Adds options (flags and their values).
+    pub(crate) fn opts<I, S>(mut self, opts: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.options.extend(opts.into_iter().map(Into::into));
+        self
+    }
+
+    /// Names the target in messages without adding an argument (e.g. `--name`'s value).
+    pub(crate) fn target(mut self, target: &str) -> Self {
+        self.what.push(' ');
+        self.what.push_str(&short(target));
+        self
+    }
+
+    /// A positional image or name, refused when it would look like an option.
+    pub(crate) fn name(mut self, field: &str, value: &str) -> Self {
+        if self.names.is_empty() {
+            self = self.target(value);
+        }
+        self.names.push((field.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Trailing positionals (the container's command): kept out of every message (see
+    /// [`command_secrets`]).
+    pub(crate) fn rest(mut self, rest: &[String]) -> Self {
+        self.rest.extend(rest.iter().cloned());
+        self.secrets.extend(command_secrets(rest));
+        self
+    }
+
+    /// Values redacted from podman's stderr.
+    pub(crate) fn secrets<I: IntoIterator<Item = String>>(mut self, secrets: I) -> Self {
+        self.secrets.extend(secrets);
+        self
+    }
+
+    /// A time limit other than [`QUICK`].
+    pub(crate) fn limit(mut self, limit: Duration) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// The argv after the binary, checked: no NUL anywhere, no name that starts with `-`.
+    pub(crate) fn argv(&self) -> Result<Vec<String>, Error> {
+        let refused = |field: String, reason: &str| Error::Refused {
+            field,
+            reason: reason.to_owned(),
+        };
+        if self.options.iter().any(|o| o.contains('\0')) {
+            return Err(refused(
+                format!("an option of `{}`", self.what),
+                "contains a NUL byte",
+            ));
+        }
+        for (field, value) in &self.names {
+            if value.contains('\0') {
+                return Err(refused(field.clone(), "contains a NUL byte"));
+            }
+            if value.is_empty() {
+                return Err(refused(field.clone(), "is empty"));
+            }
+            if value.starts_with('-') {
+                return Err(Error::Refused {
+                    field: field.clone(),
+                    reason: format!(
+                        "{} starts with '-' and would be read as an option",
+                        quote(value)
+                    ),
+                });
+            }
+        }
+        if let Some(i) = self.rest.iter().position(|a| a.contains('\0')) {
+            return Err(refused(
+                format!("argument {i} of `{}`", self.what),
+                "contains a NUL byte",
+            ));
+        }
+        let mut argv = self.options.clone();
+        argv.push("--".to_owned());
+        argv.extend(self.names.iter().map(|(_, v)| v.clone()));
+        argv.extend(self.rest.iter().cloned());
+        Ok(argv)
+    }
+
+    /// podman's error line: the first `Error:` line (podman prints warnings before it), else
+    /// the first non-empty line; secrets redacted, cut to [`STDERR_LINE`] bytes.
+    fn error_line(&self, stderr: &str) -> String {
+        let lines = || stderr.lines().map(str::trim).filter(|l| !l.is_empty());
+        let line = lines()
+            .find(|l| l.starts_with("Error:"))
+            .or_else(|| lines().next())
+            .unwrap_or("(no error output)");
+        let line = redact(line, &self.secrets);
+        let line = truncate(&line, STDERR_LINE);
+        fleet_contract::cap_message(line)
+    }
+}
+
+/// `value` as it is when it is short and plain (a container or volume name, an image), else
+/// quoted with [`quote`] (a prefix and its length): a hostile value never makes a long message.
+pub(crate) fn short(value: &str) -> String {
+    let plain = value.chars().count() <= 64 && !value.chars().any(char::is_control);
+    if plain {
+        value.to_owned()
+    } else {
+        quote(value)
+    }
+}
+
+/// The container arguments redacted from podman's messages: those of at least
+/// [`MIN_ARG_SECRET`] characters. Shorter ones (`sh`, `-c`) cannot hold a secret worth the
+/// name, and redacting them would garble every message they occur in as a substring. Env
+/// values are redacted whatever their length.
+pub(crate) fn command_secrets(args: &[String]) -> impl Iterator<Item = String> + '_ {
+    args.iter()
+        .filter(|a| a.chars().count() >= MIN_ARG_SECRET)
+        .cloned()
+}
+
+/// `text` with every occurrence of every non-empty secret replaced, longest first (so a
+/// secret containing another is not left half visible).
+pub(crate) fn redact(text: &str, secrets: &[String]) -> String {
+    let mut secrets: Vec<&str> = secrets
+        .iter()
+        .map(String::as_str)
+        .filter(|s| !s.is_empty())
+        .collect();
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut out = text.to_owned();
+    for s in secrets {
+        if out.contains(s) {
+            out = out.replace(s, REDACTED);
+        }
+    }
+    out
+}
+
+impl Podman {
+    /// A CLI at `bin`, with `registries_conf` exported as `CONTAINERS_REGISTRIES_CONF` and
+    /// `auth_file` used for pulls.
+    pub fn new(bin: &Path, registries_conf: Option<&Path>, auth_file: Option<&Path>) -> Self {
+        let mut env = Vec::new();
+        if let Some(conf) = registries_conf {
+            env.push((
+                OsString::from("CONTAINERS_REGISTRIES_CONF"),
+                conf.as_os_str().to_owned(),
+            ));
+        }
+        Self {
+            bin: bin.to_owned(),
+            env,
+            auth_file: auth_file.map(Path::to_owned),
+        }
+    }
+
+    fn command(&self, argv: &[String]) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(argv)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `call` to completion within its limit; stdout and stderr on success. Past the
+    /// limit the child is killed; a dropped future leaves it running to completion.
+    pub(crate) async fn output(&self, call: &Call) -> Result<(String, String), Error> {
+        let argv = call.argv()?;
+        tracing::debug!(call = %call.what, "podman");
+        let spawn = |source| Error::Spawn {
+            what: call.what.clone(),
+            source,
+        };
+        let mut child = self
+            .command(&argv)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(spawn)?;
+        let mut stdout = child.stdout.take();
+        let mut stderr = child.stderr.take();
+        let collect = async {
+            let mut out = Vec::new();
+            let mut err = Vec::new();
+            let read_out = async {
+                if let Some(s) = stdout.as_mut() {
+                    let _ = s.read_to_end(&mut out).await;
+                }
+            };
+            let read_err = async {
+                if let Some(s) = stderr.as_mut() {
+                    let _ = s.read_to_end(&mut err).await;
+                }
+            };
+            let ((), (), status) = tokio::join!(read_out, read_err, child.wait());
+            (status, out, err)
+        };
+        let (status, out, err) = match tokio::time::timeout(call.limit, collect).await {
+            Ok(r) => r,
+            Err(_) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(Error::Timeout {
+                    what: call.what.clone(),
+                    secs: call.limit.as_secs(),
+                });
+            }
+        };
+        let status = status.map_err(spawn)?;
+        let err = String::from_utf8_lossy(&err).into_owned();
+        if status.success() {
+            Ok((String::from_utf8_lossy(&out).into_owned(), err))
+        } else {
+            Err(Error::Command {
+                what: call.what.clone(),
+                code: status.code(),
+                stderr: call.error_line(&err),
+            })
+        }
+    }
+
+    /// Runs `call`; stdout on success.
+    pub(crate) async fn run(&self, call: &Call) -> Result<String, Error> {
+        self.output(call).await.map(|(out, _)| out)
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(&self, call: &Call, out: &str) -> Result<T, Error> {
+        serde_json::from_str(out).map_err(|e| Error::Decode {
+            what: call.what.clone(),
+            message: json_error(&e, out.len()),
+        })
+    }
+
+    /// `podman version`, for the probe.
+    pub async fn version(&self) -> Result<String, Error> {
+        let call = Call::new(&["version"]).opts(["--format", "{{.Client.Version}}"]);
+        Ok(self.run(&call).await?.trim().to_owned())
+    }
+}
+
+/// A JSON error by kind and position only: serde's own message may quote the value.
+pub(crate) fn json_error(e: &serde_json::Error, len: usize) -> String {
+    format!(
+        "{:?} error at line {} column {} of {len} bytes",
+        e.classify(),
+        e.line(),
+        e.column()
+    )
+}
+
+/// The first `max` characters of `s`.
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::podman::containers::create_call;
+
+    #[test]
+    fn decodes_ps_json_of_podman_4_3() {
+        let out = r#"[{"AutoRemove":false,"Command":["sleep","100"],"CreatedAt":"now",
+            "Exited":false,"ExitedAt":-62135596800,"ExitCode":0,"Id":"032d","Image":"i",
+            "ImageID":"3949","IsInfra":false,"Labels":{"fleet.deployment":"web"},"Mounts":[],
+            "Names":["fleet-web"],"Namespaces":{},"Networks":["podman"],"Pid":20476,"Pod":"",
+            "PodName":"","Ports":null,"Size":null,"StartedAt":1795465238,"State":"running",
+            "Status":"Up","Created":1795465238}]"#;
+        let ps: Vec<PsEntry> = serde_json::from_str(out).unwrap();
+        assert_eq!(ps[0].name(), "fleet-web");
+        assert_eq!(ps[0].state, "running");
+        assert_eq!(ps[0].label("fleet.deployment"), Some("web"));
+        assert_eq!(ps[0].exited_at, -62_135_596_800);
+        // Labels may be null.
+        let ps: Vec<PsEntry> =
+            serde_json::from_str(r#"[{"Id":"x","Names":["n"],"Labels":null}]"#).unwrap();
+        assert_eq!(ps[0].label("a"), None);
+    }
+
+    #[test]
+    fn decodes_events_and_names_bad_lines() {
+        let e = Event::parse(
+            r#"{"ContainerExitCode":137,"ID":"03","Image":"i","Name":"pe1","Status":"died","Time":"t","Type":"container","Attributes":{"fleet.deployment":"web"}}"#,
+        )
+        .unwrap();
+        assert_eq!((e.kind.as_str(), e.status.as_str()), ("container", "died"));
+        assert_eq!(e.label("fleet.deployment"), Some("web"));
+        let err = Event::parse("not json").unwrap_err().to_string();
+        assert!(err.contains("podman events"), "{err}");
+        // Position and length only: an event line carries labels and may carry anything.
+        assert!(!err.contains("not json"), "{err}");
+        assert!(err.contains("of 8 bytes"), "{err}");
+    }
+
+    fn spec() -> CreateSpec {
+        CreateSpec {
+            name: "fleet-web".into(),
+            image: "img:1".into(),
+            command: vec!["sh".into(), "-c".into(), "echo hi".into()],
+            env: [("A".to_owned(), "b c".to_owned())].into(),
+            labels: [("fleet.deployment".to_owned(), "web".to_owned())].into(),
+            volumes: vec![("fleet-web-data".into(), "/data".into())],
+            stop_signal: "SIGINT".into(),
+            stop_timeout: 7,
+        }
+    }
+
+    #[test]
+    fn create_args_end_options_with_a_double_dash_before_the_image() {
+        let a = create_args(&spec()).unwrap().join(" ");
+        assert_eq!(
+            a,
+            "create --name=fleet-web --stop-signal=SIGINT --stop-timeout=7 --restart=no \
+             --label=fleet.deployment=web --env=A=b c --volume=fleet-web-data:/data -- img:1 sh -c echo hi"
+        );
+        // A command that starts with '-' is the container's, after the image: fine.
+        let mut s = spec();
+        s.command = vec!["--privileged".into()];
+        let a = create_args(&s).unwrap();
+        assert_eq!(a[a.len() - 3..], ["--", "img:1", "--privileged"]);
+    }
+
+    #[test]
+    fn values_podman_would_misread_are_refused_naming_the_field() {
+        for image in ["--privileged", "-h", ""] {
+            let mut s = spec();
+            s.image = image.into();
+            let err = create_args(&s).unwrap_err().to_string();
+            assert!(err.starts_with("container.image "), "{err}");
+        }
+        let mut s = spec();
+        s.env.insert("TOKEN".into(), "s3cr3t\0".into());
+        let err = create_args(&s).unwrap_err().to_string();
+        assert!(err.contains("container.env.\"TOKEN\""), "{err}");
+        assert!(!err.contains("s3cr3t"), "{err}");
+        let mut s = spec();
+        s.command = vec!["sh".into(), "a\0b".into()];
+        let err = create_args(&s).unwrap_err().to_string();
+        assert!(err.contains("container.command[1]"), "{err}");
+        let call = Call::new(&["start"]).name("container", "-h");
+        assert!(call
+            .argv()
+            .unwrap_err()
+            .to_string()
+            .starts_with("container "));
+        assert_eq!(
+            Call::new(&["rm"])
+                .opts(["--force"])
+                .name("container", "x")
+                .argv()
+                .unwrap(),
+            ["rm", "--force", "--", "x"]
+        );
+    }
+
+    #[test]
+    fn a_long_or_odd_target_is_quoted_short() {
+        let long = "r/".repeat(300);
+        let what = Call::new(&["pull"]).name("container.image", &long).what;
+        assert!(what.len() < 120, "{what}");
+        assert!(what.contains("(600 bytes)"), "{what}");
+        assert_eq!(
+            Call::new(&["start"]).name("container", "fleet-web").what,
+            "podman start fleet-web"
+        );
+        assert_eq!(short("a\nb"), "\"a\\nb\"");
+    }
+
+    #[test]
+    fn stderr_is_one_redacted_capped_line() {
+        let call = create_call(&spec()).unwrap().secrets(["s3cr3t".to_owned()]);
+        let stderr = "time=\"x\" level=warning msg=\"w\"\nError: bad value A=b c in s3cr3t-ish: echo hi\nmore";
+        assert_eq!(
+            call.error_line(stderr),
+            "Error: bad value A=<redacted> in <redacted>-ish: <redacted>"
+        );
+        assert_eq!(call.error_line("only line\n"), "only line");
+        let long = format!("Error: {}", "x".repeat(5000));
+        assert!(call.error_line(&long).len() <= STDERR_LINE);
+        assert_eq!(
+            redact("abcabc", &["abc".into(), "abcabc".into(), String::new()]),
+            "<redacted>"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_binary_is_named() {
+        let p = Podman::new(Path::new("/nonexistent/podman"), None, None);
+        let err = p.version().await.unwrap_err().to_string();
+        assert!(err.contains("cannot run `podman version`"), "{err}");
+    }
+
+    #[test]
+    fn auth_file_must_be_root_only() {
+        let dir = std::env::temp_dir().join(format!("fleet-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("auth.json");
+        std::fs::write(&f, "{}").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = check_auth_file(&f).unwrap_err().to_string();
+        assert!(
+            err.contains("chmod 600") || err.contains("not root"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
