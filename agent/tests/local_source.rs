@@ -147,10 +147,12 @@ fn odd_files_appear_in_status_as_ignored_inputs() {
     let notify = NotifySocket::new().unwrap();
     let _agent = AgentProc::spawn(&config, Some(&notify));
     notify.wait_for("READY=1", Duration::from_secs(15)).unwrap();
-    let st = wait_status(&config, "five ignored inputs", |s| {
+    let st = wait_status(&config, "five ignored inputs, big and web reported", |s| {
         s["ignored_inputs"]["listed"]
             .as_array()
             .is_some_and(|a| a.len() >= 5)
+            && deployment(s, "big").is_some()
+            && deployment(s, "web").is_some()
     });
     let listed = st["ignored_inputs"]["listed"].as_array().unwrap();
     let reason = |needle: &str| {
