@@ -69,21 +69,22 @@
 #![warn(missing_docs)]
 
 pub mod config;
+mod desired;
 mod error;
 pub mod fetch;
 pub mod guard;
 pub mod layout;
+mod stage;
 #[cfg(test)]
 mod tests;
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fleet_contract::release::{check_sha256, check_version, ReleaseSignature};
 use fleet_module_api::{
-    AgentSelf, Capability, Command, CommandError, ConfigError, Context, Descriptor, DesiredAgent,
-    Health, ModuleError, Probe, Reply,
+    AgentSelf, Capability, Command, CommandError, ConfigError, Context, Descriptor, Health,
+    ModuleError, Probe, Reply,
 };
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -371,92 +372,6 @@ impl SelfUpgrade {
         Ok(Ended::CutOver)
     }
 
-    async fn stage_and_verify(
-        &self,
-        ctx: &Context,
-        layout: &Layout,
-        req: &Request,
-    ) -> Result<(), Error> {
-        let v = req.version.as_str();
-        self.set(
-            ctx,
-            Phase::Staging,
-            Some(v),
-            format!("downloading {}", req.artifact),
-        );
-        let loc = fetch::Location::parse(&req.artifact)?;
-        layout.clean_staging(Some(v));
-        let staging = layout.staging_dir(v);
-        std::fs::create_dir_all(&staging).map_err(Error::io(&staging))?;
-        let part = staging.join(layout::BINARY);
-        let agent = ctx.ext.get::<dyn AgentSelf>();
-        let size = fetch::fetch(&loc, &part, self.cfg.max_artifact_bytes, agent.as_deref()).await?;
-        let digest = {
-            let part = part.clone();
-            tokio::task::spawn_blocking(move || fetch::sha256_file(&part))
-                .await
-                .map_err(|e| Error::Download(format!("hash task: {e}")))??
-        };
-        if digest != req.sha256 {
-            // Not resumable: start from scratch next time.
-            let _ = std::fs::remove_dir_all(&staging);
-            return Err(Error::Refused(format!(
-                "sha256 mismatch: artifact has {digest}, the request pins {}",
-                req.sha256
-            )));
-        }
-        // The signature covers version + digest; checked again right before install.
-        let key = self
-            .cfg
-            .release_keys
-            .iter()
-            .find(|k| k.name == req.key)
-            .ok_or_else(|| Error::Refused(format!("unknown release key {:?}", req.key)))?;
-        let pk = fleet_contract::decode_public_key(&key.public_key)
-            .map_err(|e| Error::Refused(format!("release key {:?}: {e}", key.name)))?;
-        signature_of(req)
-            .verify(&pk)
-            .map_err(|e| Error::Refused(e.to_string()))?;
-        let bin = layout.install(v)?;
-        tracing::info!(version = v, bytes = size, "release verified and installed");
-        self.set(
-            ctx,
-            Phase::Verifying,
-            Some(v),
-            "running the new version's self-test",
-        );
-        self.verify(&bin, v).await
-    }
-
-    async fn verify(&self, bin: &Path, v: &str) -> Result<(), Error> {
-        let timeout = Duration::from_secs(self.cfg.self_test_timeout_secs);
-        let out = run_with_timeout(bin, &["version", "--json"], timeout).await?;
-        let reported = serde_json::from_slice::<serde_json::Value>(&out.1)
-            .ok()
-            .and_then(|j| j["version"].as_str().map(ToOwned::to_owned));
-        if reported.as_deref() != Some(v) {
-            return Err(Error::SelfTest {
-                version: v.into(),
-                detail: format!("the binary reports version {reported:?}, not {v:?}"),
-            });
-        }
-        let cfg = self.cfg.config_path.to_string_lossy().into_owned();
-        let (ok, stdout) = run_with_timeout(bin, &["--config", &cfg, "self-test"], timeout).await?;
-        if !ok {
-            let text = String::from_utf8_lossy(&stdout);
-            let failed: Vec<&str> = text.lines().filter(|l| l.starts_with("FAIL")).collect();
-            return Err(Error::SelfTest {
-                version: v.into(),
-                detail: if failed.is_empty() {
-                    tail(&text)
-                } else {
-                    failed.join("; ")
-                },
-            });
-        }
-        Ok(())
-    }
-
     /// Probation of the running version: confirm on check-in, exit at the deadline.
     async fn probation(&self, ctx: &Context, layout: &Layout, p: Probation) -> Result<bool, Error> {
         let Some(agent) = ctx.ext.get::<dyn AgentSelf>() else {
@@ -503,87 +418,6 @@ impl SelfUpgrade {
     }
 }
 
-impl SelfUpgrade {
-    /// A desired-state document that is not acted on: logged and shown in status, once per
-    /// change of the document; the phase stays as it is.
-    fn ignore_desired(&self, ctx: &Context, msg: String) -> Option<Request> {
-        tracing::warn!(%msg);
-        self.lock().message = msg;
-        self.report(ctx);
-        None
-    }
-
-    /// The upgrade the desired state `<device>.agent` asks for now, if any. Level-triggered:
-    /// nothing when the running version is the desired one, during probation, or when this
-    /// very version was already reverted (it is retried only after the desired state names
-    /// another version); a document that cannot be used is reported and not retried.
-    fn desired_request(
-        &self,
-        ctx: &Context,
-        layout: &Layout,
-        running: &str,
-        agent: Option<&DesiredAgent>,
-    ) -> Option<Request> {
-        let rel = match agent? {
-            DesiredAgent::Valid(rel) => rel,
-            DesiredAgent::Invalid { source_name, error } => {
-                return self.ignore_desired(
-                    ctx,
-                    format!("desired agent release {source_name} is invalid: {error}"),
-                );
-            }
-        };
-        if rel.version == running || layout.read_probation().ok().flatten().is_some() {
-            return None;
-        }
-        if let Ok(Some(Outcome::Reverted { to, .. })) = layout.read_outcome() {
-            if to == rel.version {
-                tracing::info!(version = %rel.version, "desired agent version was reverted before; not retried");
-                return None;
-            }
-        }
-        if !self.cfg.allow_desired_downgrade {
-            if let Err(why) = forward_only(running, &rel.version) {
-                return self.ignore_desired(
-                    ctx,
-                    format!("desired agent release {} refused: {why}", rel.version),
-                );
-            }
-        }
-        match self.check_request(&rel.command_args()) {
-            Ok(req) => {
-                tracing::info!(version = %rel.version, "desired state asks for another agent version");
-                Some(req)
-            }
-            Err(e) => {
-                let reason = format!("desired agent release refused: {e}");
-                tracing::warn!(%reason);
-                if let Ok((_, from)) = layout.check() {
-                    let _ = layout.revert(&from, &rel.version, &reason, ctx.clock.unix_secs());
-                }
-                self.set(ctx, Phase::Reverted, Some(&rel.version), reason);
-                None
-            }
-        }
-    }
-}
-
-/// Desired state may only move the agent forward: `target` must be a semantic version newer
-/// than `running`.
-fn forward_only(running: &str, target: &str) -> Result<(), String> {
-    const HOW: &str = "the desired state only moves the agent forward; downgrade with the signed \
-                       agent-upgrade command (or set allow_desired_downgrade)";
-    let parse = |v: &str| {
-        semver::Version::parse(v)
-            .map_err(|e| format!("{v:?} is not a semantic version ({e}); {HOW}"))
-    };
-    let (from, to) = (parse(running)?, parse(target)?);
-    if to <= from {
-        return Err(format!("{running} -> {target} is a downgrade; {HOW}"));
-    }
-    Ok(())
-}
-
 fn signature_of(req: &Request) -> ReleaseSignature {
     ReleaseSignature {
         version: req.version.clone(),
@@ -597,41 +431,6 @@ fn agent_version(ctx: &Context) -> String {
     ctx.ext
         .get::<dyn AgentSelf>()
         .map_or_else(|| "unknown".to_owned(), |a| a.version().to_owned())
-}
-
-fn tail(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(5)..].join("; ")
-}
-
-/// Runs `bin args`, killing it at `timeout`; returns (success, stdout).
-async fn run_with_timeout(
-    bin: &Path,
-    args: &[&str],
-    timeout: Duration,
-) -> Result<(bool, Vec<u8>), Error> {
-    let child = tokio::process::Command::new(bin)
-        .args(args)
-        .env_remove("NOTIFY_SOCKET")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(Error::io(bin))?;
-    match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Ok(Ok(out)) => Ok((out.status.success(), out.stdout)),
-        Ok(Err(e)) => Err(Error::io(bin)(e)),
-        Err(_) => Err(Error::SelfTest {
-            version: bin.display().to_string(),
-            detail: format!(
-                "{} {} did not finish within {} s",
-                bin.display(),
-                args.join(" "),
-                timeout.as_secs()
-            ),
-        }),
-    }
 }
 
 #[fleet_module_api::async_trait]

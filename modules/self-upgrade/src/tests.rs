@@ -1,5 +1,6 @@
 use std::os::unix::fs::symlink;
 
+use super::desired::forward_only;
 use super::guard::{decide, new_probation, reanchor, Decision, Now};
 use super::*;
 
