@@ -1,24 +1,48 @@
 //! The desired-state document `<device>.agent`: when it asks for an upgrade, and when it is
 //! reported and not acted on.
 
+use fleet_contract::quote;
 use fleet_module_api::{Context, DesiredAgent};
 
-use crate::{Layout, Outcome, Phase, Request, SelfUpgrade};
+use crate::{Layout, Outcome, Request, SelfUpgrade};
+
+/// How a refusal of the desired document starts; earlier agents recorded it as a revert.
+const REFUSED: &str = "desired agent release refused";
 
 impl SelfUpgrade {
-    /// A desired-state document that is not acted on: logged and shown in status, once per
-    /// change of the document; the phase stays as it is.
-    fn ignore_desired(&self, ctx: &Context, msg: String) -> Option<Request> {
-        tracing::warn!(%msg);
-        self.lock().message = msg;
-        self.report(ctx);
+    /// A desired-state document that is not acted on (invalid, a downgrade, an unknown release
+    /// key, a bad signature): a refusal, not an outcome of an upgrade. It is shown in status
+    /// (`details.self-upgrade.refused`) and logged once per refusal; nothing is recorded on the
+    /// state volume and the phase stays as it is, so the next document (the corrected one) is
+    /// looked at afresh.
+    fn refuse_desired(&self, ctx: &Context, reason: String) -> Option<Request> {
+        let reason = fleet_contract::cap_message(&reason);
+        let changed = {
+            let mut s = self.lock();
+            let changed = s.refused.as_deref() != Some(reason.as_str());
+            s.refused = Some(reason.clone());
+            s.message = reason.clone();
+            changed
+        };
+        if changed {
+            tracing::warn!(%reason, "desired agent release refused");
+            self.report(ctx);
+        }
         None
+    }
+
+    /// The desired state no longer holds a refused document: the refusal leaves the status.
+    fn clear_refusal(&self, ctx: &Context) {
+        if self.lock().refused.take().is_some() {
+            self.report(ctx);
+        }
     }
 
     /// The upgrade the desired state `<device>.agent` asks for now, if any. Level-triggered:
     /// nothing when the running version is the desired one, during probation, or when this
     /// very version was already reverted (it is retried only after the desired state names
-    /// another version); a document that cannot be used is reported and not retried.
+    /// another version). A document that cannot be used is refused and reported; it is looked
+    /// at again when it changes.
     pub(crate) fn desired_request(
         &self,
         ctx: &Context,
@@ -26,46 +50,48 @@ impl SelfUpgrade {
         running: &str,
         agent: Option<&DesiredAgent>,
     ) -> Option<Request> {
-        let rel = match agent? {
+        let Some(agent) = agent else {
+            self.clear_refusal(ctx);
+            return None;
+        };
+        let rel = match agent {
             DesiredAgent::Valid(rel) => rel,
             DesiredAgent::Invalid { source_name, error } => {
-                return self.ignore_desired(
+                return self.refuse_desired(
                     ctx,
-                    format!("desired agent release {source_name} is invalid: {error}"),
+                    format!(
+                        "desired agent release {} is invalid: {error}",
+                        quote(source_name)
+                    ),
                 );
             }
         };
         if rel.version == running || layout.read_probation().ok().flatten().is_some() {
+            self.clear_refusal(ctx);
             return None;
         }
-        if let Ok(Some(Outcome::Reverted { to, .. })) = layout.read_outcome() {
-            if to == rel.version {
+        if let Ok(Some(Outcome::Reverted { to, reason, .. })) = layout.read_outcome() {
+            // An earlier agent recorded a refusal as a revert; that record is no outcome of
+            // an upgrade and does not block the version.
+            if to == rel.version && !reason.starts_with(REFUSED) {
+                self.clear_refusal(ctx);
                 tracing::info!(version = %rel.version, "desired agent version was reverted before; not retried");
                 return None;
             }
         }
         if !self.cfg.allow_desired_downgrade {
             if let Err(why) = forward_only(running, &rel.version) {
-                return self.ignore_desired(
-                    ctx,
-                    format!("desired agent release {} refused: {why}", rel.version),
-                );
+                return self
+                    .refuse_desired(ctx, format!("{REFUSED} {}: {why}", quote(&rel.version)));
             }
         }
         match self.check_request(&rel.command_args()) {
             Ok(req) => {
                 tracing::info!(version = %rel.version, "desired state asks for another agent version");
+                self.clear_refusal(ctx);
                 Some(req)
             }
-            Err(e) => {
-                let reason = format!("desired agent release refused: {e}");
-                tracing::warn!(%reason);
-                if let Ok((_, from)) = layout.check() {
-                    let _ = layout.revert(&from, &rel.version, &reason, ctx.clock.unix_secs());
-                }
-                self.set(ctx, Phase::Reverted, Some(&rel.version), reason);
-                None
-            }
+            Err(e) => self.refuse_desired(ctx, format!("{REFUSED} {}: {e}", quote(&rel.version))),
         }
     }
 }
@@ -77,11 +103,14 @@ pub(crate) fn forward_only(running: &str, target: &str) -> Result<(), String> {
                        agent-upgrade command (or set allow_desired_downgrade)";
     let parse = |v: &str| {
         semver::Version::parse(v)
-            .map_err(|e| format!("{v:?} is not a semantic version ({e}); {HOW}"))
+            .map_err(|e| format!("{} is not a semantic version ({e}); {HOW}", quote(v)))
     };
     let (from, to) = (parse(running)?, parse(target)?);
     if to <= from {
-        return Err(format!("{running} -> {target} is a downgrade; {HOW}"));
+        return Err(format!(
+            "{running} -> {} is a downgrade; {HOW}",
+            quote(target)
+        ));
     }
     Ok(())
 }

@@ -18,9 +18,11 @@
 //! (`release_keys`) are separate from operator keys, so a compromised operator key or broker
 //! alone cannot install a binary that was never released. The desired-state document is not
 //! signed by an operator, though, so through it the agent only moves forward: a version that
-//! is not a semantic version newer than the running one is refused (reported in
-//! `details.self-upgrade.message`) unless `allow_desired_downgrade = true`; a downgrade takes
-//! the signed command. The phases, each shown in status under
+//! is not a semantic version newer than the running one is refused unless
+//! `allow_desired_downgrade = true`; a downgrade takes the signed command. A refused document
+//! (invalid, a downgrade, an unknown release key, a bad signature) is a refusal, not an
+//! outcome of an upgrade: its reason is in `details.self-upgrade.refused` (and `message`),
+//! nothing is recorded, and the next version of the document is looked at afresh. The phases, each shown in status under
 //! `details.self-upgrade.phase`:
 //!
 //! 1. **Running** — idle.
@@ -182,6 +184,9 @@ struct Report {
     last: Option<Outcome>,
     #[serde(skip_serializing_if = "String::is_empty")]
     message: String,
+    /// Why the desired document `<device>.agent` is not acted on, while it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refused: Option<String>,
 }
 
 /// The module.
@@ -197,6 +202,7 @@ struct State {
     health: Health,
     target: Option<String>,
     message: String,
+    refused: Option<String>,
 }
 
 impl SelfUpgrade {
@@ -212,6 +218,7 @@ impl SelfUpgrade {
                 health: Health::Starting,
                 target: None,
                 message: String::new(),
+                refused: None,
             }),
         }
     }
@@ -242,6 +249,7 @@ impl SelfUpgrade {
             target: s.target.clone(),
             last: layout.read_outcome().ok().flatten(),
             message: s.message.clone(),
+            refused: s.refused.clone(),
         };
         drop(s);
         ctx.status.detail(
@@ -291,8 +299,8 @@ impl SelfUpgrade {
             .find(|k| k.name == req.key)
             .ok_or_else(|| {
                 CommandError::Denied(format!(
-                    "unknown release key {:?} (not in [[modules.self-upgrade.release_keys]])",
-                    req.key
+                    "unknown release key {} (not in [[modules.self-upgrade.release_keys]])",
+                    fleet_contract::quote(&req.key)
                 ))
             })?;
         let pk = fleet_contract::decode_public_key(&key.public_key)
