@@ -1,0 +1,1 @@
+//! The live agent on each control plane.
