@@ -73,7 +73,7 @@ impl SelfUpgrade {
         if let Ok(Some(Outcome::Reverted { to, reason, .. })) = layout.read_outcome() {
             // An earlier agent recorded a refusal as a revert; that record is no outcome of
             // an upgrade and does not block the version.
-            if to == rel.version && !reason.starts_with(REFUSED) {
+            if to == rel.version && !is_refusal_record(&reason) {
                 self.clear_refusal(ctx);
                 tracing::info!(version = %rel.version, "desired agent version was reverted before; not retried");
                 return None;
@@ -94,6 +94,12 @@ impl SelfUpgrade {
             Err(e) => self.refuse_desired(ctx, format!("{REFUSED} {}: {e}", quote(&rel.version))),
         }
     }
+}
+
+/// A `Reverted` record an earlier agent wrote for a refused desired document (not an
+/// outcome of an upgrade).
+pub(crate) fn is_refusal_record(reason: &str) -> bool {
+    reason.starts_with(REFUSED)
 }
 
 /// Desired state may only move the agent forward: `target` must be a semantic version newer

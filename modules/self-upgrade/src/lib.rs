@@ -482,9 +482,19 @@ impl Capability for SelfUpgrade {
                 Err(e) => return Err(ModuleError::external("adopting the install", e)),
             }
         }
-        let last = layout
+        let mut last = layout
             .read_outcome()
             .map_err(|e| ModuleError::external("reading the last outcome", e))?;
+        if let Some(Outcome::Reverted { to, reason, .. }) = &last {
+            // An earlier agent recorded a refused desired document as a revert; it is none.
+            if desired::is_refusal_record(reason) {
+                tracing::info!(%to, %reason, "dropping a refusal recorded as a revert");
+                layout
+                    .clear_outcome()
+                    .map_err(|e| ModuleError::external("clearing the last outcome", e))?;
+                last = None;
+            }
+        }
         match &last {
             Some(Outcome::Reverted {
                 from, to, reason, ..

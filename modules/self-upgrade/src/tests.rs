@@ -476,3 +476,52 @@ fn a_refusal_recorded_as_a_revert_by_an_earlier_agent_does_not_block_the_version
         .desired_request(&ctx, &l, "0.1.0", Some(&DesiredAgent::Valid(rel)))
         .is_none());
 }
+
+/// At start, a refusal an earlier agent recorded as `Reverted` is dropped: status shows no
+/// revert and the record is gone; a real revert record stays.
+#[tokio::test]
+async fn run_drops_a_refusal_recorded_as_a_revert() {
+    for (reason, kept) in [
+        (
+            "desired agent release refused: denied: unknown release key \"stolen\"",
+            false,
+        ),
+        ("crash loop: 3 starts", true),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let l = layout_in(tmp.path());
+        std::fs::write(&l.current, "v1 binary").unwrap();
+        assert!(l.adopt("0.1.0", &l.current.clone()).unwrap());
+        l.revert("0.1.0", "99.0.9", reason, 1).unwrap();
+        let cfg = Config {
+            install_root: tmp.path().join("lib"),
+            current_link: tmp.path().join("bin/fleet-agent"),
+            ..Config::default()
+        };
+        let m = Arc::new(SelfUpgrade::new(cfg));
+        let details = Arc::new(Details::default());
+        let ctx = context_in(&tmp.path().join("state"), details.clone());
+        let stop = ctx.shutdown.clone();
+        let task = tokio::spawn(m.clone().run(ctx));
+        let phase = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(d) = details.0.lock().unwrap().clone() {
+                    return d["phase"].clone();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap();
+        stop.cancel();
+        task.await.unwrap().unwrap();
+        let outcome = l.read_outcome().unwrap();
+        if kept {
+            assert_eq!(phase, "Reverted", "{reason}");
+            assert!(outcome.is_some(), "{reason}: a real revert is kept");
+        } else {
+            assert_eq!(phase, "Running", "{reason}: a refusal is no revert");
+            assert_eq!(outcome, None, "{reason}: the record is dropped");
+        }
+    }
+}
