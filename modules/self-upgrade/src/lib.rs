@@ -76,6 +76,7 @@ mod error;
 pub mod fetch;
 pub mod guard;
 pub mod layout;
+mod request;
 mod stage;
 #[cfg(test)]
 mod tests;
@@ -83,7 +84,6 @@ mod tests;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fleet_contract::release::{check_sha256, check_version, ReleaseSignature};
 use fleet_module_api::{
     AgentSelf, Capability, Command, CommandError, ConfigError, Context, Descriptor, Health,
     ModuleError, Probe, Reply,
@@ -94,6 +94,7 @@ use tokio::sync::mpsc;
 pub use config::Config;
 pub use error::Error;
 pub use layout::{Layout, Outcome, Probation};
+pub use request::Request;
 
 /// Module name.
 pub const NAME: &str = "self-upgrade";
@@ -123,22 +124,6 @@ pub fn config_from_section(section: Option<&toml::Value>) -> Result<Config, Conf
         message,
     })?;
     Ok(cfg)
-}
-
-/// A validated `agent-upgrade` request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Request {
-    /// Target version.
-    pub version: String,
-    /// Where the artifact is.
-    pub artifact: String,
-    /// SHA-256 pin.
-    pub sha256: String,
-    /// Release key name.
-    pub key: String,
-    /// Base64 signature.
-    #[serde(skip)]
-    pub signature: String,
 }
 
 /// The phases of ARCHITECTURE §6, as reported in status (PascalCase, as the OS upgrade's).
@@ -257,60 +242,6 @@ impl SelfUpgrade {
             serde_json::to_value(report).unwrap_or(serde_json::Value::Null),
         );
     }
-
-    /// Validates an `agent-upgrade` request and its signature (no I/O).
-    pub fn check_request(&self, args: &serde_json::Value) -> Result<Request, CommandError> {
-        let field = |name: &'static str| -> Result<String, CommandError> {
-            args.get(name)
-                .and_then(|v| v.as_str())
-                .map(ToOwned::to_owned)
-                .ok_or_else(|| CommandError::BadRequest {
-                    field: name.into(),
-                    message: "missing or not a string".into(),
-                })
-        };
-        if let Some(obj) = args.as_object() {
-            let known = ["version", "artifact", "sha256", "signature", "key"];
-            if let Some(k) = obj.keys().find(|k| !known.contains(&k.as_str())) {
-                return Err(CommandError::BadRequest {
-                    field: k.clone(),
-                    message: format!("unknown field; expected one of {}", known.join(", ")),
-                });
-            }
-        }
-        let req = Request {
-            version: field("version")?,
-            artifact: field("artifact")?,
-            sha256: field("sha256")?,
-            key: field("key")?,
-            signature: field("signature")?,
-        };
-        let bad = |field: &str, e: String| CommandError::BadRequest {
-            field: field.into(),
-            message: e,
-        };
-        check_version(&req.version).map_err(|e| bad("version", e.to_string()))?;
-        check_sha256(&req.sha256).map_err(|e| bad("sha256", e.to_string()))?;
-        fetch::Location::parse(&req.artifact).map_err(|e| bad("artifact", e.to_string()))?;
-        let key = self
-            .cfg
-            .release_keys
-            .iter()
-            .find(|k| k.name == req.key)
-            .ok_or_else(|| {
-                CommandError::Denied(format!(
-                    "unknown release key {} (not in [[modules.self-upgrade.release_keys]])",
-                    fleet_contract::quote(&req.key)
-                ))
-            })?;
-        let pk = fleet_contract::decode_public_key(&key.public_key)
-            .map_err(|e| CommandError::Failed(format!("release key {:?}: {e}", key.name)))?;
-        signature_of(&req)
-            .verify(&pk)
-            .map_err(|e| CommandError::Denied(e.to_string()))?;
-        Ok(req)
-    }
-
     /// Stages, verifies and cuts over; every failure before the cutover goes through the
     /// revert path.
     async fn upgrade(&self, ctx: &Context, req: Request) -> Result<Ended, Error> {
@@ -425,16 +356,6 @@ impl SelfUpgrade {
         }
     }
 }
-
-fn signature_of(req: &Request) -> ReleaseSignature {
-    ReleaseSignature {
-        version: req.version.clone(),
-        sha256: req.sha256.clone(),
-        key: req.key.clone(),
-        signature: req.signature.clone(),
-    }
-}
-
 fn agent_version(ctx: &Context) -> String {
     ctx.ext
         .get::<dyn AgentSelf>()

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use fleet_module_api::{AgentSelf, Context};
 
-use crate::{fetch, layout, signature_of, Error, Layout, Phase, Request, SelfUpgrade};
+use crate::request::signature_of;
+use crate::{fetch, layout, Error, Layout, Phase, Request, SelfUpgrade};
 
 impl SelfUpgrade {
     pub(crate) async fn stage_and_verify(

@@ -1,5 +1,6 @@
 use std::os::unix::fs::symlink;
 
+use fleet_contract::release::ReleaseSignature;
 use fleet_module_api::DesiredAgent;
 
 use super::desired::forward_only;
