@@ -17,12 +17,12 @@ mod live;
 #[path = "bad_input/table.rs"]
 mod table;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use fleet_contract::release::AgentRelease;
 use fleet_contract::{Deployment, SignedCommand, SystemUpgrade};
-use table::{Case, Expect, Kind};
+use table::{Case, Expect, Kind, GOOD_IMAGE as GOOD_IMAGE_REF};
 
 /// Messages (status, replies, logs) stay under this even when they quote a 200 KB value.
 pub const MAX_MESSAGE: usize = 4096;
@@ -301,7 +301,9 @@ fn live_plane(plane: live::Plane) {
     let p = format!("{plane:?} plane");
     let mut f = Findings::default();
     let sign = |b: &[u8]| sign_payload(&rig.kp, b);
-    let cases = all_cases(&secret, unix_now(), &sign, 60);
+    // Fewer random mutations than part a: one boot per plane stays fast.
+    let cases = all_cases(&secret, unix_now(), &sign, 30);
+    let started = std::time::Instant::now();
 
     // Boot with two good deployments and wait until podman runs them.
     for g in GOOD {
@@ -312,6 +314,10 @@ fn live_plane(plane: live::Plane) {
         panic!("{p}: {e}\nagent log:\n{}", rig.log_tail());
     }
     let (before, before_vols) = rig.podman_snapshot();
+    eprintln!(
+        "{p}: good deployments running at {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     std::thread::sleep(std::time::Duration::from_secs(2));
     let rss_idle = rig.rss_kib();
     let db_idle = rig.db_bytes();
@@ -380,6 +386,45 @@ fn live_plane(plane: live::Plane) {
     if plane == Plane::Local {
         odd_files(&rig.root.deployments());
     }
+    // Accepted documents that reach podman and fail there (classes 4 and 5): the planted
+    // secret is in the env, a 200 KB value in one of them; their failure messages must
+    // quote neither.
+    let probes: Vec<(String, Vec<u8>)> = [
+        (
+            "p-start-fails",
+            table::manifest_value("p-start-fails", GOOD_IMAGE_REF, &secret),
+        ),
+        (
+            "p-big-env",
+            table::with(
+                &table::manifest_value("p-big-env", GOOD_IMAGE_REF, &secret),
+                "container.env.TOKEN",
+                serde_json::json!(format!("{secret}{}", "v".repeat(table::BIG))),
+            ),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| {
+        let v = table::with(
+            &v,
+            "container.command",
+            serde_json::json!(["/nonexistent/fleet-cmd", secret.clone()]),
+        );
+        let v = table::with(&v, "init", serde_json::json!([]));
+        (k.to_owned(), v)
+    })
+    .map(|(k, v)| {
+        let doc = if plane == Plane::Local {
+            toml::to_string(&v).unwrap().into_bytes()
+        } else {
+            serde_json::to_vec(&v).unwrap()
+        };
+        (k, doc)
+    })
+    .collect();
+    for (k, doc) in &probes {
+        rig.put_deployment(k, doc).unwrap();
+    }
     // A last, valid marker: once it shows in status, the plane has read everything before it.
     let marker = "zz-marker";
     let marker_doc = if plane == Plane::Local {
@@ -408,6 +453,25 @@ fn live_plane(plane: live::Plane) {
     f.check(read_all.is_ok(), || {
         format!("{p}: the plane never got to the last document (marker {marker} absent from status) (fix: agent planes): {read_all:?}")
     });
+    // The podman probes fail at start; their messages are short and quote no env value.
+    for (k, _) in &probes {
+        let failed = fleet_testkit::wait_until(live::CONVERGE, &format!("{k} Failed"), || {
+            let st = rig.status()?;
+            let d = common::deployment(&st, k)?.clone();
+            (d["phase"] == "Failed").then_some(d)
+        });
+        match failed {
+            Ok(d) => {
+                let m = d["message"].as_str().unwrap_or_default();
+                f.check(m.len() < MAX_MESSAGE, || format!("{p}: class 4: {k}'s failure message is {} bytes (limit {MAX_MESSAGE}): {} (fix: modules/containers, agent status)", m.len(), cut(m)));
+                f.check(!m.contains(&secret), || format!("{p}: class 5: {k}'s failure message quotes the env value / argv (planted secret): {} (fix: modules/containers)", cut(m)));
+            }
+            Err(e) => f.0.push(format!(
+                "{p}: {k} (podman start fails) never showed Failed: {e} (fix: modules/containers)"
+            )),
+        }
+    }
+
     // Class 1: one bad document cannot stop the others being cached.
     let cache = rig.cache();
     for k in GOOD.iter().chain([&marker]) {
@@ -445,6 +509,26 @@ fn live_plane(plane: live::Plane) {
         );
         f.check(hb.is_ok(), || format!("{p}: class 4: no heartbeat published after the hostile documents (fix: agent planes)"));
     }
+
+    // The agent still writes its heartbeat (every plane; the local plane has no other).
+    let beat = fleet_testkit::wait_until(
+        std::time::Duration::from_secs(15),
+        "a fresh heartbeat in status",
+        || {
+            rig.status()
+                .filter(|s| {
+                    s["running"] == true
+                        && s["heartbeatAgeSecs"]
+                            .as_u64()
+                            .or(s["heartbeat_age_secs"].as_u64())
+                            .is_some_and(|a| a <= 3)
+                })
+                .map(drop)
+        },
+    );
+    f.check(beat.is_ok(), || {
+        format!("{p}: class 4: no fresh heartbeat in `fleet-agent status` after the hostile documents (fix: agent): {:?}", rig.status().map(|s| (s["running"].clone(), s["heartbeatAgeSecs"].clone(), s["heartbeat_age_secs"].clone())))
+    });
 
     // Class 8: odd keys (network planes) and odd files (local plane) are shown as ignored
     // inputs with their reason.
@@ -484,6 +568,9 @@ fn live_plane(plane: live::Plane) {
         let _ = rig.delete_deployment(k);
     }
     let _ = rig.delete_deployment(marker);
+    for (k, _) in &probes {
+        let _ = rig.delete_deployment(k);
+    }
     rig.delete_singleton(false);
     rig.delete_singleton(true);
     if plane == Plane::Local {
@@ -526,6 +613,32 @@ fn live_plane(plane: live::Plane) {
         }
     }
 
+    // Deleted deployments leave no container or volume behind; only the good ones remain.
+    eprintln!(
+        "{p}: deletions done at {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    let only_good = |(c, v): &(BTreeMap<String, (String, String)>, BTreeSet<String>)| {
+        c.keys()
+            .all(|n| GOOD.iter().any(|g| *n == rig.container_name(g)))
+            && v.iter()
+                .all(|n| GOOD.iter().any(|g| n.starts_with(&rig.container_name(g))))
+    };
+    let cleaned = fleet_testkit::wait_until(
+        live::CONVERGE,
+        "only the good containers and volumes left",
+        || {
+            let snap = rig.podman_snapshot();
+            only_good(&snap).then_some(())
+        },
+    );
+    f.check(cleaned.is_ok(), || {
+        format!(
+            "{p}: deleted deployments left containers or volumes: {:?} (fix: modules/containers)",
+            rig.podman_snapshot()
+        )
+    });
+
     // The good deployments kept running, in the same containers.
     let (after, after_vols) = rig.podman_snapshot();
     for g in GOOD {
@@ -535,6 +648,10 @@ fn live_plane(plane: live::Plane) {
         });
     }
 
+    eprintln!(
+        "{p}: offline restart at {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     // Offline restart: stop the broker, restart the agent; no container or volume changes.
     rig.stop_agent();
     if let Some(n) = rig.nats.as_mut() {
@@ -553,7 +670,7 @@ fn live_plane(plane: live::Plane) {
     std::thread::sleep(std::time::Duration::from_secs(12));
     let (offline, offline_vols) = rig.podman_snapshot();
     f.check(offline == after && offline_vols == after_vols && after_vols == before_vols, || {
-        format!("{p}: class 1: the offline restart changed containers or volumes: before {after:?} {after_vols:?}, after {offline:?} {offline_vols:?} (fix: agent cache, modules/containers)")
+        format!("{p}: class 1: the offline restart changed containers or volumes: before {after:?} {after_vols:?} (at boot {before_vols:?}), after {offline:?} {offline_vols:?} (fix: agent cache, modules/containers)")
     });
 
     // No panic and no planted secret anywhere the agent reports or logs.
@@ -587,6 +704,11 @@ fn live_plane(plane: live::Plane) {
     if status_text.contains(&secret) {
         f.0.push(format!("{p}: class 5: `fleet-agent status --json` holds the planted secret (fix: agent/containers messages)"));
     }
+    let largest = published.iter().map(|(_, b)| b.len()).max().unwrap_or(0);
+    eprintln!(
+        "{p}: {} documents published, the largest {largest} bytes",
+        published.len()
+    );
     let too_big: Vec<String> = published
         .iter()
         .filter(|(_, b)| b.len() > 512 * 1024)
@@ -596,6 +718,7 @@ fn live_plane(plane: live::Plane) {
         format!("{p}: class 4: published documents over 512 KiB: {too_big:?} (fix: agent planes)")
     });
 
+    eprintln!("{p}: {:.0} s", started.elapsed().as_secs_f64());
     assert!(
         f.0.is_empty(),
         "{} findings on the {p} (seed {:#x}):\n{}\nagent log tail:\n{}",

@@ -470,7 +470,7 @@ pub fn manifest_json_cases(secret: &str) -> Vec<Case> {
     t.add(
         C3,
         "NUL in a command argument",
-        enc(&with(&base, "container.command.2", json!("sleep\03600"))),
+        enc(&with(&base, "container.command.2", json!("sleep\x003600"))),
         Refused,
     );
     t.add(
