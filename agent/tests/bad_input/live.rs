@@ -647,8 +647,22 @@ impl Rig {
 
 impl Drop for Rig {
     fn drop(&mut self) {
-        self.stop_agent();
+        let t = std::time::Instant::now();
+        if let Some(mut a) = self.agent.take() {
+            // SIGTERM, then SIGKILL (AgentProc's drop) if it is not gone within 5 s.
+            if a.terminate(Duration::from_secs(5)).is_none() {
+                eprintln!(
+                    "{:?} plane: the agent did not exit within 5 s of SIGTERM",
+                    self.plane
+                );
+            }
+        }
         let _ = self.scope.cleanup();
+        eprintln!(
+            "{:?} plane: teardown took {:.0} s",
+            self.plane,
+            t.elapsed().as_secs_f64()
+        );
     }
 }
 
