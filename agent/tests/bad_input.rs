@@ -294,16 +294,20 @@ pub fn case_failures(case: &Case, public: &[u8], secret: &str) -> Vec<String> {
 /// restart). Each finding names the plane and the fix it waits for.
 fn live_plane(plane: live::Plane) {
     use live::{Findings, Plane, GOOD};
+    let started = std::time::Instant::now();
     let secret = secret();
     let Some(mut rig) = live::Rig::start(plane, &secret) else {
         return;
     };
+    eprintln!(
+        "{plane:?} plane: broker, podman scope and image ready at {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     let p = format!("{plane:?} plane");
     let mut f = Findings::default();
     let sign = |b: &[u8]| sign_payload(&rig.kp, b);
     // Fewer random mutations than part a: one boot per plane stays fast.
     let cases = all_cases(&secret, unix_now(), &sign, 30);
-    let started = std::time::Instant::now();
 
     // Boot with two good deployments and wait until podman runs them.
     for g in GOOD {
