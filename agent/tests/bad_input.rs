@@ -47,11 +47,12 @@ fn says_whole(m: &str) -> bool {
 pub fn decode(case: &Case, operator_key: &[u8]) -> Verdict {
     let bytes = case.bytes.as_slice();
     let decoded = catch_unwind(AssertUnwindSafe(|| {
-        let named = |e: &fleet_contract::DecodeError| {
-            (
-                e.to_string(),
-                e.field.is_some() || says_whole(&e.to_string()),
-            )
+        // Judged on the rendered message only (a named field renders as "field `…`"), so the
+        // suite keeps compiling whatever shape the error types take.
+        let named = |e: &dyn std::fmt::Display| {
+            let m = e.to_string();
+            let ok = m.contains("field `") || says_whole(&m);
+            (m, ok)
         };
         let r: Result<(), (String, bool)> = match case.kind {
             Kind::ManifestJson => Deployment::from_json_slice(bytes)
@@ -66,18 +67,14 @@ pub fn decode(case: &Case, operator_key: &[u8]) -> Verdict {
             Kind::SystemToml => SystemUpgrade::from_toml_bytes(bytes)
                 .map(drop)
                 .map_err(|e| named(&e)),
-            Kind::AgentJson => AgentRelease::from_json_slice(bytes).map(drop).map_err(|m| {
-                let ok = m.contains("field `") || says_whole(&m);
-                (m, ok)
-            }),
+            Kind::AgentJson => AgentRelease::from_json_slice(bytes)
+                .map(drop)
+                .map_err(|e| named(&e)),
             Kind::Command => {
-                let cmd_named = |e: &fleet_contract::CommandDecodeError| {
-                    use fleet_contract::CommandDecodeError as E;
-                    let m = e.to_string();
-                    let ok = match e {
-                        E::BadField { .. } | E::BadEnvelope { .. } | E::BadSignature => true,
-                        E::TooLarge(_) | E::Malformed(_) => m.contains("field `") || says_whole(&m),
-                    };
+                // A bad signature is about the field `sig`.
+                let cmd_named = |e: &dyn std::fmt::Display| {
+                    let (m, ok) = named(e);
+                    let ok = ok || m == "bad signature";
                     (m, ok)
                 };
                 SignedCommand::decode(bytes)
@@ -162,14 +159,13 @@ pub fn all_cases(
     cases
 }
 
-/// The operator key the suite signs with: (key pair, public key bytes, public key base64).
+/// The operator key the suite signs with, derived from the seed (so every document, the
+/// signed ones included, is the same for a seed): (key pair, public key bytes, base64).
 pub fn operator_key() -> (ring::signature::Ed25519KeyPair, Vec<u8>, String) {
-    use base64::Engine;
+    use rand::{Rng, SeedableRng};
     use ring::signature::KeyPair;
-    let der = fleet_contract::generate_key_pkcs8().unwrap();
-    let kp =
-        fleet_contract::key_pair_from_b64(&base64::engine::general_purpose::STANDARD.encode(der))
-            .unwrap();
+    let seed: [u8; 32] = rand::rngs::StdRng::seed_from_u64(gen::seed()).gen();
+    let kp = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed).unwrap();
     let public = kp.public_key().as_ref().to_vec();
     let b64 = fleet_contract::public_key_b64(&kp);
     (kp, public, b64)
@@ -196,9 +192,12 @@ pub fn unix_now() -> u64 {
         .as_secs()
 }
 
+/// The planted secret: an env value in hostile and good manifests that must never show in a
+/// message, log line, status or audit record (derived from the seed, like every document).
 pub fn secret() -> String {
-    use rand::Rng;
-    format!("FLEETSECRET-{:016x}", rand::thread_rng().gen::<u64>())
+    use rand::{Rng, SeedableRng};
+    let n: u64 = rand::rngs::StdRng::seed_from_u64(gen::seed() ^ 0x5ec2e7).gen();
+    format!("FLEETSECRET-{n:016x}")
 }
 
 /// Part a: every decoder, every case. Failures are for the contract fix (`contract/`).
@@ -207,7 +206,8 @@ fn every_decoder_refuses_hostile_documents_naming_the_field() {
     let secret = secret();
     let (kp, public, _) = operator_key();
     let sign = |p: &[u8]| sign_payload(&kp, p);
-    let cases = all_cases(&secret, unix_now(), &sign, 60);
+    // A fixed issue time: `verify` checks the signature and the envelope, not the clock.
+    let cases = all_cases(&secret, 1_800_000_000, &sign, 60);
     eprintln!("{} documents, seed {:#x}", cases.len(), gen::seed());
     assert!(cases.len() >= 400, "hundreds of documents: {}", cases.len());
     let mut failures = Vec::new();
@@ -787,17 +787,32 @@ fn remove_odd_files(dir: &std::path::Path) {
     let _ = std::fs::remove_dir(dir.join("dir.toml"));
 }
 
+/// The three planes at once (each its own broker, agent and podman scope), so the suite's
+/// time is the slowest plane's, not their sum; every plane's findings are reported.
 #[test]
-fn nats_plane_keeps_everything_under_hostile_documents() {
-    live_plane(live::Plane::Nats);
-}
-
-#[test]
-fn mqtt_plane_keeps_everything_under_hostile_documents() {
-    live_plane(live::Plane::Mqtt);
-}
-
-#[test]
-fn local_plane_keeps_everything_under_hostile_documents() {
-    live_plane(live::Plane::Local);
+fn every_plane_keeps_everything_under_hostile_documents() {
+    let runs: Vec<_> = [live::Plane::Nats, live::Plane::Mqtt, live::Plane::Local]
+        .into_iter()
+        .map(|plane| {
+            (
+                plane,
+                std::thread::Builder::new()
+                    .name(format!("{plane:?}"))
+                    .spawn(move || live_plane(plane))
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let mut failed = Vec::new();
+    for (plane, run) in runs {
+        if let Err(p) = run.join() {
+            let text = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_default();
+            failed.push(format!("==== {plane:?} plane ====\n{text}"));
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }
