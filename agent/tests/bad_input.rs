@@ -43,7 +43,8 @@ fn says_whole(m: &str) -> bool {
     m.contains("whole document")
 }
 
-/// Runs the decoder for `case.kind`; commands are also verified with `operator_key`.
+/// Runs the decoder for `case.kind`; commands also have their signer's key read and are
+/// verified with `operator_key`.
 pub fn decode(case: &Case, operator_key: &[u8]) -> Verdict {
     let bytes = case.bytes.as_slice();
     let decoded = catch_unwind(AssertUnwindSafe(|| {
@@ -79,6 +80,9 @@ pub fn decode(case: &Case, operator_key: &[u8]) -> Verdict {
                 };
                 SignedCommand::decode(bytes)
                     .map_err(|e| cmd_named(&e))
+                    // As the agent does: the signer's key (to find the operator), then the
+                    // signature and the envelope.
+                    .and_then(|c| c.public_key().map(|_| c).map_err(|e| cmd_named(&e)))
                     .and_then(|c| c.verify(operator_key).map(drop).map_err(|e| cmd_named(&e)))
             }
         };
