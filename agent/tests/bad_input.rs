@@ -14,6 +14,8 @@ mod common;
 mod gen;
 #[path = "bad_input/live.rs"]
 mod live;
+#[path = "bad_input/observe.rs"]
+mod observe;
 #[path = "bad_input/scenario.rs"]
 mod scenario;
 #[path = "bad_input/table.rs"]
