@@ -144,6 +144,47 @@ fn desired_state_agent_key_upgrades_and_a_reverted_version_is_not_retried() {
 
 /// The same over MQTT 5 (retained `fleet/<device>/desired/agent`, a real mosquitto), with
 /// the release fetched from a local file (`file://`).
+/// Issue #12 class 9: a desired release signed by an unknown key is a refusal shown in
+/// status (`refused`), not a revert recorded against the version; the corrected document
+/// (same version, the release key) is then acted on and confirmed.
+#[test]
+fn desired_release_with_an_unknown_key_is_refused_and_the_corrected_one_is_confirmed() {
+    if !require("nats-server") {
+        return;
+    }
+    let dev = Device::start(&Scenario::default());
+    let artifact = dev.put_v2();
+    let stranger = dev.sign(&upgrade::v2().agent, &dev.stranger_key, "stranger");
+    let out = dev.upgrade_desired(&artifact, &stranger);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = dev.wait_detail("unknown key refused", UPGRADE_TIMEOUT, |d| {
+        d["refused"]
+            .as_str()
+            .is_some_and(|r| r.contains("unknown release key"))
+    });
+    assert_ne!(d["phase"], "Reverted", "a refusal is no revert: {d:#}");
+    assert!(d["last"].is_null(), "nothing recorded: {d:#}");
+    assert_eq!(dev.v2_starts(), 0);
+
+    let sig = dev.sign(&upgrade::v2().agent, &dev.release_key, "release");
+    let out = dev.upgrade_desired(&artifact, &sig);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = dev.wait_detail("corrected release confirmed", UPGRADE_TIMEOUT, |d| {
+        d["phase"] == "Confirmed" && d["version"] == V2
+    });
+    assert!(d.get("refused").is_none(), "{d:#}");
+    assert_eq!(dev.v2_starts(), 1);
+    dev.assert_consistent();
+}
+
 #[test]
 fn desired_agent_release_over_mqtt_with_a_file_artifact_is_confirmed() {
     if !require("nats-server") || !require("mosquitto") {

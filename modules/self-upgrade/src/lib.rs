@@ -18,9 +18,11 @@
 //! (`release_keys`) are separate from operator keys, so a compromised operator key or broker
 //! alone cannot install a binary that was never released. The desired-state document is not
 //! signed by an operator, though, so through it the agent only moves forward: a version that
-//! is not a semantic version newer than the running one is refused (reported in
-//! `details.self-upgrade.message`) unless `allow_desired_downgrade = true`; a downgrade takes
-//! the signed command. The phases, each shown in status under
+//! is not a semantic version newer than the running one is refused unless
+//! `allow_desired_downgrade = true`; a downgrade takes the signed command. A refused document
+//! (invalid, a downgrade, an unknown release key, a bad signature) is a refusal, not an
+//! outcome of an upgrade: its reason is in `details.self-upgrade.refused` (and `message`),
+//! nothing is recorded, and the next version of the document is looked at afresh. The phases, each shown in status under
 //! `details.self-upgrade.phase`:
 //!
 //! 1. **Running** — idle.
@@ -69,21 +71,22 @@
 #![warn(missing_docs)]
 
 pub mod config;
+mod desired;
 mod error;
 pub mod fetch;
 pub mod guard;
 pub mod layout;
+mod request;
+mod stage;
 #[cfg(test)]
 mod tests;
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fleet_contract::release::{check_sha256, check_version, ReleaseSignature};
 use fleet_module_api::{
-    AgentSelf, Capability, Command, CommandError, ConfigError, Context, Descriptor, DesiredAgent,
-    Health, ModuleError, Probe, Reply,
+    AgentSelf, Capability, Command, CommandError, ConfigError, Context, Descriptor, Health,
+    ModuleError, Probe, Reply,
 };
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -91,6 +94,7 @@ use tokio::sync::mpsc;
 pub use config::Config;
 pub use error::Error;
 pub use layout::{Layout, Outcome, Probation};
+pub use request::Request;
 
 /// Module name.
 pub const NAME: &str = "self-upgrade";
@@ -120,22 +124,6 @@ pub fn config_from_section(section: Option<&toml::Value>) -> Result<Config, Conf
         message,
     })?;
     Ok(cfg)
-}
-
-/// A validated `agent-upgrade` request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Request {
-    /// Target version.
-    pub version: String,
-    /// Where the artifact is.
-    pub artifact: String,
-    /// SHA-256 pin.
-    pub sha256: String,
-    /// Release key name.
-    pub key: String,
-    /// Base64 signature.
-    #[serde(skip)]
-    pub signature: String,
 }
 
 /// The phases of ARCHITECTURE §6, as reported in status (PascalCase, as the OS upgrade's).
@@ -181,6 +169,9 @@ struct Report {
     last: Option<Outcome>,
     #[serde(skip_serializing_if = "String::is_empty")]
     message: String,
+    /// Why the desired document `<device>.agent` is not acted on, while it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refused: Option<String>,
 }
 
 /// The module.
@@ -196,6 +187,7 @@ struct State {
     health: Health,
     target: Option<String>,
     message: String,
+    refused: Option<String>,
 }
 
 impl SelfUpgrade {
@@ -211,6 +203,7 @@ impl SelfUpgrade {
                 health: Health::Starting,
                 target: None,
                 message: String::new(),
+                refused: None,
             }),
         }
     }
@@ -241,6 +234,7 @@ impl SelfUpgrade {
             target: s.target.clone(),
             last: layout.read_outcome().ok().flatten(),
             message: s.message.clone(),
+            refused: s.refused.clone(),
         };
         drop(s);
         ctx.status.detail(
@@ -248,60 +242,6 @@ impl SelfUpgrade {
             serde_json::to_value(report).unwrap_or(serde_json::Value::Null),
         );
     }
-
-    /// Validates an `agent-upgrade` request and its signature (no I/O).
-    pub fn check_request(&self, args: &serde_json::Value) -> Result<Request, CommandError> {
-        let field = |name: &'static str| -> Result<String, CommandError> {
-            args.get(name)
-                .and_then(|v| v.as_str())
-                .map(ToOwned::to_owned)
-                .ok_or_else(|| CommandError::BadRequest {
-                    field: name.into(),
-                    message: "missing or not a string".into(),
-                })
-        };
-        if let Some(obj) = args.as_object() {
-            let known = ["version", "artifact", "sha256", "signature", "key"];
-            if let Some(k) = obj.keys().find(|k| !known.contains(&k.as_str())) {
-                return Err(CommandError::BadRequest {
-                    field: k.clone(),
-                    message: format!("unknown field; expected one of {}", known.join(", ")),
-                });
-            }
-        }
-        let req = Request {
-            version: field("version")?,
-            artifact: field("artifact")?,
-            sha256: field("sha256")?,
-            key: field("key")?,
-            signature: field("signature")?,
-        };
-        let bad = |field: &str, e: String| CommandError::BadRequest {
-            field: field.into(),
-            message: e,
-        };
-        check_version(&req.version).map_err(|e| bad("version", e.to_string()))?;
-        check_sha256(&req.sha256).map_err(|e| bad("sha256", e.to_string()))?;
-        fetch::Location::parse(&req.artifact).map_err(|e| bad("artifact", e.to_string()))?;
-        let key = self
-            .cfg
-            .release_keys
-            .iter()
-            .find(|k| k.name == req.key)
-            .ok_or_else(|| {
-                CommandError::Denied(format!(
-                    "unknown release key {:?} (not in [[modules.self-upgrade.release_keys]])",
-                    req.key
-                ))
-            })?;
-        let pk = fleet_contract::decode_public_key(&key.public_key)
-            .map_err(|e| CommandError::Failed(format!("release key {:?}: {e}", key.name)))?;
-        signature_of(&req)
-            .verify(&pk)
-            .map_err(|e| CommandError::Denied(e.to_string()))?;
-        Ok(req)
-    }
-
     /// Stages, verifies and cuts over; every failure before the cutover goes through the
     /// revert path.
     async fn upgrade(&self, ctx: &Context, req: Request) -> Result<Ended, Error> {
@@ -371,92 +311,6 @@ impl SelfUpgrade {
         Ok(Ended::CutOver)
     }
 
-    async fn stage_and_verify(
-        &self,
-        ctx: &Context,
-        layout: &Layout,
-        req: &Request,
-    ) -> Result<(), Error> {
-        let v = req.version.as_str();
-        self.set(
-            ctx,
-            Phase::Staging,
-            Some(v),
-            format!("downloading {}", req.artifact),
-        );
-        let loc = fetch::Location::parse(&req.artifact)?;
-        layout.clean_staging(Some(v));
-        let staging = layout.staging_dir(v);
-        std::fs::create_dir_all(&staging).map_err(Error::io(&staging))?;
-        let part = staging.join(layout::BINARY);
-        let agent = ctx.ext.get::<dyn AgentSelf>();
-        let size = fetch::fetch(&loc, &part, self.cfg.max_artifact_bytes, agent.as_deref()).await?;
-        let digest = {
-            let part = part.clone();
-            tokio::task::spawn_blocking(move || fetch::sha256_file(&part))
-                .await
-                .map_err(|e| Error::Download(format!("hash task: {e}")))??
-        };
-        if digest != req.sha256 {
-            // Not resumable: start from scratch next time.
-            let _ = std::fs::remove_dir_all(&staging);
-            return Err(Error::Refused(format!(
-                "sha256 mismatch: artifact has {digest}, the request pins {}",
-                req.sha256
-            )));
-        }
-        // The signature covers version + digest; checked again right before install.
-        let key = self
-            .cfg
-            .release_keys
-            .iter()
-            .find(|k| k.name == req.key)
-            .ok_or_else(|| Error::Refused(format!("unknown release key {:?}", req.key)))?;
-        let pk = fleet_contract::decode_public_key(&key.public_key)
-            .map_err(|e| Error::Refused(format!("release key {:?}: {e}", key.name)))?;
-        signature_of(req)
-            .verify(&pk)
-            .map_err(|e| Error::Refused(e.to_string()))?;
-        let bin = layout.install(v)?;
-        tracing::info!(version = v, bytes = size, "release verified and installed");
-        self.set(
-            ctx,
-            Phase::Verifying,
-            Some(v),
-            "running the new version's self-test",
-        );
-        self.verify(&bin, v).await
-    }
-
-    async fn verify(&self, bin: &Path, v: &str) -> Result<(), Error> {
-        let timeout = Duration::from_secs(self.cfg.self_test_timeout_secs);
-        let out = run_with_timeout(bin, &["version", "--json"], timeout).await?;
-        let reported = serde_json::from_slice::<serde_json::Value>(&out.1)
-            .ok()
-            .and_then(|j| j["version"].as_str().map(ToOwned::to_owned));
-        if reported.as_deref() != Some(v) {
-            return Err(Error::SelfTest {
-                version: v.into(),
-                detail: format!("the binary reports version {reported:?}, not {v:?}"),
-            });
-        }
-        let cfg = self.cfg.config_path.to_string_lossy().into_owned();
-        let (ok, stdout) = run_with_timeout(bin, &["--config", &cfg, "self-test"], timeout).await?;
-        if !ok {
-            let text = String::from_utf8_lossy(&stdout);
-            let failed: Vec<&str> = text.lines().filter(|l| l.starts_with("FAIL")).collect();
-            return Err(Error::SelfTest {
-                version: v.into(),
-                detail: if failed.is_empty() {
-                    tail(&text)
-                } else {
-                    failed.join("; ")
-                },
-            });
-        }
-        Ok(())
-    }
-
     /// Probation of the running version: confirm on check-in, exit at the deadline.
     async fn probation(&self, ctx: &Context, layout: &Layout, p: Probation) -> Result<bool, Error> {
         let Some(agent) = ctx.ext.get::<dyn AgentSelf>() else {
@@ -502,136 +356,10 @@ impl SelfUpgrade {
         }
     }
 }
-
-impl SelfUpgrade {
-    /// A desired-state document that is not acted on: logged and shown in status, once per
-    /// change of the document; the phase stays as it is.
-    fn ignore_desired(&self, ctx: &Context, msg: String) -> Option<Request> {
-        tracing::warn!(%msg);
-        self.lock().message = msg;
-        self.report(ctx);
-        None
-    }
-
-    /// The upgrade the desired state `<device>.agent` asks for now, if any. Level-triggered:
-    /// nothing when the running version is the desired one, during probation, or when this
-    /// very version was already reverted (it is retried only after the desired state names
-    /// another version); a document that cannot be used is reported and not retried.
-    fn desired_request(
-        &self,
-        ctx: &Context,
-        layout: &Layout,
-        running: &str,
-        agent: Option<&DesiredAgent>,
-    ) -> Option<Request> {
-        let rel = match agent? {
-            DesiredAgent::Valid(rel) => rel,
-            DesiredAgent::Invalid { source_name, error } => {
-                return self.ignore_desired(
-                    ctx,
-                    format!("desired agent release {source_name} is invalid: {error}"),
-                );
-            }
-        };
-        if rel.version == running || layout.read_probation().ok().flatten().is_some() {
-            return None;
-        }
-        if let Ok(Some(Outcome::Reverted { to, .. })) = layout.read_outcome() {
-            if to == rel.version {
-                tracing::info!(version = %rel.version, "desired agent version was reverted before; not retried");
-                return None;
-            }
-        }
-        if !self.cfg.allow_desired_downgrade {
-            if let Err(why) = forward_only(running, &rel.version) {
-                return self.ignore_desired(
-                    ctx,
-                    format!("desired agent release {} refused: {why}", rel.version),
-                );
-            }
-        }
-        match self.check_request(&rel.command_args()) {
-            Ok(req) => {
-                tracing::info!(version = %rel.version, "desired state asks for another agent version");
-                Some(req)
-            }
-            Err(e) => {
-                let reason = format!("desired agent release refused: {e}");
-                tracing::warn!(%reason);
-                if let Ok((_, from)) = layout.check() {
-                    let _ = layout.revert(&from, &rel.version, &reason, ctx.clock.unix_secs());
-                }
-                self.set(ctx, Phase::Reverted, Some(&rel.version), reason);
-                None
-            }
-        }
-    }
-}
-
-/// Desired state may only move the agent forward: `target` must be a semantic version newer
-/// than `running`.
-fn forward_only(running: &str, target: &str) -> Result<(), String> {
-    const HOW: &str = "the desired state only moves the agent forward; downgrade with the signed \
-                       agent-upgrade command (or set allow_desired_downgrade)";
-    let parse = |v: &str| {
-        semver::Version::parse(v)
-            .map_err(|e| format!("{v:?} is not a semantic version ({e}); {HOW}"))
-    };
-    let (from, to) = (parse(running)?, parse(target)?);
-    if to <= from {
-        return Err(format!("{running} -> {target} is a downgrade; {HOW}"));
-    }
-    Ok(())
-}
-
-fn signature_of(req: &Request) -> ReleaseSignature {
-    ReleaseSignature {
-        version: req.version.clone(),
-        sha256: req.sha256.clone(),
-        key: req.key.clone(),
-        signature: req.signature.clone(),
-    }
-}
-
 fn agent_version(ctx: &Context) -> String {
     ctx.ext
         .get::<dyn AgentSelf>()
         .map_or_else(|| "unknown".to_owned(), |a| a.version().to_owned())
-}
-
-fn tail(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(5)..].join("; ")
-}
-
-/// Runs `bin args`, killing it at `timeout`; returns (success, stdout).
-async fn run_with_timeout(
-    bin: &Path,
-    args: &[&str],
-    timeout: Duration,
-) -> Result<(bool, Vec<u8>), Error> {
-    let child = tokio::process::Command::new(bin)
-        .args(args)
-        .env_remove("NOTIFY_SOCKET")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(Error::io(bin))?;
-    match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Ok(Ok(out)) => Ok((out.status.success(), out.stdout)),
-        Ok(Err(e)) => Err(Error::io(bin)(e)),
-        Err(_) => Err(Error::SelfTest {
-            version: bin.display().to_string(),
-            detail: format!(
-                "{} {} did not finish within {} s",
-                bin.display(),
-                args.join(" "),
-                timeout.as_secs()
-            ),
-        }),
-    }
 }
 
 #[fleet_module_api::async_trait]
@@ -675,9 +403,19 @@ impl Capability for SelfUpgrade {
                 Err(e) => return Err(ModuleError::external("adopting the install", e)),
             }
         }
-        let last = layout
+        let mut last = layout
             .read_outcome()
             .map_err(|e| ModuleError::external("reading the last outcome", e))?;
+        if let Some(Outcome::Reverted { to, reason, .. }) = &last {
+            // An earlier agent recorded a refused desired document as a revert; it is none.
+            if desired::is_refusal_record(reason) {
+                tracing::info!(%to, %reason, "dropping a refusal recorded as a revert");
+                layout
+                    .clear_outcome()
+                    .map_err(|e| ModuleError::external("clearing the last outcome", e))?;
+                last = None;
+            }
+        }
         match &last {
             Some(Outcome::Reverted {
                 from, to, reason, ..

@@ -1,5 +1,9 @@
 use std::os::unix::fs::symlink;
 
+use fleet_contract::release::ReleaseSignature;
+use fleet_module_api::DesiredAgent;
+
+use super::desired::forward_only;
 use super::guard::{decide, new_probation, reanchor, Decision, Now};
 use super::*;
 
@@ -290,5 +294,235 @@ fn desired_state_moves_the_agent_forward_only() {
             e.contains(why) && e.contains("signed"),
             "{running} -> {target}: {e}"
         );
+    }
+}
+
+struct NoStore;
+
+impl fleet_module_api::ModuleStore for NoStore {
+    fn get(&self, _: &str) -> Result<Option<Vec<u8>>, fleet_module_api::StoreError> {
+        Ok(None)
+    }
+    fn put(&self, _: &str, _: &[u8]) -> Result<(), fleet_module_api::StoreError> {
+        Ok(())
+    }
+    fn delete(&self, _: &str) -> Result<(), fleet_module_api::StoreError> {
+        Ok(())
+    }
+    fn keys(&self, _: &str) -> Result<Vec<String>, fleet_module_api::StoreError> {
+        Ok(Vec::new())
+    }
+}
+
+/// The last self-upgrade detail published.
+#[derive(Default)]
+struct Details(Mutex<Option<serde_json::Value>>);
+
+impl fleet_module_api::StatusSink for Details {
+    fn deployment(&self, _: fleet_contract::DeploymentStatus) {}
+    fn deployment_removed(&self, _: &str) {}
+    fn detail(&self, _: &'static str, detail: serde_json::Value) {
+        *self.0.lock().unwrap() = Some(detail);
+    }
+}
+
+fn context_in(state_dir: &std::path::Path, details: Arc<Details>) -> Context {
+    let desired = tokio::sync::watch::channel(Arc::new(fleet_module_api::DesiredState::default()));
+    Context {
+        module: NAME,
+        store: Arc::new(NoStore),
+        desired: desired.1,
+        status: details,
+        clock: Arc::new(fleet_module_api::SystemClock),
+        paths: fleet_module_api::Paths {
+            config_dir: state_dir.join("etc"),
+            state_dir: state_dir.to_owned(),
+            run_dir: state_dir.join("run"),
+        },
+        shutdown: fleet_module_api::CancellationToken::new(),
+        ext: fleet_module_api::ExtensionsBuilder::new().build(),
+        checkin: tokio::sync::watch::channel(Default::default()).1,
+    }
+}
+
+/// Issue #12 class 9: a desired document refused for an unknown release key (or a bad
+/// signature, a downgrade, an invalid document) is a refusal shown in status, not a revert
+/// recorded against the version; the corrected document is then acted on.
+#[test]
+fn a_refused_desired_release_is_reported_not_recorded_and_the_corrected_one_proceeds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let l = layout_in(tmp.path());
+    std::fs::write(&l.current, "v1 binary").unwrap();
+    assert!(l.adopt("0.1.0", &l.current.clone()).unwrap());
+    let (m, kp) = module_with_key();
+    let details = Arc::new(Details::default());
+    let ctx = context_in(&tmp.path().join("state"), details.clone());
+    let digest = fleet_contract::release::sha256_hex(b"v99");
+    let signed = |key: &str| {
+        let sig = ReleaseSignature::sign("99.0.9", &digest, key, &kp).unwrap();
+        fleet_contract::release::AgentRelease {
+            api_version: fleet_contract::API_VERSION.into(),
+            version: "99.0.9".into(),
+            artifact: "file:///tmp/fleet-agent-99".into(),
+            sha256: digest.clone(),
+            key: key.into(),
+            signature: sig.signature,
+        }
+    };
+    let refused = |what: &str, agent: DesiredAgent, why: &str| {
+        let req = m.desired_request(&ctx, &l, "0.1.0", Some(&agent));
+        assert!(req.is_none(), "{what}: acted on");
+        assert_eq!(
+            l.read_outcome().unwrap(),
+            None,
+            "{what}: a refusal is no outcome of an upgrade"
+        );
+        let d = details.0.lock().unwrap().clone().unwrap();
+        assert_ne!(d["phase"], "Reverted", "{what}: {d:#}");
+        assert!(
+            d["refused"].as_str().is_some_and(|r| r.contains(why)),
+            "{what}: status says why ({why}): {d:#}"
+        );
+    };
+    refused(
+        "unknown release key",
+        DesiredAgent::Valid(signed("stolen")),
+        "unknown release key",
+    );
+    let mut bad_sig = signed("rel");
+    bad_sig.sha256 = fleet_contract::release::sha256_hex(b"other");
+    refused(
+        "bad signature",
+        DesiredAgent::Valid(bad_sig),
+        "does not verify",
+    );
+    let mut older = signed("rel");
+    older.version = "0.0.9".into();
+    refused("downgrade", DesiredAgent::Valid(older), "is a downgrade");
+    refused(
+        "invalid document",
+        DesiredAgent::Invalid {
+            source_name: "test-dev.agent".into(),
+            error: "field `sha256`: missing".into(),
+        },
+        "field `sha256`",
+    );
+    // A 200 KB key is quoted as a prefix and its length.
+    refused(
+        "200 KB key",
+        DesiredAgent::Valid(signed(&"k".repeat(200_000))),
+        "(200000 bytes)",
+    );
+    let d = details.0.lock().unwrap().clone().unwrap();
+    assert!(
+        d.to_string().len() < 4096,
+        "status detail is capped: {} bytes",
+        d.to_string().len()
+    );
+    // The same refusal again: still refused, still not recorded.
+    refused(
+        "unknown release key, again",
+        DesiredAgent::Valid(signed("stolen")),
+        "unknown release key",
+    );
+
+    // The corrected document (the right key) is acted on.
+    let req = m.desired_request(&ctx, &l, "0.1.0", Some(&DesiredAgent::Valid(signed("rel"))));
+    assert_eq!(
+        req.map(|r| (r.version, r.key)),
+        Some(("99.0.9".to_owned(), "rel".to_owned())),
+        "the corrected document proceeds"
+    );
+    let d = details.0.lock().unwrap().clone().unwrap();
+    assert!(
+        d.get("refused").is_none(),
+        "the refusal left the status: {d:#}"
+    );
+}
+
+/// An agent before the fix recorded the refusal as `Reverted`; that record does not block
+/// the corrected document either.
+#[test]
+fn a_refusal_recorded_as_a_revert_by_an_earlier_agent_does_not_block_the_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let l = layout_in(tmp.path());
+    std::fs::write(&l.current, "v1 binary").unwrap();
+    assert!(l.adopt("0.1.0", &l.current.clone()).unwrap());
+    l.revert(
+        "0.1.0",
+        "99.0.9",
+        "desired agent release refused: unknown release key \"stolen\"",
+        1,
+    )
+    .unwrap();
+    let (m, kp) = module_with_key();
+    let ctx = context_in(&tmp.path().join("state"), Arc::new(Details::default()));
+    let digest = fleet_contract::release::sha256_hex(b"v99");
+    let sig = ReleaseSignature::sign("99.0.9", &digest, "rel", &kp).unwrap();
+    let rel = fleet_contract::release::AgentRelease {
+        api_version: fleet_contract::API_VERSION.into(),
+        version: "99.0.9".into(),
+        artifact: "file:///tmp/fleet-agent-99".into(),
+        sha256: digest,
+        key: "rel".into(),
+        signature: sig.signature,
+    };
+    assert!(m
+        .desired_request(&ctx, &l, "0.1.0", Some(&DesiredAgent::Valid(rel.clone())))
+        .is_some());
+    // A real revert of that version still blocks it (no revert loops).
+    l.revert("0.1.0", "99.0.9", "crash loop: 3 starts", 2)
+        .unwrap();
+    assert!(m
+        .desired_request(&ctx, &l, "0.1.0", Some(&DesiredAgent::Valid(rel)))
+        .is_none());
+}
+
+/// At start, a refusal an earlier agent recorded as `Reverted` is dropped: status shows no
+/// revert and the record is gone; a real revert record stays.
+#[tokio::test]
+async fn run_drops_a_refusal_recorded_as_a_revert() {
+    for (reason, kept) in [
+        (
+            "desired agent release refused: denied: unknown release key \"stolen\"",
+            false,
+        ),
+        ("crash loop: 3 starts", true),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let l = layout_in(tmp.path());
+        std::fs::write(&l.current, "v1 binary").unwrap();
+        assert!(l.adopt("0.1.0", &l.current.clone()).unwrap());
+        l.revert("0.1.0", "99.0.9", reason, 1).unwrap();
+        let cfg = Config {
+            install_root: tmp.path().join("lib"),
+            current_link: tmp.path().join("bin/fleet-agent"),
+            ..Config::default()
+        };
+        let m = Arc::new(SelfUpgrade::new(cfg));
+        let details = Arc::new(Details::default());
+        let ctx = context_in(&tmp.path().join("state"), details.clone());
+        let stop = ctx.shutdown.clone();
+        let task = tokio::spawn(m.clone().run(ctx));
+        let phase = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(d) = details.0.lock().unwrap().clone() {
+                    return d["phase"].clone();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap();
+        stop.cancel();
+        task.await.unwrap().unwrap();
+        let outcome = l.read_outcome().unwrap();
+        if kept {
+            assert_eq!(phase, "Reverted", "{reason}");
+            assert!(outcome.is_some(), "{reason}: a real revert is kept");
+        } else {
+            assert_eq!(phase, "Running", "{reason}: a refusal is no revert");
+            assert_eq!(outcome, None, "{reason}: the record is dropped");
+        }
     }
 }
