@@ -43,25 +43,27 @@ impl LocalPlane {
             let system = match read_manifest(&file, super::caps::SYSTEM) {
                 Ok(Read::Body(bytes)) => {
                     let system = super::decode_system(&source, &bytes);
-                    update.records.push(DesiredRecord::new(
-                        super::SYSTEM_RECORD_KEY,
-                        source,
-                        None,
-                        bytes,
-                    ));
+                    // A refused request is cached as its length and error, not its body.
+                    update.records.push(match &system {
+                        DesiredSystem::Invalid { error, .. } => refused_record(
+                            super::SYSTEM_RECORD_KEY.to_owned(),
+                            &source,
+                            &Refusal::new(bytes.len(), error.clone()),
+                        ),
+                        DesiredSystem::Valid(_) => {
+                            DesiredRecord::new(super::SYSTEM_RECORD_KEY, source, None, bytes)
+                        }
+                    });
                     Some(system)
                 }
                 Ok(Read::Refused(r)) => {
-                    update.records.push(DesiredRecord {
-                        key: super::SYSTEM_RECORD_KEY.to_owned(),
-                        source: source.clone(),
-                        revision: None,
-                        length: r.length,
-                        body: Vec::new(),
-                        refused: Some(r.reason.clone()),
-                    });
+                    update.records.push(refused_record(
+                        super::SYSTEM_RECORD_KEY.to_owned(),
+                        &source,
+                        &r,
+                    ));
                     Some(DesiredSystem::Invalid {
-                        error: DecodeError::whole(r.reason).with_source(&source),
+                        error: r.error_at(&source),
                         source_name: source,
                     })
                 }
@@ -260,10 +262,10 @@ fn read_manifest(path: &Path, cap: usize) -> Result<Read, Unusable> {
         )));
     }
     let too_big = |len: u64| {
-        Read::Refused(Refusal {
-            length: len,
-            reason: format!("the whole file: {len} bytes is over the limit of {cap} bytes"),
-        })
+        Read::Refused(Refusal::new(
+            len as usize,
+            DecodeError::too_large(len as usize, cap),
+        ))
     };
     if meta.len() > cap as u64 {
         return Ok(too_big(meta.len()));
@@ -278,6 +280,18 @@ fn read_manifest(path: &Path, cap: usize) -> Result<Read, Unusable> {
         return Ok(too_big(len));
     }
     Ok(Read::Body(buf))
+}
+
+/// The cache record of a refused document: key, source, length and error only.
+fn refused_record(key: String, source: &str, r: &Refusal) -> DesiredRecord {
+    DesiredRecord {
+        key,
+        source: source.to_owned(),
+        revision: None,
+        length: r.length,
+        body: Vec::new(),
+        refused: Some(r.cached()),
+    }
 }
 
 fn scan_dir(dir: &Path) -> Result<DesiredUpdate, ControlError> {
@@ -319,14 +333,7 @@ fn scan_dir(dir: &Path) -> Result<DesiredUpdate, ControlError> {
             Ok(Read::Body(b)) => b,
             Ok(Read::Refused(r)) => {
                 let entry = super::refused_deployment(&source, &r);
-                records.push(DesiredRecord {
-                    key: format!("deploy.{stem}"),
-                    source: source.clone(),
-                    revision: None,
-                    length: r.length,
-                    body: Vec::new(),
-                    refused: Some(r.reason),
-                });
+                records.push(refused_record(format!("deploy.{stem}"), &source, &r));
                 sources.insert(stem.clone(), source);
                 deployments.insert(stem, entry);
                 continue;
@@ -385,12 +392,17 @@ fn scan_dir(dir: &Path) -> Result<DesiredUpdate, ControlError> {
             continue;
         }
         sources.insert(name.clone(), source.clone());
-        records.push(DesiredRecord::new(
-            format!("deploy.{name}"),
-            source,
-            revision,
-            bytes,
-        ));
+        // A refused manifest is cached as its length and error, never its body.
+        records.push(match &entry {
+            DesiredDeployment::Invalid { error, .. } => refused_record(
+                format!("deploy.{name}"),
+                &source,
+                &Refusal::new(bytes.len(), error.clone()),
+            ),
+            DesiredDeployment::Valid(_) => {
+                DesiredRecord::new(format!("deploy.{name}"), source, revision, bytes)
+            }
+        });
         deployments.insert(name, entry);
     }
     Ok(DesiredUpdate {

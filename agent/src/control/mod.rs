@@ -234,13 +234,46 @@ pub(crate) struct Doc {
     pub body: Result<Vec<u8>, Refusal>,
 }
 
-/// Why a document was refused unread: its length and the reason, never its body.
+/// Why a document was refused (unread for its size, or decoded and found invalid): its
+/// length and the error, never its body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     /// The document's length in bytes.
     pub length: u64,
-    /// Why it was refused.
-    pub reason: String,
+    /// Why it was refused (no source attached).
+    pub error: DecodeError,
+}
+
+impl Refusal {
+    /// A document of `length` bytes refused for `error`.
+    pub(crate) fn new(length: usize, error: DecodeError) -> Self {
+        Self {
+            length: length as u64,
+            error: DecodeError {
+                source_name: None,
+                ..error
+            },
+        }
+    }
+
+    /// The error, attributed to `source`.
+    pub(crate) fn error_at(&self, source: &str) -> DecodeError {
+        self.error.clone().with_source(source)
+    }
+
+    /// The form kept in the cache's `refused` column (the error as JSON, so a restart
+    /// reports exactly what was reported before).
+    pub(crate) fn cached(&self) -> String {
+        serde_json::to_string(&self.error).unwrap_or_else(|_| self.error.to_string())
+    }
+
+    /// The error kept in the cache by [`Refusal::cached`], attributed to `source`; any other
+    /// text (a marker the store wrote itself) is a whole-document refusal.
+    pub(crate) fn from_cached(text: &str, source: &str) -> DecodeError {
+        serde_json::from_str::<DecodeError>(text)
+            .unwrap_or_else(|_| DecodeError::whole(text))
+            .with_source(source)
+    }
 }
 
 impl Doc {
@@ -253,10 +286,7 @@ impl Doc {
         body: impl FnOnce() -> Vec<u8>,
     ) -> Self {
         let body = if len > cap {
-            Err(Refusal {
-                length: len as u64,
-                reason: format!("the whole document: {len} bytes is over the limit of {cap} bytes"),
-            })
+            Err(Refusal::new(len, DecodeError::too_large(len, cap)))
         } else {
             Ok(body())
         };
@@ -279,7 +309,7 @@ impl Doc {
                 revision: None,
                 length: r.length,
                 body: Vec::new(),
-                refused: Some(r.reason.clone()),
+                refused: Some(r.cached()),
             },
         }
     }
@@ -360,14 +390,20 @@ impl Docs {
     /// Builds a [`DesiredUpdate`]: the full listing of the plane, just received (`complete`).
     /// The agent release is not cached: a device that starts offline does not upgrade itself
     /// from cache.
-    pub(crate) fn update(&self) -> DesiredUpdate {
+    ///
+    /// A document that does not decode is refused for good: its body is dropped here, and
+    /// only its length and error are kept (and cached), never a copy of hostile bytes.
+    pub(crate) fn update(&mut self) -> DesiredUpdate {
         let mut deployments = BTreeMap::new();
         let mut records = Vec::new();
-        for (name, doc) in &self.deployments {
+        for (name, doc) in &mut self.deployments {
             let d = match &doc.body {
                 Ok(bytes) => decode_network_deployment(name, &doc.source, bytes),
                 Err(r) => refused_deployment(&doc.source, r),
             };
+            if let (Ok(bytes), DesiredDeployment::Invalid { error, .. }) = (&doc.body, &d) {
+                doc.body = Err(Refusal::new(bytes.len(), error.clone()));
+            }
             let revision = match &d {
                 DesiredDeployment::Valid(dep) => Some(dep.revision),
                 DesiredDeployment::Invalid { .. } => None,
@@ -375,15 +411,19 @@ impl Docs {
             records.push(doc.record(format!("deploy.{name}"), revision));
             deployments.insert(name.clone(), d);
         }
-        let system = self.system.as_ref().map(|doc| {
-            records.push(doc.record(SYSTEM_RECORD_KEY.to_owned(), None));
-            match &doc.body {
+        let system = self.system.as_mut().map(|doc| {
+            let system = match &doc.body {
                 Ok(bytes) => decode_system(&doc.source, bytes),
                 Err(r) => DesiredSystem::Invalid {
                     source_name: doc.source.clone(),
-                    error: DecodeError::whole(r.reason.clone()).with_source(&doc.source),
+                    error: r.error_at(&doc.source),
                 },
+            };
+            if let (Ok(bytes), DesiredSystem::Invalid { error, .. }) = (&doc.body, &system) {
+                doc.body = Err(Refusal::new(bytes.len(), error.clone()));
             }
+            records.push(doc.record(SYSTEM_RECORD_KEY.to_owned(), None));
+            system
         });
         let agent = self.agent.as_ref().map(|doc| match &doc.body {
             Ok(bytes) => match fleet_contract::release::AgentRelease::from_json_slice(bytes) {
@@ -395,7 +435,7 @@ impl Docs {
             },
             Err(r) => fleet_module_api::DesiredAgent::Invalid {
                 source_name: doc.source.clone(),
-                error: r.reason.clone(),
+                error: r.error.to_string(),
             },
         });
         let (ignored, ignored_overflow) = self.ignored.to_vec();
@@ -415,11 +455,11 @@ impl Docs {
     }
 }
 
-/// A deployment whose document was refused unread (by size).
+/// A deployment whose document was refused (unread by size, or found invalid before).
 pub(crate) fn refused_deployment(source: &str, r: &Refusal) -> DesiredDeployment {
     DesiredDeployment::Invalid {
         source_name: source.to_owned(),
-        error: DecodeError::whole(r.reason.clone()).with_source(source),
+        error: r.error_at(source),
     }
 }
 
@@ -551,6 +591,61 @@ mod tests {
         assert_eq!(d.body.unwrap_err().length, 10);
         let d = Doc::checked("src".into(), 5, 5, || b"12345".to_vec());
         assert_eq!(d.body.unwrap(), b"12345");
+    }
+
+    #[test]
+    fn an_invalid_document_is_kept_and_cached_as_its_error_only() {
+        let mut docs = Docs::default();
+        let bad = format!(
+            r#"{{"apiVersion":"fleet/v1","name":"web","pad":"{}"}}"#,
+            "p".repeat(200_000)
+        );
+        docs.deployments.insert(
+            "web".into(),
+            Doc::checked("nats:k@1".into(), bad.len(), caps::DEPLOYMENT, || {
+                bad.clone().into_bytes()
+            }),
+        );
+        docs.system = Some(Doc::checked("nats:s@2".into(), 7, caps::SYSTEM, || {
+            b"[1,2,3]".to_vec()
+        }));
+        let first = docs.update();
+        // The bodies are dropped: neither the plane nor the cache keeps hostile bytes.
+        assert!(docs.deployments["web"].body.is_err());
+        assert!(docs.system.as_ref().unwrap().body.is_err());
+        for rec in &first.records {
+            assert!(
+                rec.body.is_empty(),
+                "{} cached {} bytes",
+                rec.key,
+                rec.body.len()
+            );
+            assert!(rec.refused.is_some(), "{}", rec.key);
+        }
+        let web = first
+            .records
+            .iter()
+            .find(|r| r.key == "deploy.web")
+            .unwrap();
+        assert_eq!(web.length, bad.len() as u64);
+        // The same error is reported again on the next update and after a restart.
+        let DesiredDeployment::Invalid { error, .. } = &first.state.deployments["web"] else {
+            panic!("web decoded");
+        };
+        let again = docs.update();
+        assert_eq!(
+            again.state.deployments["web"],
+            first.state.deployments["web"]
+        );
+        let restored = Refusal::from_cached(web.refused.as_deref().unwrap(), &web.source);
+        assert_eq!(&restored, error);
+        assert_eq!(error.field.as_deref(), Some("pad"), "{error}");
+        // A marker the store wrote itself reads as a whole-document refusal.
+        let marker = Refusal::from_cached("not cached: too big", "src");
+        assert_eq!(
+            (marker.field, marker.message.as_str()),
+            (None, "not cached: too big")
+        );
     }
 
     #[test]

@@ -4,14 +4,14 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use fleet_contract::{cap_message, quote, DecodeError, Deployment, DeploymentStatus, Phase};
+use fleet_contract::{cap_message, quote, Deployment, DeploymentStatus, Phase};
 use fleet_module_api::{
     CancellationToken, DesiredDeployment, DesiredState, DesiredSystem, StatusSink,
 };
 use tokio::sync::watch;
 
 use super::{unix_now, Shared};
-use crate::control::{DesiredUpdate, IgnoredInput};
+use crate::control::{DesiredUpdate, IgnoredInput, Refusal};
 use crate::heartbeat::IgnoredReport;
 use crate::store::{DesiredRecord, Store};
 
@@ -46,7 +46,7 @@ pub(super) fn initial_desired(store: &Store) -> DesiredState {
                 None => crate::control::decode_system(&rec.source, &rec.body),
                 Some(why) => DesiredSystem::Invalid {
                     source_name: rec.source.clone(),
-                    error: DecodeError::whole(why.clone()).with_source(&rec.source),
+                    error: Refusal::from_cached(why, &rec.source),
                 },
             });
             continue;
@@ -65,7 +65,7 @@ fn decode_cached(rec: &DesiredRecord) -> DesiredDeployment {
     if let Some(why) = &rec.refused {
         return DesiredDeployment::Invalid {
             source_name: rec.source.clone(),
-            error: DecodeError::whole(why.clone()).with_source(&rec.source),
+            error: Refusal::from_cached(why, &rec.source),
         };
     }
     let decoded = if rec.source.ends_with(".toml") {

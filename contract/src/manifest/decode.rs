@@ -8,7 +8,8 @@ use crate::strict::{check_shape, read_shape, Shape};
 use crate::text::bound;
 
 /// Why a manifest was rejected: where (file, line, column), which field, and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Serialisable, so a refusal can be kept (the agent caches it in place of the document).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub struct DecodeError {
     /// The file or key the document came from, when known.
     pub source_name: Option<String>,
