@@ -8,9 +8,8 @@ mod common;
 
 use std::time::Duration;
 
-use async_nats::jetstream;
 use common::*;
-use fleet_contract::names::{self, DESIRED_BUCKET, STATUS_BUCKET};
+use fleet_contract::names;
 use fleet_testkit::{NatsServer, TempRoot};
 
 const DEV: &str = "test-dev";
@@ -65,22 +64,7 @@ async fn wait_deployments(config: &std::path::Path, n: usize, what: &str) {
 async fn refused_megabyte_documents_do_not_hold_memory() {
     let nats = NatsServer::start_jetstream().unwrap();
     let client = async_nats::connect(nats.url()).await.unwrap();
-    let js = jetstream::new(client.clone());
-    for (bucket, history) in [(DESIRED_BUCKET, 10), (STATUS_BUCKET, 1)] {
-        js.get_or_create_stream(jetstream::stream::Config {
-            name: format!("KV_{bucket}"),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: history,
-            discard: jetstream::stream::DiscardPolicy::New,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    }
-    let desired = js.get_key_value(DESIRED_BUCKET).await.unwrap();
+    let (desired, _) = init_buckets(&client).await;
 
     let root = TempRoot::new().unwrap();
     let config = root.write_config(&format!(

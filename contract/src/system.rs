@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::{decode_json, decode_toml_strict, located_error, DecodeError};
+use crate::manifest::{json_document, toml_document_bytes, DecodeError, Document};
 use crate::text::argv_problem;
 use crate::{quote, API_VERSION};
 
@@ -40,6 +40,13 @@ pub struct SystemUpgrade {
     pub max_boots: Option<u32>,
 }
 
+impl Document for SystemUpgrade {
+    const MAX_BYTES: usize = MAX_SYSTEM_UPGRADE_BYTES;
+    fn validate(&self) -> Result<(), (String, String)> {
+        self.check()
+    }
+}
+
 impl SystemUpgrade {
     /// A request for `id` with every optional field left to the device's defaults.
     pub fn new(id: impl Into<String>) -> Self {
@@ -54,21 +61,12 @@ impl SystemUpgrade {
 
     /// Decodes raw TOML bytes (the local plane's file), refusing non-UTF-8 text.
     pub fn from_toml_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
-        check_size(bytes.len())?;
-        let src = std::str::from_utf8(bytes).map_err(|e| DecodeError::not_utf8(&e))?;
-        let s: SystemUpgrade = decode_toml_strict(src)?;
-        s.validate()
-            .map_err(|(field, message)| located_error(src, field, message))?;
-        Ok(s)
+        toml_document_bytes(bytes)
     }
 
     /// Decodes JSON bytes (the network format and the verb's arguments).
     pub fn from_json_slice(bytes: &[u8]) -> Result<Self, DecodeError> {
-        check_size(bytes.len())?;
-        let s: SystemUpgrade = decode_json(bytes)?;
-        s.validate()
-            .map_err(|(field, message)| DecodeError::field(field, message))?;
-        Ok(s)
+        json_document(bytes)
     }
 
     /// Decodes an already parsed JSON value (a command's `args`).
@@ -82,7 +80,7 @@ impl SystemUpgrade {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    fn validate(&self) -> Result<(), (String, String)> {
+    fn check(&self) -> Result<(), (String, String)> {
         if self.api_version != API_VERSION {
             return Err((
                 "apiVersion".into(),
@@ -152,13 +150,6 @@ pub fn validate_upgrade_id(id: &str) -> Result<(), String> {
             "{} has {ch:?} at position {pos}; allowed: A-Z, a-z, 0-9, '.', '_', '-'",
             quote(id)
         ));
-    }
-    Ok(())
-}
-
-fn check_size(len: usize) -> Result<(), DecodeError> {
-    if len > MAX_SYSTEM_UPGRADE_BYTES {
-        return Err(DecodeError::too_large(len, MAX_SYSTEM_UPGRADE_BYTES));
     }
     Ok(())
 }

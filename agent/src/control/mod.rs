@@ -455,6 +455,23 @@ impl Docs {
     }
 }
 
+/// The deployment name a desired-state key or topic carries (`name`, when it has the shape of
+/// one), or why it is not used: not such a key (`not_ours`), or a name that is not valid.
+pub(crate) fn deployment_name(
+    name: Option<&str>,
+    not_ours: impl FnOnce() -> String,
+) -> Result<&str, String> {
+    let name = name.ok_or_else(not_ours)?;
+    fleet_contract::DeviceId::parse(name)
+        .map(|_| name)
+        .map_err(|e| {
+            fleet_contract::cap_message(&format!(
+                "deployment name {}: {e}",
+                fleet_contract::quote(name)
+            ))
+        })
+}
+
 /// A deployment whose document was refused (unread by size, or found invalid before).
 pub(crate) fn refused_deployment(source: &str, r: &Refusal) -> DesiredDeployment {
     DesiredDeployment::Invalid {

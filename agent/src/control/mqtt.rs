@@ -331,18 +331,9 @@ impl ControlPlane for MqttPlane {
 
 /// The deployment name of a desired-state topic, or why the topic is not one this agent reads.
 fn classify_topic<'a>(dev: &str, topic: &'a str) -> Result<&'a str, String> {
-    match names::deploy_name_from_mqtt_topic(dev, topic) {
-        Some(name) => match DeviceId::parse(name) {
-            Ok(_) => Ok(name),
-            Err(e) => Err(fleet_contract::cap_message(&format!(
-                "deployment name {}: {e}",
-                quote(name)
-            ))),
-        },
-        None => Err(format!(
-            "not a topic this agent reads (fleet/{dev}/desired/deploy/<name>, .../desired/system, .../desired/agent)"
-        )),
-    }
+    super::deployment_name(names::deploy_name_from_mqtt_topic(dev, topic), || {
+        format!("not a topic this agent reads (fleet/{dev}/desired/deploy/<name>, .../desired/system, .../desired/agent)")
+    })
 }
 
 /// Publishes what differs between `published` and `new` (retained status, heartbeat, clears

@@ -291,18 +291,9 @@ const MIN_DOCUMENT_LIMIT: usize = 1024;
 
 /// The deployment name of a desired-state key, or why the key is not one this agent reads.
 fn classify_key<'a>(dev: &str, key: &'a str) -> Result<&'a str, String> {
-    match names::deploy_name_from_kv_key(dev, key) {
-        Some(name) => match DeviceId::parse(name) {
-            Ok(_) => Ok(name),
-            Err(e) => Err(fleet_contract::cap_message(&format!(
-                "deployment name {}: {e}",
-                quote(name)
-            ))),
-        },
-        None => Err(format!(
-            "not a key this agent reads ({dev}.deploy.<name>, {dev}.system, {dev}.agent)"
-        )),
-    }
+    super::deployment_name(names::deploy_name_from_kv_key(dev, key), || {
+        format!("not a key this agent reads ({dev}.deploy.<name>, {dev}.system, {dev}.agent)")
+    })
 }
 
 /// Where a session publishes status.

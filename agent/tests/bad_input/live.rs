@@ -146,23 +146,7 @@ impl Rig {
                 let replies = self.replies.clone();
                 let client = self.rt.block_on(async move {
                     let client = async_nats::connect(&url).await.unwrap();
-                    let js = async_nats::jetstream::new(client.clone());
-                    for (bucket, history) in
-                        [(names::DESIRED_BUCKET, 10), (names::STATUS_BUCKET, 1)]
-                    {
-                        js.get_or_create_stream(async_nats::jetstream::stream::Config {
-                            name: format!("KV_{bucket}"),
-                            subjects: vec![format!("$KV.{bucket}.>")],
-                            max_messages_per_subject: history,
-                            discard: async_nats::jetstream::stream::DiscardPolicy::New,
-                            allow_rollup: true,
-                            deny_delete: true,
-                            allow_direct: true,
-                            ..Default::default()
-                        })
-                        .await
-                        .unwrap();
-                    }
+                    crate::common::init_buckets(&client).await;
                     for subject in [
                         names::nats_hb_subject(DEV),
                         names::nats_audit_subject(DEV),

@@ -157,3 +157,39 @@ pub fn deployment<'a>(st: &'a serde_json::Value, name: &str) -> Option<&'a serde
         .iter()
         .find(|d| d["name"] == name)
 }
+
+/// The KV buckets as `fleetctl init` creates them.
+pub async fn init_buckets(
+    client: &async_nats::Client,
+) -> (
+    async_nats::jetstream::kv::Store,
+    async_nats::jetstream::kv::Store,
+) {
+    let js = async_nats::jetstream::new(client.clone());
+    for (bucket, history) in [
+        (fleet_contract::names::DESIRED_BUCKET, 10),
+        (fleet_contract::names::STATUS_BUCKET, 1),
+    ] {
+        js.get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: history,
+            discard: async_nats::jetstream::stream::DiscardPolicy::New,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    (
+        js.get_key_value(fleet_contract::names::DESIRED_BUCKET)
+            .await
+            .unwrap(),
+        js.get_key_value(fleet_contract::names::STATUS_BUCKET)
+            .await
+            .unwrap(),
+    )
+}

@@ -4,6 +4,8 @@
 //! device off the plane (it still answers a signed ping and keeps publishing heartbeats).
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+#[path = "../common/mod.rs"]
+mod common;
 mod mqtt;
 mod nats;
 mod support;

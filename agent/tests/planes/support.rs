@@ -5,11 +5,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_nats::jetstream;
 use base64::Engine;
 use fleet_agent::config::Config;
 use fleet_agent::Agent;
-use fleet_contract::names::{DESIRED_BUCKET, STATUS_BUCKET};
 use fleet_contract::{CommandEnvelope, SignedCommand, COMMAND_API_VERSION};
 use fleet_module_api::{
     async_trait, Capability, Context, DesiredState, Health, ModuleError, Probe,
@@ -155,31 +153,7 @@ impl Running {
     }
 }
 
-/// The KV buckets as `fleetctl init` creates them.
-pub async fn init_buckets(
-    client: &async_nats::Client,
-) -> (jetstream::kv::Store, jetstream::kv::Store) {
-    let js = jetstream::new(client.clone());
-    for (bucket, history) in [(DESIRED_BUCKET, 10), (STATUS_BUCKET, 1)] {
-        js.get_or_create_stream(jetstream::stream::Config {
-            name: format!("KV_{bucket}"),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: history,
-            discard: jetstream::stream::DiscardPolicy::New,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    }
-    (
-        js.get_key_value(DESIRED_BUCKET).await.unwrap(),
-        js.get_key_value(STATUS_BUCKET).await.unwrap(),
-    )
-}
+pub use crate::common::init_buckets;
 
 pub fn manifest_json(name: &str, revision: &str) -> Vec<u8> {
     format!(

@@ -160,6 +160,47 @@ fn json_error(e: &serde_json::Error, path: String) -> DecodeError {
     err
 }
 
+/// A document of the contract with its own size cap and semantic checks, decoded the same way
+/// from TOML (the local plane's files) and JSON (the network format).
+pub(crate) trait Document: serde::de::DeserializeOwned + serde::Serialize {
+    /// Largest document accepted, in bytes; anything bigger is refused before parsing.
+    const MAX_BYTES: usize;
+    /// Semantic checks serde cannot express; returns (field path, message).
+    fn validate(&self) -> Result<(), (String, String)>;
+}
+
+fn check_document_size<T: Document>(len: usize) -> Result<(), DecodeError> {
+    if len > T::MAX_BYTES {
+        return Err(DecodeError::too_large(len, T::MAX_BYTES));
+    }
+    Ok(())
+}
+
+/// Decodes and validates TOML text; a semantic error is located by its table headers.
+pub(crate) fn toml_document<T: Document>(src: &str) -> Result<T, DecodeError> {
+    check_document_size::<T>(src.len())?;
+    let doc: T = decode_toml_strict(src)?;
+    doc.validate()
+        .map_err(|(field, message)| located_error(src, field, message))?;
+    Ok(doc)
+}
+
+/// Decodes and validates raw TOML bytes, refusing non-UTF-8 text.
+pub(crate) fn toml_document_bytes<T: Document>(bytes: &[u8]) -> Result<T, DecodeError> {
+    check_document_size::<T>(bytes.len())?;
+    let src = std::str::from_utf8(bytes).map_err(|e| DecodeError::not_utf8(&e))?;
+    toml_document(src)
+}
+
+/// Decodes and validates a JSON document.
+pub(crate) fn json_document<T: Document>(bytes: &[u8]) -> Result<T, DecodeError> {
+    check_document_size::<T>(bytes.len())?;
+    let doc: T = decode_json(bytes)?;
+    doc.validate()
+        .map_err(|(field, message)| DecodeError::field(field, message))?;
+    Ok(doc)
+}
+
 /// Decodes a TOML document strictly: as [`decode_toml`], and an array where the type has a
 /// table (`lifecycle = []`) is refused, located in `src`.
 pub(crate) fn decode_toml_strict<T>(src: &str) -> Result<T, DecodeError>

@@ -11,7 +11,7 @@ use crate::image::ImageReference;
 use crate::quote;
 use crate::text::{argv_problem, MAX_ARG_BYTES};
 
-pub(crate) use decode::{decode_json, decode_toml_strict};
+pub(crate) use decode::{decode_json, json_document, toml_document, toml_document_bytes, Document};
 pub use decode::{decode_toml, located_error, DecodeError};
 
 /// The `apiVersion` every manifest must carry.
@@ -124,30 +124,27 @@ pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 /// Largest `revision` accepted: [`MAX_SAFE_INTEGER`].
 pub const MAX_REVISION: u64 = MAX_SAFE_INTEGER;
 
+impl Document for Deployment {
+    const MAX_BYTES: usize = MAX_MANIFEST_BYTES;
+    fn validate(&self) -> Result<(), (String, String)> {
+        self.check()
+    }
+}
+
 impl Deployment {
     /// Decodes raw file bytes as a TOML manifest (refusing non-UTF-8 text).
     pub fn from_toml_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
-        check_size(bytes.len())?;
-        let src = std::str::from_utf8(bytes).map_err(|e| DecodeError::not_utf8(&e))?;
-        Self::from_toml_str(src)
+        toml_document_bytes(bytes)
     }
 
     /// Decodes and validates a TOML manifest (the local `deployments.d/` format).
     pub fn from_toml_str(src: &str) -> Result<Self, DecodeError> {
-        check_size(src.len())?;
-        let d: Deployment = decode_toml_strict(src)?;
-        d.validate()
-            .map_err(|(field, message)| located_error(src, field, message))?;
-        Ok(d)
+        toml_document(src)
     }
 
     /// Decodes and validates a JSON manifest (the network format).
     pub fn from_json_slice(bytes: &[u8]) -> Result<Self, DecodeError> {
-        check_size(bytes.len())?;
-        let d: Deployment = decode_json(bytes)?;
-        d.validate()
-            .map_err(|(field, message)| DecodeError::field(field, message))?;
-        Ok(d)
+        json_document(bytes)
     }
 
     /// Encodes to JSON (the form cached in the store and sent on the wire).
@@ -157,7 +154,7 @@ impl Deployment {
     }
 
     /// Semantic checks serde cannot express; returns (field path, message).
-    fn validate(&self) -> Result<(), (String, String)> {
+    fn check(&self) -> Result<(), (String, String)> {
         if self.api_version != API_VERSION {
             return Err((
                 "apiVersion".into(),
@@ -223,13 +220,6 @@ impl Deployment {
         }
         Ok(())
     }
-}
-
-fn check_size(len: usize) -> Result<(), DecodeError> {
-    if len > MAX_MANIFEST_BYTES {
-        return Err(DecodeError::too_large(len, MAX_MANIFEST_BYTES));
-    }
-    Ok(())
 }
 
 fn check_name(field: &str, name: &str) -> Result<(), (String, String)> {
