@@ -105,6 +105,70 @@ pub(crate) fn fit_document(body: Vec<u8>, limit: usize, what: &str) -> Vec<u8> {
     .unwrap_or_default()
 }
 
+/// Where a network plane writes status documents; each call returns the failure in words
+/// (naming what could not be published).
+#[async_trait]
+pub(crate) trait StatusOut: Sync {
+    /// The info document (the heartbeat, also sent as the heartbeat message).
+    async fn info(&self, body: Vec<u8>) -> Result<(), String>;
+    /// Deployment `name`'s status document.
+    async fn deployment(&self, name: &str, body: Vec<u8>) -> Result<(), String>;
+    /// Deployment `name` has no status any more.
+    async fn deployment_gone(&self, name: &str) -> Result<(), String>;
+}
+
+/// Publishes through `out` what differs between `published` and `new` (info + heartbeat,
+/// changed deployment statuses, removals), each document within `limit` bytes, and records
+/// in `published` what went out. A failure is logged and reported in `failures`, never ends
+/// the session; the document is tried again with the next change.
+pub(crate) async fn publish_changes(
+    out: &impl StatusOut,
+    limit: usize,
+    failures: &PublishFailures,
+    published: &mut StatusSnapshot,
+    new: &StatusSnapshot,
+) {
+    if let Some(hb) = &new.heartbeat {
+        if published.heartbeat.as_ref() != Some(hb) {
+            match out.info(hb.to_json_within(limit)).await {
+                Ok(()) => {
+                    failures.ok("info");
+                    published.heartbeat = Some(hb.clone());
+                }
+                Err(e) => failures.failed("info", &e),
+            }
+        }
+    }
+    for (name, st) in &new.deployments {
+        if published.deployments.get(name) != Some(st) {
+            let what = format!("deploy.{name}");
+            match out.deployment(name, status_within(st, limit)).await {
+                Ok(()) => {
+                    failures.ok(&what);
+                    published.deployments.insert(name.clone(), st.clone());
+                }
+                Err(e) => failures.failed(&what, &e),
+            }
+        }
+    }
+    let gone: Vec<String> = published
+        .deployments
+        .keys()
+        .filter(|n| !new.deployments.contains_key(*n))
+        .cloned()
+        .collect();
+    for name in gone {
+        let what = format!("deploy.{name}");
+        match out.deployment_gone(&name).await {
+            Ok(()) => {
+                failures.ok(&what);
+                published.deployments.remove(&name);
+            }
+            Err(e) => failures.failed(&what, &e),
+        }
+    }
+}
+
 /// A deployment status as JSON within `limit` bytes: its message is capped, and a status
 /// still too large keeps its fields but says it was cut.
 pub(crate) fn status_within(st: &DeploymentStatus, limit: usize) -> Vec<u8> {

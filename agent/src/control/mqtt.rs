@@ -23,8 +23,8 @@ use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
-    caps, fit_document, status_within, Backoff, CommandRequest, ControlError, ControlPlane, Doc,
-    Docs, IgnoredInput, PlaneIo, PublishFailures, StatusSnapshot,
+    caps, fit_document, publish_changes, Backoff, CommandRequest, ControlError, ControlPlane, Doc,
+    Docs, IgnoredInput, PlaneIo, StatusOut, StatusSnapshot,
 };
 use crate::config::MqttConfig;
 
@@ -225,7 +225,7 @@ impl ControlPlane for MqttPlane {
                         // Re-publish everything after every (re)connect.
                         published = StatusSnapshot::default();
                         let snap = status.borrow_and_update().clone();
-                        publish(&client, &dev, limit, &failures, &mut published, &snap).await;
+                        publish_changes(&Out { client: &client, dev: &dev }, limit, &failures, &mut published, &snap).await;
                     }
                     Some(Incoming::Subscribed) => {
                         if settling.is_some() {
@@ -306,7 +306,7 @@ impl ControlPlane for MqttPlane {
                     }
                     let snap = status.borrow_and_update().clone();
                     if connected {
-                        publish(&client, &dev, limit, &failures, &mut published, &snap).await;
+                        publish_changes(&Out { client: &client, dev: &dev }, limit, &failures, &mut published, &snap).await;
                     }
                 }
                 event = audit.recv() => match event {
@@ -336,83 +336,54 @@ fn classify_topic<'a>(dev: &str, topic: &'a str) -> Result<&'a str, String> {
     })
 }
 
-/// Publishes what differs between `published` and `new` (retained status, heartbeat, clears
-/// for removed deployments), each document within `limit` bytes, and records in `published`
-/// what was handed to the client. A failure is logged and reported; the next change or
-/// reconnect publishes again.
-async fn publish(
-    client: &AsyncClient,
-    dev: &str,
-    limit: usize,
-    failures: &PublishFailures,
-    published: &mut StatusSnapshot,
-    new: &StatusSnapshot,
-) {
-    if let Some(hb) = &new.heartbeat {
-        if published.heartbeat.as_ref() != Some(hb) {
-            let body = hb.to_json_within(limit);
-            let info = client
-                .publish(
-                    names::mqtt_status_info(dev),
-                    QoS::AtLeastOnce,
-                    true,
-                    body.clone(),
-                )
-                .await;
-            let beat = client
-                .publish(names::mqtt_hb(dev), QoS::AtMostOnce, false, body)
-                .await;
-            match info.and(beat) {
-                Ok(()) => {
-                    failures.ok("info");
-                    published.heartbeat = Some(hb.clone());
-                }
-                Err(e) => failures.failed("info", &format!("publish status info: {e}")),
-            }
-        }
-    }
-    for (name, st) in &new.deployments {
-        if published.deployments.get(name) != Some(st) {
-            let what = format!("deploy.{name}");
-            match client
-                .publish(
-                    names::mqtt_status_deploy(dev, name),
-                    QoS::AtLeastOnce,
-                    true,
-                    status_within(st, limit),
-                )
-                .await
-            {
-                Ok(()) => {
-                    failures.ok(&what);
-                    published.deployments.insert(name.clone(), st.clone());
-                }
-                Err(e) => failures.failed(&what, &format!("publish status of {name}: {e}")),
-            }
-        }
-    }
-    let gone: Vec<String> = published
-        .deployments
-        .keys()
-        .filter(|n| !new.deployments.contains_key(*n))
-        .cloned()
-        .collect();
-    for name in gone {
-        let what = format!("deploy.{name}");
-        match client
+/// Where an MQTT session publishes status: retained documents, the heartbeat, and an empty
+/// retained message for a removed deployment.
+struct Out<'a> {
+    client: &'a AsyncClient,
+    dev: &'a str,
+}
+
+#[async_trait]
+impl StatusOut for Out<'_> {
+    async fn info(&self, body: Vec<u8>) -> Result<(), String> {
+        let info = self
+            .client
             .publish(
-                names::mqtt_status_deploy(dev, &name),
+                names::mqtt_status_info(self.dev),
+                QoS::AtLeastOnce,
+                true,
+                body.clone(),
+            )
+            .await;
+        let beat = self
+            .client
+            .publish(names::mqtt_hb(self.dev), QoS::AtMostOnce, false, body)
+            .await;
+        info.and(beat)
+            .map_err(|e| format!("publish status info: {e}"))
+    }
+
+    async fn deployment(&self, name: &str, body: Vec<u8>) -> Result<(), String> {
+        self.client
+            .publish(
+                names::mqtt_status_deploy(self.dev, name),
+                QoS::AtLeastOnce,
+                true,
+                body,
+            )
+            .await
+            .map_err(|e| format!("publish status of {name}: {e}"))
+    }
+
+    async fn deployment_gone(&self, name: &str) -> Result<(), String> {
+        self.client
+            .publish(
+                names::mqtt_status_deploy(self.dev, name),
                 QoS::AtLeastOnce,
                 true,
                 Vec::<u8>::new(),
             )
             .await
-        {
-            Ok(()) => {
-                failures.ok(&what);
-                published.deployments.remove(&name);
-            }
-            Err(e) => failures.failed(&what, &format!("clear status of {name}: {e}")),
-        }
+            .map_err(|e| format!("clear status of {name}: {e}"))
     }
 }

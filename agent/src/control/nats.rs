@@ -18,8 +18,8 @@ use futures::StreamExt;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::{
-    caps, fit_document, status_within, Backoff, CommandRequest, ControlError, ControlPlane,
-    DesiredUpdate, Doc, Docs, IgnoredInput, PlaneIo, PublishFailures, StatusSnapshot,
+    caps, fit_document, publish_changes, Backoff, CommandRequest, ControlError, ControlPlane,
+    DesiredUpdate, Doc, Docs, IgnoredInput, PlaneIo, PublishFailures, StatusOut, StatusSnapshot,
 };
 use crate::config::NatsConfig;
 
@@ -183,14 +183,12 @@ impl NatsPlane {
             client: &client,
             kv: &status_kv,
             dev,
-            limit,
-            failures: io.failures,
         };
         // Publish everything after every (re)connect. A document that cannot be published is
         // logged and reported; the session goes on.
         let mut published = StatusSnapshot::default();
         let snap = io.status.borrow_and_update().clone();
-        out.publish(&mut published, &snap).await;
+        publish_changes(&out, limit, io.failures, &mut published, &snap).await;
 
         loop {
             tokio::select! {
@@ -243,7 +241,7 @@ impl NatsPlane {
                         return Ok(());
                     }
                     let snap = io.status.borrow_and_update().clone();
-                    out.publish(&mut published, &snap).await;
+                    publish_changes(&out, limit, io.failures, &mut published, &snap).await;
                 }
                 msg = cmds.next() => {
                     let Some(msg) = msg else {
@@ -301,74 +299,35 @@ struct Out<'a> {
     client: &'a async_nats::Client,
     kv: &'a kv::Store,
     dev: &'a str,
-    /// Largest document published.
-    limit: usize,
-    failures: &'a PublishFailures,
 }
 
-impl Out<'_> {
-    /// Publishes what differs between `published` and `new` (info + heartbeat, changed
-    /// deployment statuses, deletes for removed ones) and records in `published` what went
-    /// out. A failure is logged and reported, never ends the session; the document is tried
-    /// again with the next change.
-    async fn publish(&self, published: &mut StatusSnapshot, new: &StatusSnapshot) {
-        let dev = self.dev;
-        if let Some(hb) = &new.heartbeat {
-            if published.heartbeat.as_ref() != Some(hb) {
-                let body = bytes::Bytes::from(hb.to_json_within(self.limit));
-                let info = self.kv.put(names::kv_info_key(dev), body.clone()).await;
-                let beat = self.client.publish(names::nats_hb_subject(dev), body).await;
-                match (info, beat) {
-                    (Ok(_), Ok(())) => {
-                        self.failures.ok("info");
-                        published.heartbeat = Some(hb.clone());
-                    }
-                    (Err(e), _) => self
-                        .failures
-                        .failed("info", &format!("publish status info: {e}")),
-                    (_, Err(e)) => self
-                        .failures
-                        .failed("info", &format!("publish heartbeat: {e}")),
-                }
-            }
-        }
-        for (name, st) in &new.deployments {
-            if published.deployments.get(name) != Some(st) {
-                let body = status_within(st, self.limit);
-                let what = format!("deploy.{name}");
-                match self
-                    .kv
-                    .put(names::kv_deploy_key(dev, name), body.into())
-                    .await
-                {
-                    Ok(_) => {
-                        self.failures.ok(&what);
-                        published.deployments.insert(name.clone(), st.clone());
-                    }
-                    Err(e) => self
-                        .failures
-                        .failed(&what, &format!("publish status of {name}: {e}")),
-                }
-            }
-        }
-        let gone: Vec<String> = published
-            .deployments
-            .keys()
-            .filter(|n| !new.deployments.contains_key(*n))
-            .cloned()
-            .collect();
-        for name in gone {
-            let what = format!("deploy.{name}");
-            match self.kv.delete(names::kv_deploy_key(dev, &name)).await {
-                Ok(()) => {
-                    self.failures.ok(&what);
-                    published.deployments.remove(&name);
-                }
-                Err(e) => self
-                    .failures
-                    .failed(&what, &format!("delete status of {name}: {e}")),
-            }
-        }
+#[async_trait]
+impl StatusOut for Out<'_> {
+    async fn info(&self, body: Vec<u8>) -> Result<(), String> {
+        let body = bytes::Bytes::from(body);
+        self.kv
+            .put(names::kv_info_key(self.dev), body.clone())
+            .await
+            .map_err(|e| format!("publish status info: {e}"))?;
+        self.client
+            .publish(names::nats_hb_subject(self.dev), body)
+            .await
+            .map_err(|e| format!("publish heartbeat: {e}"))
+    }
+
+    async fn deployment(&self, name: &str, body: Vec<u8>) -> Result<(), String> {
+        self.kv
+            .put(names::kv_deploy_key(self.dev, name), body.into())
+            .await
+            .map(drop)
+            .map_err(|e| format!("publish status of {name}: {e}"))
+    }
+
+    async fn deployment_gone(&self, name: &str) -> Result<(), String> {
+        self.kv
+            .delete(names::kv_deploy_key(self.dev, name))
+            .await
+            .map_err(|e| format!("delete status of {name}: {e}"))
     }
 }
 
