@@ -3,7 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::{json_document, toml_document_bytes, DecodeError, Document};
+use crate::manifest::{
+    check_api_version, json_document, toml_document_bytes, DecodeError, Document,
+};
 use crate::text::argv_problem;
 use crate::{quote, API_VERSION};
 
@@ -81,15 +83,7 @@ impl SystemUpgrade {
     }
 
     fn check(&self) -> Result<(), (String, String)> {
-        if self.api_version != API_VERSION {
-            return Err((
-                "apiVersion".into(),
-                format!(
-                    "unsupported apiVersion {}; this agent speaks {API_VERSION:?}",
-                    quote(&self.api_version)
-                ),
-            ));
-        }
+        check_api_version(&self.api_version)?;
         validate_upgrade_id(&self.id).map_err(|m| ("id".to_owned(), m))?;
         if let Some(c) = &self.command {
             if c.trim().is_empty() {

@@ -45,11 +45,10 @@ impl LocalPlane {
                     let system = super::decode_system(&source, &bytes);
                     // A refused request is cached as its length and error, not its body.
                     update.records.push(match &system {
-                        DesiredSystem::Invalid { error, .. } => refused_record(
-                            super::SYSTEM_RECORD_KEY.to_owned(),
-                            &source,
-                            &Refusal::new(bytes.len(), error.clone()),
-                        ),
+                        DesiredSystem::Invalid { error, .. } => {
+                            Refusal::new(bytes.len(), error.clone())
+                                .record(super::SYSTEM_RECORD_KEY.to_owned(), &source)
+                        }
                         DesiredSystem::Valid(_) => {
                             DesiredRecord::new(super::SYSTEM_RECORD_KEY, source, None, bytes)
                         }
@@ -57,11 +56,9 @@ impl LocalPlane {
                     Some(system)
                 }
                 Ok(Read::Refused(r)) => {
-                    update.records.push(refused_record(
-                        super::SYSTEM_RECORD_KEY.to_owned(),
-                        &source,
-                        &r,
-                    ));
+                    update
+                        .records
+                        .push(r.record(super::SYSTEM_RECORD_KEY.to_owned(), &source));
                     Some(DesiredSystem::Invalid {
                         error: r.error_at(&source),
                         source_name: source,
@@ -282,18 +279,6 @@ fn read_manifest(path: &Path, cap: usize) -> Result<Read, Unusable> {
     Ok(Read::Body(buf))
 }
 
-/// The cache record of a refused document: key, source, length and error only.
-fn refused_record(key: String, source: &str, r: &Refusal) -> DesiredRecord {
-    DesiredRecord {
-        key,
-        source: source.to_owned(),
-        revision: None,
-        length: r.length,
-        body: Vec::new(),
-        refused: Some(r.cached()),
-    }
-}
-
 fn scan_dir(dir: &Path) -> Result<DesiredUpdate, ControlError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -333,7 +318,7 @@ fn scan_dir(dir: &Path) -> Result<DesiredUpdate, ControlError> {
             Ok(Read::Body(b)) => b,
             Ok(Read::Refused(r)) => {
                 let entry = super::refused_deployment(&source, &r);
-                records.push(refused_record(format!("deploy.{stem}"), &source, &r));
+                records.push(r.record(format!("deploy.{stem}"), &source));
                 sources.insert(stem.clone(), source);
                 deployments.insert(stem, entry);
                 continue;
@@ -394,11 +379,9 @@ fn scan_dir(dir: &Path) -> Result<DesiredUpdate, ControlError> {
         sources.insert(name.clone(), source.clone());
         // A refused manifest is cached as its length and error, never its body.
         records.push(match &entry {
-            DesiredDeployment::Invalid { error, .. } => refused_record(
-                format!("deploy.{name}"),
-                &source,
-                &Refusal::new(bytes.len(), error.clone()),
-            ),
+            DesiredDeployment::Invalid { error, .. } => {
+                Refusal::new(bytes.len(), error.clone()).record(format!("deploy.{name}"), &source)
+            }
             DesiredDeployment::Valid(_) => {
                 DesiredRecord::new(format!("deploy.{name}"), source, revision, bytes)
             }

@@ -331,6 +331,18 @@ impl Refusal {
         serde_json::to_string(&self.error).unwrap_or_else(|_| self.error.to_string())
     }
 
+    /// The cache record of the refused document: key, source, length and error only.
+    pub(crate) fn record(&self, key: String, source: &str) -> DesiredRecord {
+        DesiredRecord {
+            key,
+            source: source.to_owned(),
+            revision: None,
+            length: self.length,
+            body: Vec::new(),
+            refused: Some(self.cached()),
+        }
+    }
+
     /// The error kept in the cache by [`Refusal::cached`], attributed to `source`; any other
     /// text (a marker the store wrote itself) is a whole-document refusal.
     pub(crate) fn from_cached(text: &str, source: &str) -> DecodeError {
@@ -367,14 +379,7 @@ impl Doc {
                 body: bytes.clone(),
                 refused: None,
             },
-            Err(r) => DesiredRecord {
-                key,
-                source: self.source.clone(),
-                revision: None,
-                length: r.length,
-                body: Vec::new(),
-                refused: Some(r.cached()),
-            },
+            Err(r) => r.record(key, &self.source),
         }
     }
 }

@@ -155,15 +155,7 @@ impl Deployment {
 
     /// Semantic checks serde cannot express; returns (field path, message).
     fn check(&self) -> Result<(), (String, String)> {
-        if self.api_version != API_VERSION {
-            return Err((
-                "apiVersion".into(),
-                format!(
-                    "unsupported apiVersion {}; this agent speaks {API_VERSION:?}",
-                    quote(&self.api_version)
-                ),
-            ));
-        }
+        check_api_version(&self.api_version)?;
         check_name("name", &self.name)?;
         if self.revision > MAX_REVISION {
             return Err((
@@ -220,6 +212,20 @@ impl Deployment {
         }
         Ok(())
     }
+}
+
+/// `apiVersion` must be [`API_VERSION`] (manifests and OS upgrade requests).
+pub(crate) fn check_api_version(v: &str) -> Result<(), (String, String)> {
+    if v != API_VERSION {
+        return Err((
+            "apiVersion".into(),
+            format!(
+                "unsupported apiVersion {}; this agent speaks {API_VERSION:?}",
+                quote(v)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_name(field: &str, name: &str) -> Result<(), (String, String)> {
