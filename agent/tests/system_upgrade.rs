@@ -238,33 +238,6 @@ async fn hard_failed_trial_is_reported_rolled_back_with_its_boot_count() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_while_the_command_runs_rolls_back_and_never_runs_it_twice() {
-    let dev = Device::new("");
-    let dev = Device {
-        command: format!("echo ran >> {}; sleep 30", dev.p("ran").display()),
-        ..dev
-    };
-    let run = dev.start();
-    dev.request("u-slow");
-    wait_file(&dev.p("ran")).await;
-    run.wait_phase("Upgrading").await;
-    run.stop().await;
-    let run = dev.start();
-    wait_file(&dev.p("reboots")).await;
-    let d = run.wait_phase("Rebooting").await;
-    assert!(
-        d["reason"]
-            .as_str()
-            .unwrap()
-            .contains("agent stopped while the upgrade command ran"),
-        "{d:#}"
-    );
-    assert_eq!(dev.state().unwrap().state, State::Rollback);
-    assert_eq!(dev.lines("ran"), 1);
-    run.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_verb_is_idempotent_by_id_and_refused_while_another_runs() {
     let dev = Device::new("sleep 2");
     let run = dev.start();
@@ -400,6 +373,8 @@ async fn a_request_accepted_but_not_started_is_carried_out_once_after_a_restart(
     let mut rec = Record {
         id: "u-q".into(),
         command: dev.command.clone(),
+        unit: None,
+        command_started_at: None,
         deadline_secs: 300,
         max_boots: 2,
         requested_by: "command:alice".into(),

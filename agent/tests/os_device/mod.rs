@@ -12,6 +12,7 @@ use fleet_agent::config::Config;
 use fleet_agent::{Agent, AgentHandle};
 use fleet_mod_system_upgrade::bootstate::{BootState, State, StateFiles};
 use fleet_mod_system_upgrade::fake_lvm::FakeLvm;
+use fleet_mod_system_upgrade::fake_units::FakeUnits;
 use fleet_mod_system_upgrade::selector::VmSelector;
 use fleet_mod_system_upgrade::{Config as ModConfig, SelectorKind, SystemUpgradeModule};
 use fleet_module_api::{
@@ -26,7 +27,10 @@ pub const OLD_CONFIG: &str = "kernel=vmlinuz\ninitramfs initrd.img followkernel\
 pub struct Device {
     pub root: TempRoot,
     pub lvm: Arc<FakeLvm>,
+    /// systemd's transient units (state under the root: they outlive an agent run).
+    pub units: Arc<FakeUnits>,
     pub command: String,
+    pub command_timeout_secs: u64,
 }
 
 impl Device {
@@ -34,7 +38,9 @@ impl Device {
         let root = TempRoot::new().unwrap();
         let d = Device {
             lvm: Arc::new(FakeLvm::default()),
+            units: Arc::new(FakeUnits::new(root.path().join("units"))),
             command: command.to_owned(),
+            command_timeout_secs: ModConfig::default().command_timeout_secs,
             root,
         };
         std::fs::create_dir_all(d.boot()).unwrap();
@@ -82,6 +88,7 @@ impl Device {
             boot_dir: self.boot(),
             selector: SelectorKind::Vm,
             command: self.command.clone(),
+            command_timeout_secs: self.command_timeout_secs,
             reboot_command: format!("echo reboot >> {}", self.p("reboots").display()),
             initramfs_hook_files: vec![self.p("hook"), self.p("local-top")],
             cmdline_file: self.p("cmdline"),
@@ -94,7 +101,8 @@ impl Device {
                 self.lvm.clone(),
                 Arc::new(VmSelector::new(self.boot())),
             )
-            .with_proc_files(self.p("boot_id"), self.p("uptime")),
+            .with_proc_files(self.p("boot_id"), self.p("uptime"))
+            .with_units(self.units.clone()),
         )
     }
 

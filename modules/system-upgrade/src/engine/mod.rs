@@ -15,10 +15,12 @@ use crate::config::Config;
 use crate::lvm::Lvm;
 use crate::record::{Phase, Record};
 use crate::selector::BootSelector;
-use crate::{tail, NAME};
+use crate::units::Units;
+use crate::NAME;
 
 use shell::{run_shell, ShellError};
 
+mod command;
 mod commit;
 mod recover;
 mod shell;
@@ -56,6 +58,8 @@ pub enum Resume {
     Probation,
     /// An accepted upgrade that has not started changing anything: execute it.
     Execute(Box<Record>),
+    /// The upgrade command runs in its unit (the agent restarted meanwhile): follow it.
+    Follow(Box<Record>),
 }
 
 /// Why a request was refused.
@@ -86,6 +90,8 @@ pub struct Engine {
     pub lvm: Arc<dyn Lvm>,
     /// Trial arming.
     pub selector: Arc<dyn BootSelector>,
+    /// The service manager running the upgrade command.
+    pub units: Arc<dyn Units>,
     store: Arc<dyn ModuleStore>,
     status: Arc<dyn StatusSink>,
     clock: Arc<dyn Clock>,
@@ -103,6 +109,7 @@ impl Engine {
         cfg: Config,
         lvm: Arc<dyn Lvm>,
         selector: Arc<dyn BootSelector>,
+        units: Arc<dyn Units>,
         store: Arc<dyn ModuleStore>,
         status: Arc<dyn StatusSink>,
         clock: Arc<dyn Clock>,
@@ -115,6 +122,7 @@ impl Engine {
             files,
             lvm,
             selector,
+            units,
             store,
             status,
             clock,
@@ -255,6 +263,8 @@ impl Engine {
                 .command
                 .clone()
                 .unwrap_or_else(|| self.cfg.command.clone()),
+            unit: None,
+            command_started_at: None,
             deadline_secs: req.deadline_secs.unwrap_or(self.cfg.deadline_secs),
             max_boots: req.max_boots.unwrap_or(self.cfg.max_boots),
             requested_by: requested_by.to_owned(),
@@ -335,7 +345,8 @@ impl Engine {
     }
 
     /// Runs an accepted upgrade from Checking to the reboot. Returns when the device is
-    /// rebooting, the upgrade ended, or `shutdown` fired (the next start resolves it).
+    /// rebooting, the upgrade ended, or `shutdown` fired (the upgrade command, if started,
+    /// keeps running in its unit; the next start follows it).
     pub async fn execute(&self, mut rec: Record, shutdown: &CancellationToken) {
         // Checking: nothing has changed yet.
         let found = match self.preflight().await {
@@ -374,26 +385,10 @@ impl Engine {
             self.now(),
             &format!("{} saved boot set: {}", rec.id, saved.join(" ")),
         );
-        let running = format!("running: {}", rec.command);
-        self.enter(&mut rec, Phase::Upgrading, running);
-        let timeout = Duration::from_secs(self.cfg.command_timeout_secs);
-        match run_shell(&rec.command, timeout, shutdown).await {
-            Ok(out) => {
-                tracing::info!(upgrade = %rec.id, output = %tail(&out, 2000), "upgrade command succeeded");
-            }
-            Err(ShellError::Shutdown) => {
-                tracing::warn!(upgrade = %rec.id, "agent stopping while the upgrade command runs; the next start rolls back");
-                return;
-            }
-            Err(ShellError::Failed(reason)) => {
-                let reason = format!("upgrade command failed: {reason}");
-                return self.rollback_reboot(&mut rec, &reason).await;
-            }
-        }
-        self.arm_and_reboot(&mut rec).await;
+        self.run_command(rec, shutdown).await;
     }
 
-    async fn arm_and_reboot(&self, rec: &mut Record) {
+    pub(super) async fn arm_and_reboot(&self, rec: &mut Record) {
         self.enter(rec, Phase::Rebooting, "arming the trial boot");
         let armed = self
             .boot
@@ -428,7 +423,7 @@ impl Engine {
 
     /// A failure before root changed: back to how it was, `failed`. `ours` = the snapshot
     /// (if it exists) was created by this upgrade and is removed; otherwise it is left alone.
-    async fn fail_clean(&self, rec: &mut Record, reason: &str, ours: bool) {
+    pub(super) async fn fail_clean(&self, rec: &mut Record, reason: &str, ours: bool) {
         let mut problems = Vec::new();
         // Only a config.txt this upgrade pointed at the saved set is put back.
         if self.boot.default_points_at_saved() {
@@ -482,7 +477,7 @@ impl Engine {
 
     /// A failure after root may have changed: request the rollback and reboot, so the
     /// initramfs merges the snapshot and restores the boot set.
-    async fn rollback_reboot(&self, rec: &mut Record, reason: &str) {
+    pub(super) async fn rollback_reboot(&self, rec: &mut Record, reason: &str) {
         let _ = self.selector.disarm();
         let _ = self.boot.remove_trial();
         let mut st = self.boot_state_for(rec, State::Rollback);

@@ -39,6 +39,8 @@ impl Engine {
                     let mut rec = Record {
                         id: b.upgrade.clone(),
                         command: String::new(),
+                        unit: None,
+                        command_started_at: None,
                         deadline_secs: b.deadline_secs,
                         max_boots: b.max_boots,
                         requested_by: "boot-partition".into(),
@@ -81,6 +83,10 @@ impl Engine {
         };
         match b.state {
             State::Upgrading if same_boot => match rec.phase {
+                Phase::Upgrading if rec.unit.is_some() => {
+                    // The command runs (or ran) in its own unit: follow it, never start it again.
+                    return Resume::Follow(Box::new(rec));
+                }
                 Phase::Upgrading | Phase::Rebooting => {
                     let reason = "the agent stopped while the upgrade command ran";
                     self.rollback_reboot(&mut rec, reason).await;
