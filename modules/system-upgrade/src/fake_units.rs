@@ -97,16 +97,18 @@ impl FakeUnits {
             .map(|s| s.trim().to_owned())
     }
 
-    /// SIGTERM to the unit's process group, then waits (10 s at most) until it is gone.
+    /// SIGTERM to the unit's process group, then waits (10 s at most) until its main process
+    /// is gone.
     async fn kill_and_wait(&self, unit: &str) -> Result<(), UnitError> {
         let Some(pid) = self.pid(unit) else {
             return Ok(());
         };
-        if !Self::alive(pid) {
-            return Ok(());
+        if Self::alive(pid) {
+            std::fs::write(self.unit_dir(unit).join("stopping"), "")
+                .map_err(|e| Self::err("stop", unit, e))?;
         }
-        std::fs::write(self.unit_dir(unit).join("stopping"), "")
-            .map_err(|e| Self::err("stop", unit, e))?;
+        // The whole group, as systemd kills the whole cgroup (a main process killed from
+        // outside may leave children behind).
         let _ = std::process::Command::new("kill")
             .args(["-TERM", "--", &format!("-{pid}")])
             .stderr(std::process::Stdio::null())
