@@ -20,7 +20,7 @@ use clap::Args;
 
 use crate::transport::Transport;
 use crate::{now, Conn};
-use plan::{ConfigInputs, HostLine, Plane, Probe, Target, TrustedKey, CONFIG_PATH, CREDS_DIR};
+use plan::{ConfigInputs, HostLine, Plane, Probe, Target, TrustedKey, CREDS_DIR};
 use ssh::{shell_quote, Ssh};
 
 /// Arguments of `fleetctl provision`.
@@ -338,21 +338,13 @@ async fn run_host(
     let sudo = probe.needs_sudo();
     if let (true, Some((name, bytes))) = (changes.write_credentials, &shared.credentials) {
         report.state("writing credentials");
-        let dest = format!("{CREDS_DIR}/{name}");
-        let script = format!(
-            "umask 077; mkdir -p {CREDS_DIR} && chmod 0700 {CREDS_DIR} && t=$(mktemp {CREDS_DIR}/.new.XXXXXX) && \
-             {{ cat > \"$t\" && chmod 0600 \"$t\" && mv -f \"$t\" {dest}; }} || {{ rm -f \"$t\"; exit 1; }}",
-            dest = shell_quote(&dest)
-        );
+        let script = plan::write_file_script(CREDS_DIR, name, "0600", "077");
         ssh.run("writing credentials", &privileged(&script, sudo), bytes)
             .await?;
     }
     if changes.write_config {
         report.state("writing config");
-        let script = format!(
-            "umask 027; mkdir -p /etc/fleet-agent && t=$(mktemp /etc/fleet-agent/.config.XXXXXX) && \
-             {{ cat > \"$t\" && chmod 0640 \"$t\" && mv -f \"$t\" {CONFIG_PATH}; }} || {{ rm -f \"$t\"; exit 1; }}"
-        );
+        let script = plan::write_file_script("/etc/fleet-agent", "config.toml", "0640", "027");
         ssh.run(
             "writing config",
             &privileged(&script, sudo),
@@ -365,8 +357,7 @@ async fn run_host(
         let bytes = tokio::fs::read(&deb.path)
             .await
             .with_context(|| format!("reading {}", deb.path.display()))?;
-        let script = "umask 077; d=$(mktemp -d) || exit 1; cat > \"$d/fleet-agent.deb\" && \
-             DEBIAN_FRONTEND=noninteractive dpkg -i \"$d/fleet-agent.deb\"; rc=$?; rm -rf \"$d\"; exit $rc";
+        let script = plan::INSTALL_SCRIPT;
         ssh.run("dpkg -i", &privileged(script, sudo), &bytes)
             .await?;
     }

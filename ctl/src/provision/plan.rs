@@ -586,6 +586,23 @@ pub(crate) fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
     Ordering::Equal
 }
 
+/// Writes stdin to `dir/name` with `mode`, atomically: a temp file in the same directory,
+/// then `mv -T` (never into a directory of that name); the directory is made (under `umask`) when missing. `name` is a plain file name.
+pub(crate) fn write_file_script(dir: &str, name: &str, mode: &str, umask: &str) -> String {
+    let dest = super::ssh::shell_quote(&format!("{dir}/{name}"));
+    let d = super::ssh::shell_quote(dir);
+    format!(
+        "umask {umask}; mkdir -p {d} || exit 1; t=$(mktemp {d}/.new.XXXXXX) || exit 1; \
+         if cat > \"$t\" && chmod {mode} \"$t\" && mv -f -T \"$t\" {dest}; then exit 0; fi; \
+         rm -f \"$t\"; exit 1"
+    )
+}
+
+/// Installs the package read from stdin: a private temp dir, `dpkg -i`, the dir removed.
+pub(crate) const INSTALL_SCRIPT: &str = "umask 077; d=$(mktemp -d) || exit 1; \
+     cat > \"$d/fleet-agent.deb\" && DEBIAN_FRONTEND=noninteractive dpkg -i \"$d/fleet-agent.deb\"; \
+     rc=$?; rm -rf \"$d\"; exit $rc";
+
 /// What a run will change on a device.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub(crate) struct Changes {
