@@ -442,7 +442,10 @@ async fn wait_heartbeat(
                 Ok(views) => {
                     let info = views.get(device).and_then(|v| v.info.clone());
                     match info {
-                        Some(i) if i["at"].as_u64().is_some_and(|at| at >= shared.started) => {
+                        Some(i)
+                            if i["stopped"] != true
+                                && i["at"].as_u64().is_some_and(|at| at >= shared.started) =>
+                        {
                             return Ok(i)
                         }
                         Some(_) => last = "only a heartbeat from before this run".into(),
@@ -468,4 +471,58 @@ fn sha256_hex(b: &[u8]) -> String {
             let _ = write!(s, "{x:02x}");
             s
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn privileged_scripts_survive_both_levels_of_quoting() {
+        use std::io::Write;
+        use std::os::unix::fs::PermissionsExt;
+        // What the device runs for a non-root login: sh -c '<sudo -n sh -c '<script>'>',
+        // here with `env` standing in for `sudo -n`; the path has a space and a quote.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("etc 'fleet'");
+        let script = plan::write_file_script(dir.to_str().unwrap(), "config.toml", "0640", "027");
+        let remote = format!("sh -c {}", shell_quote(&privileged(&script, true)));
+        assert!(remote.starts_with("sh -c 'sudo -n sh -c '"), "{remote}");
+        let remote = remote.replacen("sudo -n ", "env ", 1);
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&remote)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"device_id = \"it's\"\n")
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+        let f = dir.join("config.toml");
+        assert_eq!(
+            std::fs::read_to_string(&f).unwrap(),
+            "device_id = \"it's\"\n"
+        );
+        assert_eq!(
+            std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        assert_eq!(privileged("true", false), "true");
+    }
+
+    #[test]
+    fn heartbeat_lines_name_device_version_and_plane() {
+        let v = serde_json::json!({
+            "device": "pi-7", "version": "0.1.0", "control_plane": "nats",
+            "running": true, "modules": [{}, {}]
+        });
+        assert_eq!(
+            heartbeat_line(&v),
+            "device pi-7 fleet-agent 0.1.0 running, plane nats, 2 module(s)"
+        );
+    }
 }
