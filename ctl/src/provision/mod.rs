@@ -435,7 +435,7 @@ async fn wait_heartbeat(
                         Ok(_) => last = "fleet-agent status: not running".into(),
                         Err(e) => last = format!("fleet-agent status --json: {e}"),
                     },
-                    Err(e) => last = format!("{e:#}"),
+                    Err(e) => last = without_host(ssh, &format!("{e:#}")),
                 }
             }
             Some(t) => match t.status(Some(device)).await {
@@ -460,6 +460,12 @@ async fn wait_heartbeat(
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+}
+
+/// `msg` without a leading `<host>: ` (the result adds it once).
+fn without_host(ssh: &Ssh, msg: &str) -> String {
+    let prefix = format!("{}: ", ssh.target);
+    msg.strip_prefix(&prefix).unwrap_or(msg).to_owned()
 }
 
 fn sha256_hex(b: &[u8]) -> String {
