@@ -228,7 +228,8 @@ pub(crate) fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
 }
 
 /// Writes stdin to `dir/name` with `mode`, atomically: a temp file in the same directory,
-/// then `mv -T` (never into a directory of that name); the directory is made (under `umask`) when missing. `name` is a plain file name.
+/// then `mv -T` (never into a directory of that name); the directory is made (under
+/// `umask`) when missing. `name` is a plain file name.
 pub(crate) fn write_file_script(dir: &str, name: &str, mode: &str, umask: &str) -> String {
     let dest = super::ssh::shell_quote(&format!("{dir}/{name}"));
     let d = super::ssh::shell_quote(dir);
