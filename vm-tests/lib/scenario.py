@@ -154,8 +154,11 @@ class Run:
         self._lock = threading.Lock()
         self.services: dict = {}
         # @NAME@ -> text in every step's strings: service URLs, `export`ed host output, and
-        # @REPO@ (the repository, for host steps that build or sign things).
-        self.subst: dict[str, str] = {"@REPO@": str(REPO)}
+        # @REPO@ (the repository, for host steps that build or sign things), and how the
+        # host reaches the guest's sshd (@SSH_PORT@, @SSH_KEY@, @KNOWN_HOSTS@: provisioning).
+        self.subst: dict[str, str] = {"@REPO@": str(REPO), "@SSH_PORT@": str(machine.port),
+                                      "@SSH_KEY@": str(machine.key),
+                                      "@KNOWN_HOSTS@": str(machine.known_hosts)}
 
     def start_services(self) -> None:
         """`[services]` of the scenario: `apt = "<variant>"` (a local apt repository with
