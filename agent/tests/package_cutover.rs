@@ -2,6 +2,8 @@
 //! binary: with `--restart` it self-tests that binary (a real process), writes the
 //! probation record and swaps the current link; a failing self-test moves nothing.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
