@@ -178,6 +178,7 @@ class Run:
         # forwarded loopback port, the harness's client key, and one known_hosts file that
         # pins every machine's host key.
         first = next(iter(machines.values()))
+        self.subst["@IMAGE@"] = str(first.image)  # disk.img, fleet-agent.deb, manifest.json
         self.subst["@SSH_KEY@"] = str(first.key)
         self.subst["@SSH_PORT@"] = str(first.port)
         for name, m in machines.items():
@@ -380,12 +381,17 @@ def step_ssh(r: Run, st: dict) -> None:
 
 
 def _host(r: Run, command: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    """A command on the host (bash), e.g. fleetctl against the scenario's nats-server:
-    $FLEETCTL_NATS is set when the scenario has one, and fleetctl is on $PATH."""
+    """A command on the host (bash), e.g. fleetctl against the scenario's nats-server or
+    the guests' sshd: $FLEETCTL_NATS is set when the scenario has one, and fleetctl is on
+    $PATH."""
     env = dict(os.environ)
     if "nats" in r.services:
         env["FLEETCTL_NATS"] = r.services["nats"].host_url
+    try:  # fleetctl (provision, or NATS commands) on $PATH when it is built
         env["PATH"] = f"{fleetctl_bin().parent}:{env.get('PATH', '')}"
+    except HarnessError:
+        if "nats" in r.services:
+            raise
     try:
         return subprocess.run(["bash", "-c", command], capture_output=True, text=True,
                               timeout=timeout, env=env, cwd=r.rundir, stdin=subprocess.DEVNULL)
