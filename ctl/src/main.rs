@@ -3,6 +3,7 @@
 mod command;
 mod desired;
 mod keys;
+mod provision;
 mod release;
 mod status;
 mod transport;
@@ -185,6 +186,10 @@ enum Verb {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Install fleet-agent on a device (or a fleet, --hosts) over SSH: the .deb for its
+    /// architecture, /etc/fleet-agent/config.toml, the service; then wait for its first
+    /// heartbeat. Idempotent (a second run changes nothing and says so); --dry-run plans only.
+    Provision(provision::ProvisionArgs),
     /// Print a shell completion script.
     Completions {
         /// Target shell.
@@ -240,6 +245,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Verb::Keygen { out } => keys::keygen(out),
+        Verb::Provision(args) => provision::provision(&cli.conn, args).await,
         Verb::Release(release::ReleaseCmd::Sign {
             file,
             version,
