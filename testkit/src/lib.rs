@@ -1,6 +1,6 @@
 //! Test support: real daemons on free loopback ports with temp dirs.
 //!
-//! Tests never spawn `nats-server`, `mosquitto`, `docker-registry` or `podman` themselves;
+//! Tests never spawn `nats-server`, `mosquitto`, `docker-registry`, `sshd` or `podman` themselves;
 //! they ask this crate, which picks a free port, waits for readiness with a deadline and
 //! kills/cleans up on drop. Each test gets its own daemon (`STYLE.md` §6).
 //!
@@ -32,6 +32,7 @@ mod registry;
 mod restart_loop;
 mod root;
 mod run;
+mod sshd;
 mod wait;
 
 pub use error::{Error, Result};
@@ -46,6 +47,7 @@ pub use registry::Registry;
 pub use restart_loop::{ArgsFor, Start, SystemdRestartLoop, Unit};
 pub use root::{TempRoot, KEEP_TEMP_ENV};
 pub use run::{output_within, COMMAND_LIMIT};
+pub use sshd::{Sshd, SSHD};
 pub use wait::{find_on_path, free_port, require, wait_until, POLL_INTERVAL, REQUIRE_DAEMONS_ENV};
 
 /// A process-wide unique id: `<prefix>-<pid>-<counter>-<nanos>`.

@@ -20,7 +20,7 @@ use clap::Args;
 
 use crate::transport::Transport;
 use crate::{now, Conn};
-use plan::{ConfigInputs, HostLine, Plane, Probe, Target, TrustedKey, CONFIG_PATH, CREDS_DIR};
+use plan::{ConfigInputs, HostLine, Plane, Probe, Target, TrustedKey, CREDS_DIR};
 use ssh::{shell_quote, Ssh};
 
 /// Arguments of `fleetctl provision`.
@@ -338,21 +338,13 @@ async fn run_host(
     let sudo = probe.needs_sudo();
     if let (true, Some((name, bytes))) = (changes.write_credentials, &shared.credentials) {
         report.state("writing credentials");
-        let dest = format!("{CREDS_DIR}/{name}");
-        let script = format!(
-            "umask 077; mkdir -p {CREDS_DIR} && chmod 0700 {CREDS_DIR} && t=$(mktemp {CREDS_DIR}/.new.XXXXXX) && \
-             {{ cat > \"$t\" && chmod 0600 \"$t\" && mv -f \"$t\" {dest}; }} || {{ rm -f \"$t\"; exit 1; }}",
-            dest = shell_quote(&dest)
-        );
+        let script = plan::write_file_script(CREDS_DIR, name, "0600", "077");
         ssh.run("writing credentials", &privileged(&script, sudo), bytes)
             .await?;
     }
     if changes.write_config {
         report.state("writing config");
-        let script = format!(
-            "umask 027; mkdir -p /etc/fleet-agent && t=$(mktemp /etc/fleet-agent/.config.XXXXXX) && \
-             {{ cat > \"$t\" && chmod 0640 \"$t\" && mv -f \"$t\" {CONFIG_PATH}; }} || {{ rm -f \"$t\"; exit 1; }}"
-        );
+        let script = plan::write_file_script("/etc/fleet-agent", "config.toml", "0640", "027");
         ssh.run(
             "writing config",
             &privileged(&script, sudo),
@@ -365,8 +357,7 @@ async fn run_host(
         let bytes = tokio::fs::read(&deb.path)
             .await
             .with_context(|| format!("reading {}", deb.path.display()))?;
-        let script = "umask 077; d=$(mktemp -d) || exit 1; cat > \"$d/fleet-agent.deb\" && \
-             DEBIAN_FRONTEND=noninteractive dpkg -i \"$d/fleet-agent.deb\"; rc=$?; rm -rf \"$d\"; exit $rc";
+        let script = plan::INSTALL_SCRIPT;
         ssh.run("dpkg -i", &privileged(script, sudo), &bytes)
             .await?;
     }
@@ -444,14 +435,17 @@ async fn wait_heartbeat(
                         Ok(_) => last = "fleet-agent status: not running".into(),
                         Err(e) => last = format!("fleet-agent status --json: {e}"),
                     },
-                    Err(e) => last = format!("{e:#}"),
+                    Err(e) => last = without_host(ssh, &format!("{e:#}")),
                 }
             }
             Some(t) => match t.status(Some(device)).await {
                 Ok(views) => {
                     let info = views.get(device).and_then(|v| v.info.clone());
                     match info {
-                        Some(i) if i["at"].as_u64().is_some_and(|at| at >= shared.started) => {
+                        Some(i)
+                            if i["stopped"] != true
+                                && i["at"].as_u64().is_some_and(|at| at >= shared.started) =>
+                        {
                             return Ok(i)
                         }
                         Some(_) => last = "only a heartbeat from before this run".into(),
@@ -468,6 +462,12 @@ async fn wait_heartbeat(
     }
 }
 
+/// `msg` without a leading `<host>: ` (the result adds it once).
+fn without_host(ssh: &Ssh, msg: &str) -> String {
+    let prefix = format!("{}: ", ssh.target);
+    msg.strip_prefix(&prefix).unwrap_or(msg).to_owned()
+}
+
 fn sha256_hex(b: &[u8]) -> String {
     use std::fmt::Write;
     ring::digest::digest(&ring::digest::SHA256, b)
@@ -477,4 +477,58 @@ fn sha256_hex(b: &[u8]) -> String {
             let _ = write!(s, "{x:02x}");
             s
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn privileged_scripts_survive_both_levels_of_quoting() {
+        use std::io::Write;
+        use std::os::unix::fs::PermissionsExt;
+        // What the device runs for a non-root login: sh -c '<sudo -n sh -c '<script>'>',
+        // here with `env` standing in for `sudo -n`; the path has a space and a quote.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("etc 'fleet'");
+        let script = plan::write_file_script(dir.to_str().unwrap(), "config.toml", "0640", "027");
+        let remote = format!("sh -c {}", shell_quote(&privileged(&script, true)));
+        assert!(remote.starts_with("sh -c 'sudo -n sh -c '"), "{remote}");
+        let remote = remote.replacen("sudo -n ", "env ", 1);
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&remote)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"device_id = \"it's\"\n")
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+        let f = dir.join("config.toml");
+        assert_eq!(
+            std::fs::read_to_string(&f).unwrap(),
+            "device_id = \"it's\"\n"
+        );
+        assert_eq!(
+            std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        assert_eq!(privileged("true", false), "true");
+    }
+
+    #[test]
+    fn heartbeat_lines_name_device_version_and_plane() {
+        let v = serde_json::json!({
+            "device": "pi-7", "version": "0.1.0", "control_plane": "nats",
+            "running": true, "modules": [{}, {}]
+        });
+        assert_eq!(
+            heartbeat_line(&v),
+            "device pi-7 fleet-agent 0.1.0 running, plane nats, 2 module(s)"
+        );
+    }
 }

@@ -7,6 +7,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 
+mod config;
+mod probe;
+
+use config::split_set;
+pub(crate) use config::{apply_sets, render_config, ConfigInputs, Plane, TrustedKey};
+pub(crate) use probe::{probe_script, Probe};
+
 /// The device's config file.
 pub(crate) const CONFIG_PATH: &str = "/etc/fleet-agent/config.toml";
 /// Where credentials files go on the device.
@@ -122,372 +129,6 @@ pub(crate) fn parse_hosts(name: &str, text: &str) -> Result<Vec<HostLine>> {
     Ok(out)
 }
 
-/// Splits `key=value`, checking the key is a dotted path of bare TOML keys.
-fn split_set(s: &str) -> Result<(&str, &str)> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| anyhow!("setting {s:?}: expected key=value"))?;
-    let k = k.trim();
-    let bare = |p: &str| {
-        !p.is_empty()
-            && p.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    };
-    if !k.split('.').all(bare) {
-        bail!("setting {s:?}: key {k:?} is not a dotted TOML key like control.nats.servers");
-    }
-    Ok((k, v.trim()))
-}
-
-/// A `--set` value: TOML when it parses as a TOML value (`10`, `true`, `["a"]`), a plain
-/// string otherwise (`pi-7`, `nats`).
-fn set_value(v: &str) -> toml::Value {
-    toml::from_str::<toml::Table>(&format!("v = {v}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(v.to_owned()))
-}
-
-/// Applies `key=value` settings to `doc` in order (a later one wins).
-pub(crate) fn apply_sets(doc: &mut toml::Table, sets: &[String]) -> Result<()> {
-    for s in sets {
-        let (key, value) = split_set(s)?;
-        let parts: Vec<&str> = key.split('.').collect();
-        let (last, parents) = parts
-            .split_last()
-            .ok_or_else(|| anyhow!("setting {s:?}: empty key"))?;
-        let mut table = &mut *doc;
-        let mut path = String::new();
-        for p in parents {
-            if !path.is_empty() {
-                path.push('.');
-            }
-            path.push_str(p);
-            let entry = table
-                .entry((*p).to_owned())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            table = entry
-                .as_table_mut()
-                .ok_or_else(|| anyhow!("setting {s:?}: {path} is a value, not a table"))?;
-        }
-        table.insert((*last).to_owned(), set_value(value));
-    }
-    Ok(())
-}
-
-/// A trusted operator key to put in `[[trust.operators]]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct TrustedKey {
-    pub name: String,
-    pub public_key: String,
-    pub role: String,
-}
-
-impl TrustedKey {
-    /// Parses `FILE[:ROLE]` (role `admin` when absent) and the key file's text (the public
-    /// key `fleetctl keygen` printed); the name is the file's stem.
-    pub(crate) fn parse(spec: &str, read: impl Fn(&Path) -> Result<String>) -> Result<Self> {
-        let (file, role) = match spec.rsplit_once(':') {
-            Some((f, r)) if matches!(r, "viewer" | "operator" | "admin") => (f, r),
-            _ => (spec, "admin"),
-        };
-        let path = Path::new(file);
-        let text = read(path)?;
-        let key = text.trim();
-        if key.is_empty() || key.contains(char::is_whitespace) {
-            bail!(
-                "--trusted-key {file}: expected one base64 public key (as `fleetctl keygen` prints)"
-            );
-        }
-        let name = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| anyhow!("--trusted-key {file}: no file name to name the key by"))?;
-        Ok(TrustedKey {
-            name: name.to_owned(),
-            public_key: key.to_owned(),
-            role: role.to_owned(),
-        })
-    }
-}
-
-/// Everything that goes into a device's config document.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct ConfigInputs {
-    /// `--config FILE` contents (TOML), if given.
-    pub base: Option<toml::Table>,
-    /// `--set` values, then the hosts file line's.
-    pub sets: Vec<String>,
-    /// Basename of `--credentials FILE`, installed under [`CREDS_DIR`].
-    pub credentials: Option<String>,
-    /// `--trusted-key` entries.
-    pub trusted: Vec<TrustedKey>,
-}
-
-/// Builds the config document: base, then sets, then the device id (the device's host name
-/// unless set), the credentials path for the plane, the trusted keys. Returns the TOML text.
-pub(crate) fn render_config(inputs: &ConfigInputs, hostname: &str) -> Result<(String, Plane)> {
-    let mut doc = inputs.base.clone().unwrap_or_default();
-    apply_sets(&mut doc, &inputs.sets)?;
-    if !doc.contains_key("device_id") {
-        if hostname.is_empty() {
-            bail!("device_id: not set and the device reported no host name (--set device_id=...)");
-        }
-        doc.insert("device_id".into(), toml::Value::String(hostname.to_owned()));
-    }
-    match doc.get("device_id") {
-        Some(toml::Value::String(s)) if !s.is_empty() => {}
-        _ => bail!("device_id: must be a non-empty string"),
-    }
-    let plane = Plane::of(&doc)?;
-    if let Some(file) = &inputs.credentials {
-        let path = toml::Value::String(format!("{CREDS_DIR}/{file}"));
-        let (section, key) = match plane {
-            Plane::Nats { .. } => ("nats", "creds_file"),
-            Plane::Mqtt { .. } => ("mqtt", "password_file"),
-            Plane::Local => {
-                bail!("--credentials: the local plane uses no credentials (set control.plane)")
-            }
-        };
-        let control = table_at(&mut doc, "control")?;
-        let sec = control
-            .entry(section.to_owned())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            .as_table_mut()
-            .ok_or_else(|| anyhow!("control.{section}: must be a table"))?;
-        sec.entry(key.to_owned()).or_insert(path);
-    }
-    if !inputs.trusted.is_empty() {
-        let trust = table_at(&mut doc, "trust")?;
-        let ops = trust
-            .entry("operators".to_owned())
-            .or_insert_with(|| toml::Value::Array(Vec::new()))
-            .as_array_mut()
-            .ok_or_else(|| anyhow!("trust.operators: must be an array of tables"))?;
-        for k in &inputs.trusted {
-            let present = ops
-                .iter()
-                .any(|o| o.get("public_key").and_then(|v| v.as_str()) == Some(&k.public_key));
-            if !present {
-                let mut t = toml::Table::new();
-                t.insert("name".into(), k.name.clone().into());
-                t.insert("public_key".into(), k.public_key.clone().into());
-                t.insert("role".into(), k.role.clone().into());
-                ops.push(toml::Value::Table(t));
-            }
-        }
-    }
-    let text = toml::to_string(&doc).context("rendering config.toml")?;
-    Ok((text, plane))
-}
-
-fn table_at<'a>(doc: &'a mut toml::Table, key: &str) -> Result<&'a mut toml::Table> {
-    doc.entry(key.to_owned())
-        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-        .as_table_mut()
-        .ok_or_else(|| anyhow!("{key}: must be a table"))
-}
-
-/// The control plane a config selects, with what fleetctl needs to reach it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Plane {
-    Local,
-    Nats { url: String },
-    Mqtt { addr: String },
-}
-
-impl Plane {
-    fn of(doc: &toml::Table) -> Result<Self> {
-        let control = doc.get("control");
-        let plane = match control.and_then(|c| c.get("plane")) {
-            None => "local",
-            Some(toml::Value::String(s)) => s.as_str(),
-            Some(_) => bail!("control.plane: must be a string (local, nats or mqtt)"),
-        };
-        match plane {
-            "local" => Ok(Plane::Local),
-            "nats" => {
-                let servers = control
-                    .and_then(|c| c.get("nats"))
-                    .and_then(|n| n.get("servers"));
-                let url = match servers {
-                    Some(toml::Value::Array(a)) => a.first().and_then(|v| v.as_str()),
-                    Some(_) => bail!("control.nats.servers: must be an array of URLs"),
-                    None => None,
-                };
-                let url = url.ok_or_else(|| {
-                    anyhow!("control.nats.servers: the nats plane needs at least one server URL")
-                })?;
-                Ok(Plane::Nats {
-                    url: url.to_owned(),
-                })
-            }
-            "mqtt" => {
-                let m = control.and_then(|c| c.get("mqtt"));
-                let host = m
-                    .and_then(|m| m.get("host"))
-                    .and_then(|h| h.as_str())
-                    .unwrap_or("127.0.0.1");
-                let port = m
-                    .and_then(|m| m.get("port"))
-                    .and_then(|p| p.as_integer())
-                    .unwrap_or(1883);
-                Ok(Plane::Mqtt {
-                    addr: format!("{host}:{port}"),
-                })
-            }
-            other => bail!("control.plane: {other:?} is not local, nats or mqtt"),
-        }
-    }
-}
-
-/// What the one-round-trip probe found on the device.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Probe {
-    pub uid: Option<u32>,
-    /// `sudo -n true` succeeded (asked only when not root).
-    pub sudo: bool,
-    pub arch: String,
-    pub os_id: String,
-    pub os_version: String,
-    pub glibc: String,
-    /// `dpkg-query` version when fleet-agent is installed.
-    pub installed: Option<String>,
-    pub hostname: String,
-    /// sha256 of the current config.toml, if present.
-    pub config_sha: Option<String>,
-    /// sha256 of the credentials file, if asked and present.
-    pub creds_sha: Option<String>,
-    pub enabled: bool,
-    pub active: bool,
-    pub has_systemd: bool,
-}
-
-/// The probe script: `key=value` lines, one SSH round trip, reads only.
-pub(crate) fn probe_script(creds_file: Option<&str>) -> String {
-    let creds = creds_file.map_or(String::new(), |f| format!("{CREDS_DIR}/{f}"));
-    format!(
-        r#"LC_ALL=C; export LC_ALL
-u=$(id -u); echo "uid=$u"
-S=""
-if [ "$u" != 0 ]; then
-  if sudo -n true >/dev/null 2>&1; then echo sudo=yes; S="sudo -n"; else echo sudo=no; exit 0; fi
-fi
-echo "arch=$(dpkg --print-architecture 2>/dev/null)"
-( . /etc/os-release 2>/dev/null; echo "os_id=${{ID:-}}"; echo "os_version=${{VERSION_ID:-}}" )
-echo "glibc=$(getconf GNU_LIBC_VERSION 2>/dev/null)"
-echo "installed=$(dpkg-query -W -f='${{db:Status-Status}} ${{Version}}' fleet-agent 2>/dev/null)"
-echo "hostname=$(hostname 2>/dev/null || cat /etc/hostname)"
-echo "config_sha=$($S sha256sum {CONFIG_PATH} 2>/dev/null | cut -d' ' -f1)"
-c='{creds}'
-if [ -n "$c" ]; then echo "creds_sha=$($S sha256sum "$c" 2>/dev/null | cut -d' ' -f1)"; fi
-if [ -d /run/systemd/system ]; then
-  echo systemd=yes
-  echo "enabled=$(systemctl is-enabled fleet-agent 2>/dev/null)"
-  echo "active=$(systemctl is-active fleet-agent 2>/dev/null)"
-fi
-"#
-    )
-}
-
-impl Probe {
-    /// Parses the probe's output; unknown lines are ignored.
-    pub(crate) fn parse(out: &str) -> Self {
-        let mut p = Probe::default();
-        let some = |v: &str| (!v.is_empty()).then(|| v.to_owned());
-        for line in out.lines() {
-            let Some((k, v)) = line.split_once('=') else {
-                continue;
-            };
-            let v = v.trim();
-            match k {
-                "uid" => p.uid = v.parse().ok(),
-                "sudo" => p.sudo = v == "yes",
-                "arch" => p.arch = v.to_owned(),
-                "os_id" => p.os_id = v.to_owned(),
-                "os_version" => p.os_version = v.to_owned(),
-                "glibc" => p.glibc = v.to_owned(),
-                "installed" => {
-                    p.installed = v
-                        .strip_prefix("installed ")
-                        .and_then(|ver| some(ver.trim()));
-                }
-                "hostname" => p.hostname = v.to_owned(),
-                "config_sha" => p.config_sha = some(v),
-                "creds_sha" => p.creds_sha = some(v),
-                "systemd" => p.has_systemd = v == "yes",
-                "enabled" => p.enabled = v == "enabled",
-                "active" => p.active = v == "active",
-                _ => {}
-            }
-        }
-        p
-    }
-
-    /// True when commands must go through `sudo -n`.
-    pub(crate) fn needs_sudo(&self) -> bool {
-        self.uid != Some(0)
-    }
-
-    /// The rules a device must pass before anything is changed on it.
-    pub(crate) fn check(&self) -> Result<()> {
-        match self.uid {
-            None => bail!("the probe printed no uid (is the login shell POSIX sh compatible?)"),
-            Some(0) => {}
-            Some(_) if self.sudo => {}
-            Some(u) => bail!(
-                "no root: the login user (uid {u}) is not root and `sudo -n true` failed \
-                 (log in as root or give the user passwordless sudo)"
-            ),
-        }
-        if self.arch.is_empty() {
-            bail!("no `dpkg --print-architecture`: not a Debian system");
-        }
-        if self.os_id == "debian" {
-            match self.os_version.split('.').next().and_then(|v| v.parse::<u32>().ok()) {
-                Some(v) if v >= MIN_DEBIAN => {}
-                Some(v) => bail!(
-                    "Debian {v} is older than Debian {MIN_DEBIAN} (bookworm); fleet-agent needs glibc >= {}.{}",
-                    MIN_GLIBC.0, MIN_GLIBC.1
-                ),
-                // testing/sid have no VERSION_ID; glibc decides below.
-                None => {}
-            }
-        }
-        let glibc = parse_glibc(&self.glibc).ok_or_else(|| {
-            anyhow!(
-                "glibc version unknown (`getconf GNU_LIBC_VERSION` printed {:?})",
-                self.glibc
-            )
-        })?;
-        if glibc < MIN_GLIBC {
-            bail!(
-                "glibc {}.{} is older than {}.{} (Debian 12 bookworm or newer is needed)",
-                glibc.0,
-                glibc.1,
-                MIN_GLIBC.0,
-                MIN_GLIBC.1
-            );
-        }
-        Ok(())
-    }
-}
-
-/// `glibc 2.36` → (2, 36).
-fn parse_glibc(s: &str) -> Option<(u32, u32)> {
-    let v = s.trim().strip_prefix("glibc ")?;
-    let mut it = v.split('.');
-    let major = it.next()?.parse().ok()?;
-    let minor = it
-        .next()?
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()?;
-    Some((major, minor))
-}
-
 /// A `fleet-agent_<V>_<arch>.deb` found in the package directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Deb {
@@ -585,6 +226,24 @@ pub(crate) fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
     }
     Ordering::Equal
 }
+
+/// Writes stdin to `dir/name` with `mode`, atomically: a temp file in the same directory,
+/// then `mv -T` (never into a directory of that name); the directory is made (under
+/// `umask`) when missing. `name` is a plain file name.
+pub(crate) fn write_file_script(dir: &str, name: &str, mode: &str, umask: &str) -> String {
+    let dest = super::ssh::shell_quote(&format!("{dir}/{name}"));
+    let d = super::ssh::shell_quote(dir);
+    format!(
+        "umask {umask}; mkdir -p {d} || exit 1; t=$(mktemp {d}/.new.XXXXXX) || exit 1; \
+         if cat > \"$t\" && chmod {mode} \"$t\" && mv -f -T \"$t\" {dest}; then exit 0; fi; \
+         rm -f \"$t\"; exit 1"
+    )
+}
+
+/// Installs the package read from stdin: a private temp dir, `dpkg -i`, the dir removed.
+pub(crate) const INSTALL_SCRIPT: &str = "umask 077; d=$(mktemp -d) || exit 1; \
+     cat > \"$d/fleet-agent.deb\" && DEBIAN_FRONTEND=noninteractive dpkg -i \"$d/fleet-agent.deb\"; \
+     rc=$?; rm -rf \"$d\"; exit $rc";
 
 /// What a run will change on a device.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]

@@ -348,3 +348,53 @@ fn ssh_failures_are_named() {
     assert!(classify_ssh_failure(&t, Some(255), denied).contains("login refused"));
     assert!(classify_ssh_failure(&t, Some(1), "boom\n").contains("exit 1: boom"));
 }
+
+fn sh(script: &str, input: &[u8]) -> std::process::ExitStatus {
+    use std::io::Write;
+    let mut c = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(input).unwrap();
+    c.wait().unwrap()
+}
+
+#[test]
+fn file_writes_are_atomic_with_the_mode_and_leave_no_temp_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("etc fleet's"); // quoting: a space and a quote
+    let d = dir.to_str().unwrap();
+    assert!(sh(&write_file_script(d, "c.creds", "0600", "077"), b"seed-1\n").success());
+    assert!(sh(&write_file_script(d, "c.creds", "0600", "077"), b"seed-2\n").success());
+    let f = dir.join("c.creds");
+    assert_eq!(std::fs::read(&f).unwrap(), b"seed-2\n");
+    assert_eq!(
+        std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        1,
+        "no temp file left"
+    );
+    // A destination that cannot be written: fails, and the temp file is gone.
+    std::fs::create_dir(dir.join("blocked")).unwrap();
+    assert!(!sh(&write_file_script(d, "blocked", "0640", "027"), b"x").success());
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        2,
+        "no temp file left"
+    );
+    let n = std::process::Command::new("sh")
+        .args(["-n", "-c", INSTALL_SCRIPT])
+        .status()
+        .unwrap();
+    assert!(n.success());
+}
