@@ -72,6 +72,22 @@ pub enum Cmd {
     #[cfg(feature = "self-upgrade")]
     #[command(hide = true)]
     Guard,
+    /// Run by the Debian package's postinst from the newly unpacked binary
+    /// (`/usr/lib/fleet-agent/versions/<v>/fleet-agent`): points the self-upgrade layout at
+    /// this version. With `--restart` (the service runs and the postinst restarts it next) it
+    /// self-tests this binary, writes the probation record from the confirmed version and
+    /// swaps the current link, so the guard reverts unless this version checks in; without,
+    /// both links move at once. Exit 1 (nothing moved) when the self-test fails.
+    #[cfg(feature = "self-upgrade")]
+    #[command(hide = true)]
+    PackageCutover {
+        /// The package version being replaced (the preinst kept its binary).
+        #[arg(long, value_name = "VERSION")]
+        from: Option<String>,
+        /// The service is running and will be restarted: go through probation.
+        #[arg(long)]
+        restart: bool,
+    },
 }
 
 /// Hidden plumbing subcommands.
@@ -86,6 +102,13 @@ pub enum Internals {
         /// Stop after this many commits (default: until killed).
         #[arg(long)]
         count: Option<u64>,
+    },
+    /// Write the man pages (`man/*.1`) and bash/zsh/fish completions (`completions/`) under
+    /// a directory (the package build runs this).
+    Docs {
+        /// Output directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
     /// Print a counter written by `store-stress`; exit 1 when absent.
     KvGet {
@@ -211,9 +234,24 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
             );
             Ok(0)
         }
+        Cmd::Internals(Internals::Docs { out }) => {
+            crate::packaging::write_docs(Cli::command(), "fleet-agent", &out)
+                .map_err(|e| runtime_error(anyhow::anyhow!("{}: {e}", out.display())))?;
+            Ok(0)
+        }
         Cmd::Internals(i) => internals(cli.config.as_deref(), i),
         #[cfg(feature = "self-upgrade")]
         Cmd::Guard => guard(cli.config.as_deref()),
+        #[cfg(feature = "self-upgrade")]
+        Cmd::PackageCutover { from, restart } => {
+            let (cfg, _) = load_config(cli.config.as_deref())?;
+            let su = fleet_mod_self_upgrade::config_from_section(cfg.modules.get("self-upgrade"))
+                .map_err(config_error)?;
+            let line = crate::packaging::package_cutover(&cfg, &su, from.as_deref(), restart)
+                .map_err(runtime_error)?;
+            println!("fleet-agent package-cutover: {line}");
+            Ok(0)
+        }
     }
 }
 
@@ -448,6 +486,8 @@ fn internals(config: Option<&Path>, cmd: Internals) -> Result<u8, Failure> {
             }
             Ok(0)
         }
+        // Needs no config; answered in dispatch().
+        Internals::Docs { .. } => Ok(0),
         Internals::KvGet { key } => {
             let store = Store::open_existing(&cfg.state_db(), busy).map_err(runtime_error)?;
             match store.kv_get("internals", &key).map_err(runtime_error)? {

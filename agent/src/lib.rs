@@ -11,6 +11,7 @@ pub mod logging;
 pub mod memory;
 pub mod modules;
 pub mod notify;
+pub mod packaging;
 mod router;
 mod runtime;
 pub mod status;

@@ -2,6 +2,7 @@
 
 mod command;
 mod desired;
+mod docs;
 mod keys;
 mod provision;
 mod release;
@@ -195,6 +196,20 @@ enum Verb {
         /// Target shell.
         shell: clap_complete::Shell,
     },
+    /// Plumbing for the package build; not a stable interface.
+    #[command(hide = true, subcommand)]
+    Internals(Internals),
+}
+
+#[derive(Debug, Subcommand)]
+enum Internals {
+    /// Write the man pages (`man/*.1`) and bash/zsh/fish completions (`completions/`) under
+    /// a directory.
+    Docs {
+        /// Output directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -242,6 +257,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 "fleetctl",
                 &mut std::io::stdout(),
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Verb::Internals(Internals::Docs { out }) => {
+            docs::write_docs(Cli::command(), "fleetctl", &out)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
             Ok(ExitCode::SUCCESS)
         }
         Verb::Keygen { out } => keys::keygen(out),

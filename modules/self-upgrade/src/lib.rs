@@ -76,6 +76,7 @@ mod error;
 pub mod fetch;
 pub mod guard;
 pub mod layout;
+pub mod package;
 mod request;
 mod stage;
 #[cfg(test)]
