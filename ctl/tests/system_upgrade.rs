@@ -11,6 +11,7 @@ use std::time::Duration;
 use fleet_agent::config::Config;
 use fleet_agent::Agent;
 use fleet_mod_system_upgrade::fake_lvm::FakeLvm;
+use fleet_mod_system_upgrade::fake_units::FakeUnits;
 use fleet_mod_system_upgrade::selector::VmSelector;
 use fleet_mod_system_upgrade::{Config as ModConfig, SelectorKind, SystemUpgradeModule};
 use fleet_module_api::CancellationToken;
@@ -156,7 +157,8 @@ async fn scenario(url: &str, plane: &str) {
         },
         Arc::new(FakeLvm::default()),
         Arc::new(VmSelector::new(&boot)),
-    );
+    )
+    .with_units(Arc::new(FakeUnits::new(root.path().join("units"))));
     let agent = Agent::builder(Config::load(&path).unwrap())
         .without_compiled_in()
         .module(Arc::new(module))

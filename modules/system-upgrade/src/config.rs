@@ -47,7 +47,8 @@ pub struct Config {
     /// `rpi-tryboot` or `vm`.
     #[serde(default = "default_selector")]
     pub selector: SelectorKind,
-    /// Upgrade command when a request names none (run with `/bin/sh -c`).
+    /// Upgrade command when a request names none (run with `/bin/sh -c` in the transient
+    /// unit `fleet-os-upgrade-<id>.service`).
     #[serde(default = "default_command")]
     pub command: String,
     /// Seconds a trial boot has to check in, when a request names none.
@@ -61,7 +62,8 @@ pub struct Config {
     /// system that hangs late would be tried forever (CONTRACT §6).
     #[serde(default = "default_spare_trial_boots")]
     pub spare_trial_boots: u32,
-    /// The upgrade command is killed (and the upgrade rolled back) after this long.
+    /// The upgrade command's unit is stopped (and the upgrade rolled back) after this long,
+    /// counted from its start (across agent restarts).
     #[serde(default = "default_command_timeout")]
     pub command_timeout_secs: u64,
     /// Reboots the device (run with `/bin/sh -c`).

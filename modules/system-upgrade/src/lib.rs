@@ -8,6 +8,13 @@
 //! RolledBack (by the initramfs, after a boot limit or the deadline) or Failed. Every phase
 //! is recorded in the module store (agent-state LV) before it acts, so a restart resumes or
 //! fails cleanly and never runs the upgrade command twice.
+//!
+//! The upgrade command runs in its own transient systemd unit, `fleet-os-upgrade-<id>.service`
+//! (`units` has the argv), not as a child of the agent: an `apt-get full-upgrade` that
+//! upgrades the agent's own package restarts only the agent, and the restarted agent follows
+//! the unit to its result (output tail from the journal into the phase history). A unit gone
+//! without a result fails the upgrade (rollback), it is never run again; the command timeout
+//! stops the unit.
 
 pub mod bootset;
 pub mod bootstate;
@@ -16,10 +23,13 @@ pub mod decide;
 pub mod engine;
 #[cfg(feature = "fake-lvm")]
 pub mod fake_lvm;
+#[cfg(feature = "fake-systemd")]
+pub mod fake_units;
 pub mod lvm;
 pub mod probe;
 pub mod record;
 pub mod selector;
+pub mod units;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,6 +46,7 @@ use engine::{Begin, Engine, Refusal, Resume};
 use lvm::{Lvm, LvmCli};
 use record::Record;
 use selector::{BootSelector, RpiTryboot, VmSelector};
+use units::{SystemdUnits, Units};
 
 /// The module's name, cargo feature and config section.
 pub const NAME: &str = "system-upgrade";
@@ -73,6 +84,7 @@ pub struct SystemUpgradeModule {
     config: Config,
     lvm: Arc<dyn Lvm>,
     selector: Arc<dyn BootSelector>,
+    units: Arc<dyn Units>,
     engine: Mutex<Option<Arc<Engine>>>,
     health: Mutex<Health>,
     starts: mpsc::UnboundedSender<Record>,
@@ -94,19 +106,27 @@ impl SystemUpgradeModule {
         Self::with_parts(config, lvm, selector)
     }
 
-    /// The module over explicit parts (tests use the LVM fake here).
+    /// The module over explicit parts (tests use the LVM fake here), with the real
+    /// `systemd-run` unless [`SystemUpgradeModule::with_units`] replaces it.
     pub fn with_parts(config: Config, lvm: Arc<dyn Lvm>, selector: Arc<dyn BootSelector>) -> Self {
         let (starts, rx) = mpsc::unbounded_channel();
         Self {
             config,
             lvm,
             selector,
+            units: Arc::new(SystemdUnits::default()),
             engine: Mutex::new(None),
             health: Mutex::new(Health::Starting),
             starts,
             start_rx: tokio::sync::Mutex::new(rx),
             proc_files: None,
         }
+    }
+
+    /// Runs the upgrade command through these units instead of systemd's (tests).
+    pub fn with_units(mut self, units: Arc<dyn Units>) -> Self {
+        self.units = units;
+        self
     }
 
     /// Reads the kernel boot id and uptime from these files instead of `/proc` (tests).
@@ -127,6 +147,7 @@ impl SystemUpgradeModule {
                 self.config.clone(),
                 self.lvm.clone(),
                 self.selector.clone(),
+                self.units.clone(),
                 ctx.store.clone(),
                 ctx.status.clone(),
                 ctx.clock.clone(),
@@ -215,6 +236,12 @@ impl Capability for SystemUpgradeModule {
             Resume::Execute(rec) => {
                 self.set_health(Health::Healthy);
                 engine.execute(*rec, &ctx.shutdown).await;
+            }
+            Resume::Follow(rec) => {
+                // Healthy while following: a new agent version started by the upgrade's own
+                // package postinst must be able to check in.
+                self.set_health(Health::Healthy);
+                engine.follow(*rec, &ctx.shutdown).await;
             }
         }
         self.set_health(Health::Healthy);

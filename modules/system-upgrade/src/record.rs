@@ -53,6 +53,13 @@ pub struct Record {
     pub id: String,
     /// The command run.
     pub command: String,
+    /// The transient unit running the command (`fleet-os-upgrade-<id>.service`), recorded
+    /// before it is started, so a restarted agent follows it instead of running it again.
+    #[serde(default)]
+    pub unit: Option<String>,
+    /// Unix seconds the unit was started (the command timeout counts from here).
+    #[serde(default)]
+    pub command_started_at: Option<u64>,
     /// Per-boot check-in deadline of the trial.
     pub deadline_secs: u64,
     /// Trial boots allowed.

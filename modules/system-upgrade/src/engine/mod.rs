@@ -14,8 +14,16 @@ use crate::bootstate::{BootState, State, StateFiles};
 use crate::config::Config;
 use crate::lvm::Lvm;
 use crate::record::{Phase, Record};
-use crate::selector::{on_trial, BootSelector};
-use crate::{tail, NAME};
+use crate::selector::BootSelector;
+use crate::units::Units;
+use crate::NAME;
+
+use shell::{run_shell, ShellError};
+
+mod command;
+mod commit;
+mod recover;
+mod shell;
 
 const CURRENT_KEY: &str = "current";
 /// No commit starts this close to the trial's deadline, so the commit never overlaps the
@@ -50,6 +58,8 @@ pub enum Resume {
     Probation,
     /// An accepted upgrade that has not started changing anything: execute it.
     Execute(Box<Record>),
+    /// The upgrade command runs in its unit (the agent restarted meanwhile): follow it.
+    Follow(Box<Record>),
 }
 
 /// Why a request was refused.
@@ -80,6 +90,8 @@ pub struct Engine {
     pub lvm: Arc<dyn Lvm>,
     /// Trial arming.
     pub selector: Arc<dyn BootSelector>,
+    /// The service manager running the upgrade command.
+    pub units: Arc<dyn Units>,
     store: Arc<dyn ModuleStore>,
     status: Arc<dyn StatusSink>,
     clock: Arc<dyn Clock>,
@@ -97,6 +109,7 @@ impl Engine {
         cfg: Config,
         lvm: Arc<dyn Lvm>,
         selector: Arc<dyn BootSelector>,
+        units: Arc<dyn Units>,
         store: Arc<dyn ModuleStore>,
         status: Arc<dyn StatusSink>,
         clock: Arc<dyn Clock>,
@@ -109,6 +122,7 @@ impl Engine {
             files,
             lvm,
             selector,
+            units,
             store,
             status,
             clock,
@@ -249,6 +263,8 @@ impl Engine {
                 .command
                 .clone()
                 .unwrap_or_else(|| self.cfg.command.clone()),
+            unit: None,
+            command_started_at: None,
             deadline_secs: req.deadline_secs.unwrap_or(self.cfg.deadline_secs),
             max_boots: req.max_boots.unwrap_or(self.cfg.max_boots),
             requested_by: requested_by.to_owned(),
@@ -329,7 +345,8 @@ impl Engine {
     }
 
     /// Runs an accepted upgrade from Checking to the reboot. Returns when the device is
-    /// rebooting, the upgrade ended, or `shutdown` fired (the next start resolves it).
+    /// rebooting, the upgrade ended, or `shutdown` fired (the upgrade command, if started,
+    /// keeps running in its unit; the next start follows it).
     pub async fn execute(&self, mut rec: Record, shutdown: &CancellationToken) {
         // Checking: nothing has changed yet.
         let found = match self.preflight().await {
@@ -368,26 +385,10 @@ impl Engine {
             self.now(),
             &format!("{} saved boot set: {}", rec.id, saved.join(" ")),
         );
-        let running = format!("running: {}", rec.command);
-        self.enter(&mut rec, Phase::Upgrading, running);
-        let timeout = Duration::from_secs(self.cfg.command_timeout_secs);
-        match run_shell(&rec.command, timeout, shutdown).await {
-            Ok(out) => {
-                tracing::info!(upgrade = %rec.id, output = %tail(&out, 2000), "upgrade command succeeded");
-            }
-            Err(ShellError::Shutdown) => {
-                tracing::warn!(upgrade = %rec.id, "agent stopping while the upgrade command runs; the next start rolls back");
-                return;
-            }
-            Err(ShellError::Failed(reason)) => {
-                let reason = format!("upgrade command failed: {reason}");
-                return self.rollback_reboot(&mut rec, &reason).await;
-            }
-        }
-        self.arm_and_reboot(&mut rec).await;
+        self.run_command(rec, shutdown).await;
     }
 
-    async fn arm_and_reboot(&self, rec: &mut Record) {
+    pub(super) async fn arm_and_reboot(&self, rec: &mut Record) {
         self.enter(rec, Phase::Rebooting, "arming the trial boot");
         let armed = self
             .boot
@@ -422,7 +423,7 @@ impl Engine {
 
     /// A failure before root changed: back to how it was, `failed`. `ours` = the snapshot
     /// (if it exists) was created by this upgrade and is removed; otherwise it is left alone.
-    async fn fail_clean(&self, rec: &mut Record, reason: &str, ours: bool) {
+    pub(super) async fn fail_clean(&self, rec: &mut Record, reason: &str, ours: bool) {
         let mut problems = Vec::new();
         // Only a config.txt this upgrade pointed at the saved set is put back.
         if self.boot.default_points_at_saved() {
@@ -476,7 +477,7 @@ impl Engine {
 
     /// A failure after root may have changed: request the rollback and reboot, so the
     /// initramfs merges the snapshot and restores the boot set.
-    async fn rollback_reboot(&self, rec: &mut Record, reason: &str) {
+    pub(super) async fn rollback_reboot(&self, rec: &mut Record, reason: &str) {
         let _ = self.selector.disarm();
         let _ = self.boot.remove_trial();
         let mut st = self.boot_state_for(rec, State::Rollback);
@@ -498,347 +499,5 @@ impl Engine {
             format!("rolling back: {reason}; rebooting so the initramfs merges the snapshot"),
         );
         self.reboot(rec).await;
-    }
-
-    /// Works out where the last upgrade stands after a start (restart or reboot) and acts:
-    /// resumes the reboot, enters Probation on the trial, reports what the initramfs did,
-    /// finishes a commit, and never runs the command again. Tells the caller what is left.
-    pub async fn recover(&self) -> Resume {
-        let boot = match self.files.current() {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the boot-partition state");
-                None
-            }
-        };
-        let rec = match self.load_current() {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the upgrade record");
-                None
-            }
-        };
-        let this_boot = self.boot_id();
-        let Some(mut rec) = rec else {
-            // No record (e.g. a fresh agent-state LV): adopt what the boot partition says.
-            if let Some(b) = boot.filter(|b| !b.upgrade.is_empty()) {
-                if matches!(
-                    b.state,
-                    State::RolledBack | State::Failed | State::Committed
-                ) && self.record(&b.upgrade).ok().flatten().is_none()
-                {
-                    let now = self.now();
-                    let mut rec = Record {
-                        id: b.upgrade.clone(),
-                        command: String::new(),
-                        deadline_secs: b.deadline_secs,
-                        max_boots: b.max_boots,
-                        requested_by: "boot-partition".into(),
-                        phase: Phase::Checking,
-                        message: String::new(),
-                        reason: None,
-                        boots: None,
-                        boot_id: this_boot.clone(),
-                        started_at: now,
-                        updated_at: now,
-                        history: Vec::new(),
-                    };
-                    self.resolve_from_boot(&mut rec, &b).await;
-                }
-            }
-            self.publish();
-            return Resume::Nothing;
-        };
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(rec.clone());
-        if rec.phase.is_terminal() {
-            if let Some(b) = boot.filter(|b| b.upgrade == rec.id && b.state == State::Committed) {
-                if rec.phase == Phase::Committed {
-                    self.finish_commit_cleanup(&mut rec, &b, false).await;
-                }
-            }
-            self.publish();
-            return Resume::Nothing;
-        }
-        if rec.phase == Phase::Checking {
-            // Accepted, nothing changed yet (Checking only reads): carry it out now.
-            return Resume::Execute(Box::new(rec));
-        }
-        let same_boot = rec.boot_id == this_boot;
-        let Some(b) = boot.filter(|b| b.upgrade == rec.id) else {
-            let reason =
-                "the boot partition's state does not name this upgrade (lost or overwritten)";
-            rec.reason = Some(reason.into());
-            self.enter(&mut rec, Phase::Failed, reason);
-            return Resume::Nothing;
-        };
-        match b.state {
-            State::Upgrading if same_boot => match rec.phase {
-                Phase::Upgrading | Phase::Rebooting => {
-                    let reason = "the agent stopped while the upgrade command ran";
-                    self.rollback_reboot(&mut rec, reason).await;
-                }
-                p => {
-                    let reason =
-                        format!("the agent stopped during {p:?}, before the upgrade command ran");
-                    // Checking found no snapshot and `upgrading` was written before lvcreate:
-                    // a snapshot there now is this upgrade's.
-                    self.fail_clean(&mut rec, &reason, true).await;
-                }
-            },
-            State::Upgrading => {
-                let reason = "rebooted during the upgrade and the initramfs did not roll back (is its hook installed?)";
-                rec.reason = Some(reason.into());
-                self.enter(&mut rec, Phase::Failed, reason);
-            }
-            State::Trial if on_trial(&self.cmdline(), &rec.id) => {
-                self.enter(
-                    &mut rec,
-                    Phase::Probation,
-                    format!(
-                        "booted the trial (trial boot {} of at most {}); committing after check-in",
-                        b.trials.max(1),
-                        b.max_trials.max(b.max_boots)
-                    ),
-                );
-                return Resume::Probation;
-            }
-            State::Trial if same_boot && rec.phase == Phase::Rebooting => {
-                // The agent restarted before the reboot happened: arm and reboot again.
-                self.arm_and_reboot(&mut rec).await;
-            }
-            State::Trial => {
-                self.enter(
-                    &mut rec,
-                    Phase::Rebooting,
-                    "this boot is not the trial; waiting for the initramfs or the deadline to roll back",
-                );
-            }
-            State::Committing => {
-                self.commit(&mut rec).await;
-            }
-            State::Rollback if same_boot && rec.phase == Phase::Rebooting => {
-                self.reboot(&mut rec).await;
-            }
-            State::Rollback => {
-                let text = format!("rollback requested ({}); waiting for the reboot", b.reason);
-                rec.reason = Some(b.reason.clone());
-                self.enter(&mut rec, Phase::Rebooting, text);
-            }
-            State::Committed | State::RolledBack | State::Failed => {
-                self.resolve_from_boot(&mut rec, &b).await;
-            }
-            State::Idle => {
-                let reason = "the boot partition's state was reset to idle";
-                rec.reason = Some(reason.into());
-                self.enter(&mut rec, Phase::Failed, reason);
-            }
-        }
-        Resume::Nothing
-    }
-
-    /// Takes over an outcome written by the initramfs (or an earlier commit).
-    async fn resolve_from_boot(&self, rec: &mut Record, b: &BootState) {
-        match b.state {
-            State::RolledBack => {
-                rec.reason = Some(b.reason.clone());
-                rec.boots = Some(b.boots);
-                let text = format!("rolled back after {} trial boot(s): {}", b.boots, b.reason);
-                self.enter(rec, Phase::RolledBack, text);
-            }
-            State::Failed => {
-                rec.reason = Some(b.reason.clone());
-                self.enter(rec, Phase::Failed, b.reason.clone());
-            }
-            State::Committed => self.finish_commit_cleanup(rec, b, true).await,
-            _ => {}
-        }
-    }
-
-    /// Probation: commit when checked in and still within the deadline. Returns true when
-    /// the upgrade left Probation.
-    pub async fn try_commit(&self, checkin: &fleet_module_api::CheckIn) -> bool {
-        let Some(mut rec) = self.current().filter(|r| r.phase == Phase::Probation) else {
-            return true;
-        };
-        let boot = self.files.current().ok().flatten();
-        let wait = if let Some(why) = checkin.waiting_for(crate::NAME) {
-            Some(format!("waiting for check-in: {why}"))
-        } else if boot
-            .as_ref()
-            .is_some_and(|b| b.upgrade == rec.id && b.state == State::Trial && b.bootcount > 0)
-        {
-            // The good-boot unit arms the trial and then sets bootcount=0 (CONTRACT §5);
-            // committing before it ran would race its state write and its arming.
-            Some("checked in; waiting for the boot to be marked good (fleet-boot-good)".to_owned())
-        } else if self.uptime() + COMMIT_MARGIN_SECS >= rec.deadline_secs {
-            Some(format!(
-                "checked in too close to the deadline of {} s (uptime {} s); the deadline timer rolls back",
-                rec.deadline_secs,
-                self.uptime()
-            ))
-        } else {
-            None
-        };
-        if let Some(text) = wait {
-            if rec.message != text {
-                rec.message = text;
-                rec.updated_at = self.now();
-                self.save(&rec);
-            }
-            return boot.is_some_and(|b| b.upgrade == rec.id && b.state == State::Rollback)
-                && self.rollback_seen(&mut rec, boot_reason(&self.files));
-        }
-        self.commit(&mut rec).await;
-        rec.phase != Phase::Probation
-    }
-
-    /// The deadline timer asked for a rollback while in Probation: report it, stop waiting.
-    fn rollback_seen(&self, rec: &mut Record, reason: String) -> bool {
-        rec.reason = Some(reason.clone());
-        self.enter(
-            rec,
-            Phase::Rebooting,
-            format!("rollback requested ({reason}); not committing"),
-        );
-        true
-    }
-
-    /// Commit (CONTRACT §5): `committing` → default `config.txt` → disarm, remove the trial
-    /// set → `committed` → remove the snapshot and the saved set.
-    async fn commit(&self, rec: &mut Record) {
-        let mut st = match self.files.current() {
-            Ok(Some(b)) if b.upgrade == rec.id => b,
-            Ok(other) => {
-                let found =
-                    other.map_or("none".to_owned(), |b| format!("{} {}", b.state, b.upgrade));
-                let reason = format!("cannot commit: the boot partition's state is {found}");
-                rec.reason = Some(reason.clone());
-                return self.enter(rec, Phase::Failed, reason);
-            }
-            Err(e) => return self.commit_problem(rec, &format!("reading the state: {e}")),
-        };
-        match st.state {
-            State::Trial | State::Committing => {}
-            State::Rollback => {
-                // The deadline timer (or an operator) asked for a rollback first: it wins.
-                rec.reason = Some(st.reason.clone());
-                let text = format!("rollback requested ({}); not committing", st.reason);
-                return self.enter(rec, Phase::Rebooting, text);
-            }
-            other => {
-                let reason = format!("cannot commit: the boot partition's state is {other}");
-                rec.reason = Some(reason.clone());
-                return self.enter(rec, Phase::Failed, reason);
-            }
-        }
-        if st.state != State::Committing {
-            st.state = State::Committing;
-            if let Err(e) = self.write_state(&st) {
-                return self.commit_problem(rec, &e);
-            }
-        }
-        if let Err(e) = self.boot.restore_default_config() {
-            return self.commit_problem(rec, &format!("restoring config.txt: {e}"));
-        }
-        if let Err(e) = self.selector.disarm() {
-            return self.commit_problem(rec, &format!("disarming the trial: {e}"));
-        }
-        if let Err(e) = self.boot.remove_trial() {
-            return self.commit_problem(rec, &format!("removing the trial set: {e}"));
-        }
-        st.state = State::Committed;
-        let st = match self.write_state(&st) {
-            Ok(st) => st,
-            Err(e) => return self.commit_problem(rec, &e),
-        };
-        self.boot.log(self.now(), &format!("{} committed", rec.id));
-        self.finish_commit_cleanup(rec, &st, true).await;
-    }
-
-    fn commit_problem(&self, rec: &mut Record, problem: &str) {
-        tracing::error!(upgrade = %rec.id, %problem, "commit step failed; retrying");
-        rec.message = format!("commit step failed, retrying: {problem}");
-        rec.updated_at = self.now();
-        self.save(rec);
-    }
-
-    /// After `committed`: remove the snapshot and the saved set (again after a restart).
-    async fn finish_commit_cleanup(&self, rec: &mut Record, _b: &BootState, report: bool) {
-        let mut problems = Vec::new();
-        match self.snapshot_exists().await {
-            Ok(true) => {
-                if let Err(e) = self.lvm.remove(&self.cfg.vg, &self.cfg.snapshot_lv).await {
-                    problems.push(e.to_string());
-                }
-            }
-            Ok(false) => {}
-            Err(e) => problems.push(e),
-        }
-        if let Err(e) = self.boot.remove_saved() {
-            problems.push(format!("removing the saved boot set: {e}"));
-        }
-        // Again, in case a good-boot unit re-armed the trial while the commit ran.
-        if let Err(e) = self.selector.disarm() {
-            problems.push(format!("disarming: {e}"));
-        }
-        let text = if problems.is_empty() {
-            "committed: the new system is the default; snapshot and saved boot set removed"
-                .to_owned()
-        } else {
-            format!(
-                "committed; cleanup incomplete (retried at the next start): {}",
-                problems.join("; ")
-            )
-        };
-        if report || rec.message != text {
-            rec.reason = None;
-            self.enter(rec, Phase::Committed, text);
-        }
-    }
-}
-
-/// Why a shell command did not succeed.
-#[derive(Debug)]
-enum ShellError {
-    /// Non-zero exit, signal, timeout or spawn failure, with the output's tail.
-    Failed(String),
-    /// The agent is shutting down; the command was killed.
-    Shutdown,
-}
-
-/// Runs `command` with `/bin/sh -c` (non-interactive apt), capturing its output.
-async fn run_shell(
-    command: &str,
-    timeout: Duration,
-    shutdown: &CancellationToken,
-) -> Result<String, ShellError> {
-    let child = tokio::process::Command::new("/bin/sh")
-        .arg("-c")
-        .arg(command)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| ShellError::Failed(format!("cannot run /bin/sh: {e}")))?;
-    let out = tokio::select! {
-        r = tokio::time::timeout(timeout, child.wait_with_output()) => match r {
-            Err(_) => return Err(ShellError::Failed(format!("timed out after {} s", timeout.as_secs()))),
-            Ok(Err(e)) => return Err(ShellError::Failed(e.to_string())),
-            Ok(Ok(out)) => out,
-        },
-        () = shutdown.cancelled() => return Err(ShellError::Shutdown),
-    };
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    if out.status.success() {
-        Ok(text)
-    } else {
-        Err(ShellError::Failed(format!(
-            "{}: {}",
-            out.status,
-            tail(text.trim(), 300)
-        )))
     }
 }
