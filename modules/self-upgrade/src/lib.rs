@@ -62,6 +62,10 @@
 //! /var/lib/fleet-agent/self-upgrade/outcome.json
 //! ```
 //!
+//! The Debian package installs only `versions/<v>/fleet-agent`; its postinst makes the links
+//! with `fleet-agent package-cutover`, and an upgrade of the package goes through the same
+//! probation as a self-upgrade (see [`package`]).
+//!
 //! A fresh install may ship `/usr/bin/fleet-agent` as a plain file: on its first run the
 //! module adopts it (copies it to `versions/<v>/`, creates `confirmed`, replaces the file by a
 //! link). Until then `confirmed` does not exist, so no probation can exist either, and the

@@ -112,6 +112,14 @@ pub fn package_cutover(
     self_test: impl FnOnce(&Path) -> Result<(), Error>,
 ) -> Result<Done, Error> {
     let to = req.to;
+    for (field, v) in [("to", Some(to)), ("from", req.from)] {
+        if let Some(v) = v.filter(|v| v.is_empty() || v.contains('/') || v.starts_with('.')) {
+            return Err(Error::BadRequest {
+                field,
+                message: format!("{v:?} is not a version directory name"),
+            });
+        }
+    }
     let to_bin = layout.binary(to);
     if !to_bin.is_file() {
         return Err(Error::Layout(format!(
