@@ -16,6 +16,10 @@ scenario's repository holds one 2.0 variant:
 | `hang`      | as clean; a unit freezes early userspace (before multi-user) once the watchdog is armed |
 | `late-hang` | as soft-fail (no check-in, so no commit); a unit freezes userspace after fleet-boot-good marked the boot |
 
+A scenario may also serve a newer fleet-agent (`[services] apt_agent = "0.1.1"`): the real
+package of this tree at that version (`bin/fleet-deb`, cached by source hash), so an
+`apt-get full-upgrade` upgrades the agent's own package in the middle of an OS upgrade.
+
 CLI (used by build-image): `aptrepo.py deb VARIANT VERSION OUTDIR` builds one .deb.
 """
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -145,6 +150,16 @@ def build_deb(variant: str, version: str, outdir: Path) -> Path:
     return deb
 
 
+def fleet_agent_deb(version: str) -> Path:
+    """This tree's fleet-agent .deb at `version` (bin/fleet-deb builds it once per source
+    hash; the first call after a source change costs a release build)."""
+    tool = Path(__file__).resolve().parent.parent / "bin" / "fleet-deb"
+    p = subprocess.run([str(tool), version], capture_output=True, text=True, timeout=3600)
+    if p.returncode != 0:
+        raise RuntimeError(f"fleet-deb {version} failed: {p.stderr.strip()[-800:]}")
+    return Path(p.stdout.strip().splitlines()[-1])
+
+
 def _field(deb: Path, name: str) -> str:
     return subprocess.run(["dpkg-deb", "-f", str(deb), name], check=True, capture_output=True,
                           text=True).stdout.strip()
@@ -173,12 +188,16 @@ def write_index(repo: Path) -> None:
 class AptRepo:
     """One scenario's repository, served by `python3 -m http.server` on a free loopback port."""
 
-    def __init__(self, directory: Path, variant: str, version: str = "2.0"):
+    def __init__(self, directory: Path, variant: str, version: str = "2.0",
+                 agent_version: str | None = None):
         self.dir = directory
         self.variant = variant
         self.version = version
+        self.agent_version = agent_version
         self.dir.mkdir(parents=True, exist_ok=True)
         build_deb(variant, version, self.dir)
+        if agent_version:
+            shutil.copy(fleet_agent_deb(agent_version), self.dir)
         write_index(self.dir)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -205,7 +224,7 @@ class AptRepo:
 
     def fact(self) -> dict:
         return {"url": self.guest_url, "variant": self.variant, "version": self.version,
-                "port": self.port}
+                "agent_version": self.agent_version, "port": self.port}
 
     def stop(self) -> None:
         if self.proc.poll() is None:

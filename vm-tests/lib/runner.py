@@ -21,11 +21,34 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import LIVE, HarnessError, LibvirtBackend, Machine  # noqa: E402
-from scenario import LIVE_SERVICES, Run, StepFailed, load  # noqa: E402
+from scenario import LIVE_SERVICES, Run, StepFailed, load, machine_names  # noqa: E402
 
 VMT = Path(__file__).resolve().parent.parent
 PRINT = threading.Lock()
 T0 = time.monotonic()
+
+
+class Slots:
+    """-j N counts guests, not scenarios: a scenario with two machines takes two slots
+    (each guest is one TCG vCPU), so `-j 2` never runs more than two guests at once."""
+
+    def __init__(self, n: int):
+        self.free = n
+        self.total = n
+        self.cv = threading.Condition()
+
+    def take(self, k: int) -> int:
+        k = min(k, self.total)  # a scenario bigger than -j runs alone
+        with self.cv:
+            while self.free < k:
+                self.cv.wait()
+            self.free -= k
+        return k
+
+    def give(self, k: int) -> None:
+        with self.cv:
+            self.free += k
+            self.cv.notify_all()
 
 
 def say(msg: str) -> None:
@@ -94,8 +117,18 @@ def resolve(arg: str) -> Path:
     raise SystemExit(f"run: unknown scenario {arg!r} (known: {known})")
 
 
-def run_one(path: Path, args: argparse.Namespace, outdir: Path) -> Result:
+def run_one(path: Path, args: argparse.Namespace, outdir: Path, slots: "Slots | None" = None) -> Result:
     sc = load(path)
+    names = machine_names(sc, path)
+    taken = slots.take(len(names)) if slots else 0
+    try:
+        return _run_one(sc, names, args, outdir)
+    finally:
+        if slots:
+            slots.give(taken)
+
+
+def _run_one(sc: dict, names: list[str], args: argparse.Namespace, outdir: Path) -> Result:
     name = sc["name"]
     res = Result(name)
     rundir = outdir / name
@@ -111,14 +144,28 @@ def run_one(path: Path, args: argparse.Namespace, outdir: Path) -> Result:
         logf.flush()
         say(line)
 
-    machine = None
+    machines: dict[str, Machine] = {}
+    machine = None  # the one whose serial lines a failure shows
     try:
         vm = sc.get("vm", {})
-        machine = Machine(f"fleet-vm-{name}-{os.getpid()}", args.image, rundir,
-                          "qemu" if args.qemu else "libvirt", int(vm.get("memory", 512)), log)
-        log(f"{sc.get('description', '').strip()} [{machine.backend.name}, ssh port {machine.port}]")
-        r = Run(sc, machine, rundir, log, args.timeout_scale)
-        r.execute()
+        for mname in names:
+            # One machine keeps the historical layout (rundir/disk.qcow2, serial-boot-N.log);
+            # several get a subdirectory each and a domain name with their own suffix.
+            single = len(names) == 1
+            mlog = log if single else (lambda msg, _n=mname: log(f"[{_n}] {msg}"))
+            machines[mname] = Machine(
+                f"fleet-vm-{name}{'' if single else '-' + mname}-{os.getpid()}", args.image,
+                rundir if single else rundir / mname, "qemu" if args.qemu else "libvirt",
+                int(vm.get("memory", 512)), mlog)
+        machine = next(iter(machines.values()))
+        ports = ", ".join(f"{n} {m.port}" for n, m in machines.items())
+        log(f"{sc.get('description', '').strip()} [{machine.backend.name}, ssh port "
+            f"{machine.port if len(machines) == 1 else ports}]")
+        r = Run(sc, machines, rundir, log, args.timeout_scale)
+        try:
+            r.execute()
+        finally:
+            machine = r.m
         res.status = "PASS"
     except StepFailed as e:
         res.status = "FAIL"
@@ -132,16 +179,16 @@ def run_one(path: Path, args: argparse.Namespace, outdir: Path) -> Result:
         res.status = "ERROR"
         res.message = f"harness bug: {e!r}\n{traceback.format_exc()}"
     finally:
-        if machine:
+        for m in machines.values():
             try:
-                machine.close()
+                m.close()
             except Exception as e:  # noqa: BLE001
                 log(f"cleanup: {e}")
-            res.boots = len(machine.boots)
-            res.resets = machine.resets()
-            res.reboots = machine.reboots()
+            res.boots += len(m.boots)
+            res.resets += m.resets()
+            res.reboots += m.reboots()
             if not args.keep:
-                machine.disk.unlink(missing_ok=True)
+                m.disk.unlink(missing_ok=True)
         res.wall = time.monotonic() - t0
         res.snapshot, res.merge = os_upgrade_times(rundir)
         if res.status != "PASS":
@@ -226,8 +273,9 @@ def main() -> int:
         f"{'plain QEMU' if args.qemu else 'libvirt'}, image {Path(args.image).resolve().name}")
 
     t0 = time.monotonic()
+    slots = Slots(max(1, args.jobs))
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as ex:
-        results = list(ex.map(lambda p: run_one(p, args, outdir), paths))
+        results = list(ex.map(lambda p: run_one(p, args, outdir, slots), paths))
     wall = time.monotonic() - t0
     junit(results, outdir / "junit.xml")
     table = summary(results, wall, outdir)

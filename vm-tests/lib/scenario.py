@@ -1,6 +1,7 @@
 """Scenario interpreter: a scenario is a TOML file of steps (see vm-tests/README.md).
 
-Steps act on one Machine. Whatever a step reads back from the guest is saved as a named
+Steps act on one Machine: the first of `[vm] machines` (default one, named "a"), or the one
+a step names with `on = "<name>"`. Whatever a step reads back from the guest is saved as a named
 *fact*; `assert` steps are jq expressions over the JSON object of all facts, evaluated
 by bin/fleet-assert. A scenario fails at its first failing step, with that step's own
 message and the last 50 serial lines.
@@ -23,6 +24,7 @@ from machine import HarnessError, Machine, free_port
 HERE = Path(__file__).resolve().parent
 ASSERT = HERE.parent / "bin" / "fleet-assert"
 REPO = HERE.parent.parent
+WORK = Path(os.environ.get("FLEET_VM_WORK") or HERE.parent / "work")
 
 
 class StepFailed(Exception):
@@ -132,17 +134,33 @@ def load(path: Path) -> dict:
     steps = sc.get("steps")
     if not isinstance(steps, list) or not steps:
         raise HarnessError(f"{path}: no [[steps]]")
+    names = machine_names(sc, path)
     for i, st in enumerate(steps, 1):
         if st.get("do") not in STEPS:
             raise HarnessError(f"{path}: step {i}: unknown do = {st.get('do')!r} "
                                f"(one of {', '.join(sorted(STEPS))})")
+        if "on" in st and st["on"] not in names:
+            raise HarnessError(f"{path}: step {i}: on = {st['on']!r} is not one of "
+                               f"[vm] machines {names}")
     return sc
 
 
+def machine_names(sc: dict, path: Path | str = "scenario") -> list[str]:
+    """`[vm] machines`: a list of names (default ["a"]). Each is a guest of its own (own
+    overlay disk, SSH port, boots); steps act on the first unless they say `on = "<name>"`."""
+    names = sc.get("vm", {}).get("machines", ["a"])
+    if (not isinstance(names, list) or not names or len(set(names)) != len(names)
+            or not all(isinstance(n, str) and re.fullmatch(r"[a-z][a-z0-9]{0,7}", n) for n in names)):
+        raise HarnessError(f"{path}: [vm] machines must be a list of distinct short lowercase "
+                           f"names, e.g. [\"a\", \"b\"] (got {names!r})")
+    return names
+
+
 class Run:
-    def __init__(self, sc: dict, machine: Machine, rundir: Path, log, scale: float):
+    def __init__(self, sc: dict, machines: dict[str, Machine], rundir: Path, log, scale: float):
         self.sc = sc
-        self.m = machine
+        self.machines = machines
+        self.m = next(iter(machines.values()))  # the machine of the step being run
         self.rundir = rundir
         self.log = log
         self.scale = scale
@@ -154,28 +172,41 @@ class Run:
         self._lock = threading.Lock()
         self.services: dict = {}
         # @NAME@ -> text in every step's strings: service URLs, `export`ed host output, and
-        # @REPO@ (the repository, for host steps that build or sign things), and how the
-        # host reaches the guest's sshd (@SSH_PORT@, @SSH_KEY@, @KNOWN_HOSTS@: provisioning).
-        self.subst: dict[str, str] = {"@REPO@": str(REPO), "@SSH_PORT@": str(machine.port),
-                                      "@SSH_KEY@": str(machine.key),
-                                      "@KNOWN_HOSTS@": str(machine.known_hosts)}
+        # @REPO@ (the repository, for host steps that build or sign things).
+        self.subst: dict[str, str] = {"@REPO@": str(REPO), "@WORK@": str(WORK)}
+        # How host steps reach the guests' sshd (e.g. fleetctl provision): each machine's
+        # forwarded loopback port, the harness's client key, and one known_hosts file that
+        # pins every machine's host key.
+        first = next(iter(machines.values()))
+        self.subst["@IMAGE@"] = str(first.image)  # disk.img, fleet-agent.deb, manifest.json
+        self.subst["@SSH_KEY@"] = str(first.key)
+        self.subst["@SSH_PORT@"] = str(first.port)
+        for name, m in machines.items():
+            self.subst[f"@SSH_PORT_{name.upper()}@"] = str(m.port)
+        known = rundir / "known_hosts-all"
+        known.write_text("".join(m.known_hosts.read_text().rstrip("\n") + "\n"
+                                 for m in machines.values()))
+        self.subst["@KNOWN_HOSTS@"] = str(known)
 
     def start_services(self) -> None:
         """`[services]` of the scenario: `apt = "<variant>"` (a local apt repository with
-        fleet-canary 2.0 of that variant), `nats = true` (nats-server -js + fleetctl init).
+        fleet-canary 2.0 of that variant; `apt_agent = "<version>"` adds this tree's
+        fleet-agent package at that version), `nats = true` (nats-server -js + fleetctl init).
         Their guest-side URLs replace @APT_URL@ / @NATS_URL@ in every step's strings;
         @NATS_HOST_URL@ is the host-side URL (for `host` steps)."""
         svc = self.sc.get("services", {})
         if svc.get("apt"):
             from aptrepo import AptRepo
             try:
-                repo = AptRepo(self.rundir / "apt-repo", svc["apt"])
+                repo = AptRepo(self.rundir / "apt-repo", svc["apt"],
+                               agent_version=svc.get("apt_agent"))
             except (RuntimeError, ValueError, subprocess.CalledProcessError) as e:
                 raise HarnessError(f"apt repository: {e}") from e
             self.services["apt"] = repo
             LIVE_SERVICES.add(repo)
             self.subst["@APT_URL@"] = repo.guest_url
-            self.log(f"apt repository (fleet-canary {repo.version}, {repo.variant}) at "
+            agent = f", fleet-agent {repo.agent_version}" if repo.agent_version else ""
+            self.log(f"apt repository (fleet-canary {repo.version}, {repo.variant}{agent}) at "
                      f"127.0.0.1:{repo.port}, guest {repo.guest_url}")
         if svc.get("nats"):
             nats = NatsService(self.rundir)
@@ -217,12 +248,20 @@ class Run:
             self.facts[st["save"]] = value
             self.facts["t"][st["save"]] = self.now()
 
-    def machine_facts(self) -> dict:
-        return {"boots": len(self.m.boots), "resets": self.m.resets(),
-                "reboots": self.m.reboots(),
-                "powered": self.m.powered,
-                "boot_sets": [b.set.mode for b in self.m.boots],
-                "ends": [b.end for b in self.m.boots]}
+    @staticmethod
+    def one_machine_facts(m: Machine) -> dict:
+        return {"boots": len(m.boots), "resets": m.resets(),
+                "reboots": m.reboots(),
+                "powered": m.powered,
+                "boot_sets": [b.set.mode for b in m.boots],
+                "ends": [b.end for b in m.boots]}
+
+    def update_machine_facts(self) -> None:
+        """`.machine`: the first machine; `.machines.<name>`: each, when there are several."""
+        first = next(iter(self.machines.values()))
+        self.facts["machine"] = self.one_machine_facts(first)
+        if len(self.machines) > 1:
+            self.facts["machines"] = {n: self.one_machine_facts(m) for n, m in self.machines.items()}
 
     def execute(self) -> None:
         steps = self.sc["steps"]
@@ -231,6 +270,9 @@ class Run:
             for i, st in enumerate(steps, 1):
                 st = self.expand(st)
                 label = st.get("name") or f"{st['do']}"
+                self.m = self.machines[st["on"]] if "on" in st else next(iter(self.machines.values()))
+                if len(self.machines) > 1 and st["do"] not in ("host", "assert", "sleep"):
+                    label += f" [on {st.get('on') or next(iter(self.machines))}]"
                 if st.get("mark"):
                     self.facts["t"][st["mark"]] = self.now()
                 self.log(f"step {i}/{len(steps)} {label}")
@@ -241,14 +283,15 @@ class Run:
             for s in self.streams.values():
                 s.stop()
             self.stop_services()
-            self.facts["machine"] = self.machine_facts()
+            self.update_machine_facts()
             (self.rundir / "facts.json").write_text(json.dumps(self.facts, indent=2) + "\n")
 
 
 # --- steps ---------------------------------------------------------------------------------
 
 def step_boot(r: Run, st: dict) -> None:
-    """Power on (the fake firmware picks the boot set) and wait until SSH answers."""
+    """Power on (the fake firmware picks the boot set) and wait until SSH answers
+    (`wait = false`: only power on, so several machines boot at once; `wait-ssh` later)."""
     if not r.m.powered:
         from firmware import FatImage, FirmwareError
         try:
@@ -258,7 +301,8 @@ def step_boot(r: Run, st: dict) -> None:
                 files = fat.files()
             raise StepFailed(f"the (fake) firmware cannot boot this disk: {e}; "
                              f"FAT files: {' '.join(files) or '(none readable)'}", serial=False)
-    wait_ssh(r, st)
+    if st.get("wait", True):
+        wait_ssh(r, st)
 
 
 def wait_ssh(r: Run, st: dict) -> None:
@@ -337,12 +381,17 @@ def step_ssh(r: Run, st: dict) -> None:
 
 
 def _host(r: Run, command: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    """A command on the host (bash), e.g. fleetctl against the scenario's nats-server:
-    $FLEETCTL_NATS is set when the scenario has one, and fleetctl is on $PATH."""
+    """A command on the host (bash), e.g. fleetctl against the scenario's nats-server or
+    the guests' sshd: $FLEETCTL_NATS is set when the scenario has one, and fleetctl is on
+    $PATH."""
     env = dict(os.environ)
     if "nats" in r.services:
         env["FLEETCTL_NATS"] = r.services["nats"].host_url
+    try:  # fleetctl (provision, or NATS commands) on $PATH when it is built
         env["PATH"] = f"{fleetctl_bin().parent}:{env.get('PATH', '')}"
+    except HarnessError:
+        if "nats" in r.services:
+            raise
     try:
         return subprocess.run(["bash", "-c", command], capture_output=True, text=True,
                               timeout=timeout, env=env, cwd=r.rundir, stdin=subprocess.DEVNULL)
@@ -419,7 +468,7 @@ def step_fat(r: Run, st: dict) -> None:
 
 
 def step_assert(r: Run, st: dict) -> None:
-    r.facts["machine"] = r.machine_facts()
+    r.update_machine_facts()
     facts = r.rundir / "facts.json"
     facts.write_text(json.dumps(r.facts, indent=2) + "\n")
     p = subprocess.run([str(ASSERT), str(facts), st["that"], st.get("message", st["that"])],
