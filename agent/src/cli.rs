@@ -235,7 +235,7 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
             Ok(0)
         }
         Cmd::Internals(Internals::Docs { out }) => {
-            crate::packaging::write_docs(Cli::command(), "fleet-agent", &out)
+            fleet_clidocs::write_docs(Cli::command(), "fleet-agent", &out)
                 .map_err(|e| runtime_error(anyhow::anyhow!("{}: {e}", out.display())))?;
             Ok(0)
         }

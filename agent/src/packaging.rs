@@ -1,48 +1,6 @@
-//! What the Debian package needs from the binary (hidden subcommands): man pages and shell
-//! completions generated from the clap tree (`internals docs`), and the cutover to a
-//! packaged version (`package-cutover`, see `fleet_mod_self_upgrade::package`).
-
-use std::path::{Path, PathBuf};
-
-use clap_complete::Shell;
-
-/// Writes `man/<bin>.1` and `man/<bin>-<sub>.1` for every visible subcommand, and
-/// `completions/{<bin>.bash,_<bin>,<bin>.fish}` under `out`; returns the files written.
-pub fn write_docs(mut cmd: clap::Command, bin: &str, out: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let man = out.join("man");
-    let comp = out.join("completions");
-    std::fs::create_dir_all(&man)?;
-    std::fs::create_dir_all(&comp)?;
-    cmd.build();
-    let mut written = Vec::new();
-    let mut page = |c: clap::Command, name: String| -> std::io::Result<()> {
-        let mut buf = Vec::new();
-        clap_mangen::Man::new(c).render(&mut buf)?;
-        let path = man.join(format!("{name}.1"));
-        std::fs::write(&path, buf)?;
-        written.push(path);
-        Ok(())
-    };
-    for sub in cmd
-        .get_subcommands()
-        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
-    {
-        let name = format!("{bin}-{}", sub.get_name());
-        page(sub.clone().display_name(name.clone()), name)?;
-    }
-    page(cmd.clone(), bin.to_owned())?;
-    for (shell, file) in [
-        (Shell::Bash, format!("{bin}.bash")),
-        (Shell::Zsh, format!("_{bin}")),
-        (Shell::Fish, format!("{bin}.fish")),
-    ] {
-        let path = comp.join(file);
-        let mut f = std::fs::File::create(&path)?;
-        clap_complete::generate(shell, &mut cmd, bin, &mut f);
-        written.push(path);
-    }
-    Ok(written)
-}
+//! What the Debian package needs from the binary besides its man pages and completions
+//! (`internals docs`, written by `fleet_clidocs`): the cutover to a packaged version
+//! (`package-cutover`, see `fleet_mod_self_upgrade::package`).
 
 #[cfg(feature = "self-upgrade")]
 pub use cutover::package_cutover;

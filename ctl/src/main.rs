@@ -2,7 +2,6 @@
 
 mod command;
 mod desired;
-mod docs;
 mod keys;
 mod provision;
 mod release;
@@ -260,7 +259,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Verb::Internals(Internals::Docs { out }) => {
-            docs::write_docs(Cli::command(), "fleetctl", &out)
+            fleet_clidocs::write_docs(Cli::command(), "fleetctl", &out)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
             Ok(ExitCode::SUCCESS)
         }

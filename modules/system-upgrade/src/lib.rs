@@ -29,6 +29,7 @@ pub mod lvm;
 pub mod probe;
 pub mod record;
 pub mod selector;
+mod tool;
 pub mod units;
 
 use std::sync::{Arc, Mutex};

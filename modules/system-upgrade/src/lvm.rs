@@ -167,31 +167,9 @@ impl LvmCli {
 
     async fn run(&self, args: &[String]) -> Result<Vec<u8>, LvmError> {
         let command = format!("{} {}", self.program.display(), args.join(" "));
-        let err = |message: String| LvmError::Command {
-            command: command.clone(),
-            message,
-        };
-        let child = tokio::process::Command::new(&self.program)
-            .args(args)
-            .env("LC_ALL", "C")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| err(format!("cannot run: {e}")))?;
-        let out = tokio::time::timeout(LVM_TIMEOUT, child.wait_with_output())
+        crate::tool::run(&self.program, args, LVM_TIMEOUT)
             .await
-            .map_err(|_| err(format!("no answer within {} s", LVM_TIMEOUT.as_secs())))?
-            .map_err(|e| err(e.to_string()))?;
-        if !out.status.success() {
-            return Err(err(format!(
-                "{}: {}",
-                out.status,
-                crate::tail(&String::from_utf8_lossy(&out.stderr), 400)
-            )));
-        }
-        Ok(out.stdout)
+            .map_err(|message| LvmError::Command { command, message })
     }
 }
 

@@ -23,7 +23,7 @@
 //! agent took the result and released it, however long the agent was away. Output goes to
 //! the journal (the default of a transient service).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -245,37 +245,16 @@ impl Default for SystemdUnits {
 impl SystemdUnits {
     /// Runs `program args`; stdout on success. The argv of `systemd-run` holds the upgrade
     /// command, so an error names only the program and its first argument.
-    async fn run(&self, program: &PathBuf, args: &[String]) -> Result<String, UnitError> {
+    async fn run(&self, program: &Path, args: &[String]) -> Result<String, UnitError> {
         let command = format!(
             "{} {}",
             program.display(),
             args.first().map_or("", String::as_str)
         );
-        let err = |message: String| UnitError {
-            command: command.clone(),
-            message,
-        };
-        let child = tokio::process::Command::new(program)
-            .args(args)
-            .env("LC_ALL", "C")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| err(format!("cannot run: {e}")))?;
-        let out = tokio::time::timeout(CALL_TIMEOUT, child.wait_with_output())
+        let out = crate::tool::run(program, args, CALL_TIMEOUT)
             .await
-            .map_err(|_| err(format!("no answer within {} s", CALL_TIMEOUT.as_secs())))?
-            .map_err(|e| err(e.to_string()))?;
-        if !out.status.success() {
-            return Err(err(format!(
-                "{}: {}",
-                out.status,
-                crate::tail(String::from_utf8_lossy(&out.stderr).trim(), 400)
-            )));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+            .map_err(|message| UnitError { command, message })?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
     }
 }
 
