@@ -221,7 +221,11 @@ impl Capability for SystemUpgradeModule {
             cfg.min_pool_free_percent = 0;
             cfg.min_pool_free_bytes = 0;
         }
-        probe::probe(&cfg, self.lvm.as_ref()).await
+        let probe = probe::probe(&cfg, self.lvm.as_ref()).await;
+        match self.units.unavailable() {
+            Some(reason) if probe.is_available() => Probe::unavailable(reason),
+            _ => probe,
+        }
     }
 
     async fn run(self: Arc<Self>, ctx: Context) -> Result<(), ModuleError> {

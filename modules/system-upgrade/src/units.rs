@@ -182,6 +182,11 @@ pub trait Units: Send + Sync + 'static {
     async fn journal_tail(&self, unit: &str, lines: usize) -> Result<String, UnitError>;
     /// Forgets a finished unit (`stop`, `reset-failed`), so its name is free again.
     async fn release(&self, unit: &str) -> Result<(), UnitError>;
+    /// Why no unit can be started here (`None`: the service manager is there); the probe
+    /// reports it, so an upgrade is not accepted only to fail at `Upgrading`.
+    fn unavailable(&self) -> Option<String> {
+        None
+    }
     /// How often the engine polls [`Units::status`] while the command runs.
     fn poll_interval(&self) -> Duration {
         Duration::from_secs(2)
@@ -230,6 +235,8 @@ pub struct SystemdUnits {
     systemd_run: PathBuf,
     systemctl: PathBuf,
     journalctl: PathBuf,
+    /// Exists iff systemd is the running service manager (`sd_booted(3)`).
+    booted_marker: PathBuf,
 }
 
 impl Default for SystemdUnits {
@@ -238,6 +245,7 @@ impl Default for SystemdUnits {
             systemd_run: "systemd-run".into(),
             systemctl: "systemctl".into(),
             journalctl: "journalctl".into(),
+            booted_marker: "/run/systemd/system".into(),
         }
     }
 }
@@ -260,6 +268,14 @@ impl SystemdUnits {
 
 #[async_trait]
 impl Units for SystemdUnits {
+    fn unavailable(&self) -> Option<String> {
+        (!self.booted_marker.is_dir()).then(|| {
+            "systemd is not the running service manager (the upgrade command runs in a \
+             transient systemd unit)"
+                .to_owned()
+        })
+    }
+
     async fn start(&self, unit: &str, id: &str, command: &str) -> Result<(), UnitError> {
         self.run(&self.systemd_run, &run_args(unit, id, command))
             .await
@@ -374,6 +390,25 @@ mod tests {
             why.contains("inactive/dead") && why.contains("signal 15"),
             "{why}"
         );
+    }
+
+    #[test]
+    fn unavailable_without_a_running_systemd() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut u = SystemdUnits {
+            booted_marker: dir.path().join("run/systemd/system"),
+            ..SystemdUnits::default()
+        };
+        let reason = u.unavailable().expect("no marker: unavailable");
+        assert!(
+            reason.contains("systemd is not the running service manager"),
+            "{reason}"
+        );
+        std::fs::create_dir_all(&u.booted_marker).expect("mkdir");
+        assert_eq!(u.unavailable(), None);
+        u.booted_marker = dir.path().join("file");
+        std::fs::write(&u.booted_marker, "").expect("write");
+        assert!(u.unavailable().is_some(), "a plain file is no marker");
     }
 
     #[test]
