@@ -141,14 +141,22 @@ fn host_state() -> (Option<Vec<u8>>, bool, String) {
     (config, creds, pkg)
 }
 
+/// These tests log in as root over the test's own sshd; as another user they skip.
+fn is_root() -> bool {
+    let uid = Command::new("id").arg("-u").output().unwrap();
+    let root = String::from_utf8_lossy(&uid.stdout).trim() == "0";
+    if !root {
+        eprintln!("SKIPPING TEST: logs in as root over the test sshd (run the tests as root)");
+    }
+    root
+}
+
 #[test]
 fn dry_run_as_root_prints_the_plan_and_changes_nothing() {
     if !have_ssh() {
         return;
     }
-    let uid = Command::new("id").arg("-u").output().unwrap();
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        eprintln!("SKIPPING TEST: the dry run logs in as root (run the tests as root)");
+    if !is_root() {
         return;
     }
     let sshd = Sshd::start().unwrap();
@@ -230,9 +238,7 @@ fn unsupported_architecture_is_refused_after_the_probe() {
     if !have_ssh() {
         return;
     }
-    let uid = Command::new("id").arg("-u").output().unwrap();
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        eprintln!("SKIPPING TEST: logs in as root (run the tests as root)");
+    if !is_root() {
         return;
     }
     let sshd = Sshd::start().unwrap();
@@ -266,9 +272,7 @@ fn fleet_mode_reports_every_host_and_fails_when_one_does() {
     if !have_ssh() {
         return;
     }
-    let uid = Command::new("id").arg("-u").output().unwrap();
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        eprintln!("SKIPPING TEST: logs in as root (run the tests as root)");
+    if !is_root() {
         return;
     }
     let a = Sshd::start().unwrap();
