@@ -100,6 +100,7 @@ pub use config::Config;
 pub use error::Error;
 pub use layout::{Layout, Outcome, Probation};
 pub use request::Request;
+pub use stage::verify_binary;
 
 /// Module name.
 pub const NAME: &str = "self-upgrade";

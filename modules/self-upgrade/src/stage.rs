@@ -64,37 +64,45 @@ impl SelfUpgrade {
             Some(v),
             "running the new version's self-test",
         );
-        self.verify(&bin, v).await
-    }
-
-    async fn verify(&self, bin: &Path, v: &str) -> Result<(), Error> {
         let timeout = Duration::from_secs(self.cfg.self_test_timeout_secs);
-        let out = run_with_timeout(bin, &["version", "--json"], timeout).await?;
-        let reported = serde_json::from_slice::<serde_json::Value>(&out.1)
-            .ok()
-            .and_then(|j| j["version"].as_str().map(ToOwned::to_owned));
-        if reported.as_deref() != Some(v) {
-            return Err(Error::SelfTest {
-                version: v.into(),
-                detail: format!("the binary reports version {reported:?}, not {v:?}"),
-            });
-        }
-        let cfg = self.cfg.config_path.to_string_lossy().into_owned();
-        let (ok, stdout) = run_with_timeout(bin, &["--config", &cfg, "self-test"], timeout).await?;
-        if !ok {
-            let text = String::from_utf8_lossy(&stdout);
-            let failed: Vec<&str> = text.lines().filter(|l| l.starts_with("FAIL")).collect();
-            return Err(Error::SelfTest {
-                version: v.into(),
-                detail: if failed.is_empty() {
-                    tail(&text)
-                } else {
-                    failed.join("; ")
-                },
-            });
-        }
-        Ok(())
+        verify_binary(&bin, v, &self.cfg.config_path, timeout).await
     }
+}
+
+/// The new binary must report version `v` (`version --json`) and pass
+/// `--config <config> self-test`, each within `timeout`. The self-upgrade's Verifying phase
+/// and the package's cutover (`fleet-agent package-cutover`) both run it.
+pub async fn verify_binary(
+    bin: &Path,
+    v: &str,
+    config: &Path,
+    timeout: Duration,
+) -> Result<(), Error> {
+    let out = run_with_timeout(bin, &["version", "--json"], timeout).await?;
+    let reported = serde_json::from_slice::<serde_json::Value>(&out.1)
+        .ok()
+        .and_then(|j| j["version"].as_str().map(ToOwned::to_owned));
+    if reported.as_deref() != Some(v) {
+        return Err(Error::SelfTest {
+            version: v.into(),
+            detail: format!("the binary reports version {reported:?}, not {v:?}"),
+        });
+    }
+    let cfg = config.to_string_lossy().into_owned();
+    let (ok, stdout) = run_with_timeout(bin, &["--config", &cfg, "self-test"], timeout).await?;
+    if !ok {
+        let text = String::from_utf8_lossy(&stdout);
+        let failed: Vec<&str> = text.lines().filter(|l| l.starts_with("FAIL")).collect();
+        return Err(Error::SelfTest {
+            version: v.into(),
+            detail: if failed.is_empty() {
+                tail(&text)
+            } else {
+                failed.join("; ")
+            },
+        });
+    }
+    Ok(())
 }
 
 fn tail(s: &str) -> String {
