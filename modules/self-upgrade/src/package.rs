@@ -84,7 +84,7 @@ pub fn restore_kept(layout: &Layout) -> Result<Vec<String>, Error> {
         let Some(v) = name.strip_prefix(KEEP_PREFIX) else {
             continue;
         };
-        if v.is_empty() || v.contains('/') || v.starts_with('.') {
+        if !is_version_dir_name(v) {
             continue;
         }
         let bin = layout.binary(v);
@@ -113,7 +113,7 @@ pub fn package_cutover(
 ) -> Result<Done, Error> {
     let to = req.to;
     for (field, v) in [("to", Some(to)), ("from", req.from)] {
-        if let Some(v) = v.filter(|v| v.is_empty() || v.contains('/') || v.starts_with('.')) {
+        if let Some(v) = v.filter(|v| !is_version_dir_name(v)) {
             return Err(Error::BadRequest {
                 field,
                 message: format!("{v:?} is not a version directory name"),
@@ -148,15 +148,13 @@ pub fn package_cutover(
         });
     match (req.mode, fallback) {
         (Mode::Probation, Some(from)) => {
-            if let Err(e) = self_test(&to_bin) {
-                if confirmed.as_deref() != Some(from.as_str()) {
-                    swap_link(&layout.confirmed, &Path::new("versions").join(&from))?;
-                }
-                layout.revert(&from, to, &e.to_string(), now.unix)?;
-                return Err(e);
-            }
+            // `confirmed` names the version the guard falls back to, whatever the self-test says.
             if confirmed.as_deref() != Some(from.as_str()) {
                 swap_link(&layout.confirmed, &Path::new("versions").join(&from))?;
+            }
+            if let Err(e) = self_test(&to_bin) {
+                layout.revert(&from, to, &e.to_string(), now.unix)?;
+                return Err(e);
             }
             if current.as_deref() != Some(from.as_str()) {
                 swap_link(&layout.current, &layout.binary(&from))?;
@@ -183,6 +181,11 @@ pub fn package_cutover(
             })
         }
     }
+}
+
+/// A name fit for `versions/<v>/`: not empty, no `/`, not hidden (`.staging-*`, `.pkg-keep-*`).
+fn is_version_dir_name(v: &str) -> bool {
+    !(v.is_empty() || v.contains('/') || v.starts_with('.'))
 }
 
 /// `versions/.pkg-keep-<v>`, where the preinst hard-links version `v`'s binary.
