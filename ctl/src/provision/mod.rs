@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::Args;
 
+use fleet_contract::release::sha256_hex;
+
 use crate::transport::Transport;
 use crate::{now, Conn};
 use plan::{ConfigInputs, HostLine, Plane, Probe, Target, TrustedKey, CREDS_DIR};
@@ -313,15 +315,11 @@ async fn run_host(
         credentials: creds_name.map(str::to_owned),
         trusted: shared.trusted.clone(),
     };
-    let (config, plane) = plan::render_config(&inputs, &probe.hostname)?;
-    let device = toml::from_str::<toml::Table>(&config)
-        .ok()
-        .and_then(|t| {
-            t.get("device_id")
-                .and_then(|v| v.as_str())
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
+    let plan::Rendered {
+        text: config,
+        plane,
+        device,
+    } = plan::render_config(&inputs, &probe.hostname)?;
     r.device = Some(device.clone());
     let creds_sha = shared.credentials.as_ref().map(|(_, b)| sha256_hex(b));
     let changes = plan::decide(
@@ -410,20 +408,17 @@ async fn wait_heartbeat(
     let limit = Duration::from_secs(shared.args.timeout);
     let deadline = Instant::now() + limit;
     let mut last: String;
-    let transport = match plane {
-        Plane::Local => None,
-        Plane::Nats { url } => Some(match (&shared.conn_nats, &shared.conn_mqtt) {
-            (Some(u), _) => Transport::nats(u).await?,
-            (None, Some(a)) => Transport::mqtt(a)?,
-            (None, None) => Transport::nats(url).await.with_context(|| {
+    // --nats / --mqtt (or FLEETCTL_*) name where to read heartbeats; else the device's plane.
+    let transport = match (plane, &shared.conn_nats, &shared.conn_mqtt) {
+        (Plane::Local, _, _) => None,
+        (_, Some(u), _) => Some(Transport::nats(u).await?),
+        (_, None, Some(a)) => Some(Transport::mqtt(a)?),
+        (Plane::Nats { url }, None, None) => {
+            Some(Transport::nats(url).await.with_context(|| {
                 format!("reading the heartbeat from {url} (or pass --nats URL)")
-            })?,
-        }),
-        Plane::Mqtt { addr } => Some(match (&shared.conn_nats, &shared.conn_mqtt) {
-            (Some(u), _) => Transport::nats(u).await?,
-            (None, Some(a)) => Transport::mqtt(a)?,
-            (None, None) => Transport::mqtt(addr)?,
-        }),
+            })?)
+        }
+        (Plane::Mqtt { addr }, None, None) => Some(Transport::mqtt(addr)?),
     };
     loop {
         match &transport {
@@ -466,17 +461,6 @@ async fn wait_heartbeat(
 fn without_host(ssh: &Ssh, msg: &str) -> String {
     let prefix = format!("{}: ", ssh.target);
     msg.strip_prefix(&prefix).unwrap_or(msg).to_owned()
-}
-
-fn sha256_hex(b: &[u8]) -> String {
-    use std::fmt::Write;
-    ring::digest::digest(&ring::digest::SHA256, b)
-        .as_ref()
-        .iter()
-        .fold(String::new(), |mut s, x| {
-            let _ = write!(s, "{x:02x}");
-            s
-        })
 }
 
 #[cfg(test)]

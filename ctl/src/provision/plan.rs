@@ -11,7 +11,7 @@ mod config;
 mod probe;
 
 use config::split_set;
-pub(crate) use config::{apply_sets, render_config, ConfigInputs, Plane, TrustedKey};
+pub(crate) use config::{apply_sets, render_config, ConfigInputs, Plane, Rendered, TrustedKey};
 pub(crate) use probe::{probe_script, Probe};
 
 /// The device's config file.

@@ -110,9 +110,20 @@ pub(crate) struct ConfigInputs {
     pub trusted: Vec<TrustedKey>,
 }
 
+/// A device's config document as written, with what the run needs from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Rendered {
+    /// The TOML text of `config.toml`.
+    pub text: String,
+    /// The plane it selects.
+    pub plane: Plane,
+    /// Its `device_id`.
+    pub device: String,
+}
+
 /// Builds the config document: base, then sets, then the device id (the device's host name
-/// unless set), the credentials path for the plane, the trusted keys. Returns the TOML text.
-pub(crate) fn render_config(inputs: &ConfigInputs, hostname: &str) -> Result<(String, Plane)> {
+/// unless set), the credentials path for the plane, the trusted keys.
+pub(crate) fn render_config(inputs: &ConfigInputs, hostname: &str) -> Result<Rendered> {
     let mut doc = inputs.base.clone().unwrap_or_default();
     apply_sets(&mut doc, &inputs.sets)?;
     if !doc.contains_key("device_id") {
@@ -121,10 +132,10 @@ pub(crate) fn render_config(inputs: &ConfigInputs, hostname: &str) -> Result<(St
         }
         doc.insert("device_id".into(), toml::Value::String(hostname.to_owned()));
     }
-    match doc.get("device_id") {
-        Some(toml::Value::String(s)) if !s.is_empty() => {}
+    let device = match doc.get("device_id") {
+        Some(toml::Value::String(s)) if !s.is_empty() => s.clone(),
         _ => bail!("device_id: must be a non-empty string"),
-    }
+    };
     let plane = Plane::of(&doc)?;
     if let Some(file) = &inputs.credentials {
         let path = toml::Value::String(format!("{CREDS_DIR}/{file}"));
@@ -164,7 +175,11 @@ pub(crate) fn render_config(inputs: &ConfigInputs, hostname: &str) -> Result<(St
         }
     }
     let text = toml::to_string(&doc).context("rendering config.toml")?;
-    Ok((text, plane))
+    Ok(Rendered {
+        text,
+        plane,
+        device,
+    })
 }
 
 fn table_at<'a>(doc: &'a mut toml::Table, key: &str) -> Result<&'a mut toml::Table> {

@@ -128,7 +128,7 @@ fn config_defaults_device_id_to_the_host_name_and_places_credentials_and_keys() 
         credentials: Some("device.creds".into()),
         trusted: vec![key.clone(), key],
     };
-    let (text, plane) = render_config(&inputs, "pi-7").unwrap();
+    let Rendered { text, plane, .. } = render_config(&inputs, "pi-7").unwrap();
     let doc: toml::Table = toml::from_str(&text).unwrap();
     assert_eq!(doc["device_id"].as_str(), Some("pi-7"));
     assert_eq!(
@@ -147,10 +147,10 @@ fn config_defaults_device_id_to_the_host_name_and_places_credentials_and_keys() 
         }
     );
     // Same inputs, same bytes: what the idempotence check compares.
-    assert_eq!(render_config(&inputs, "pi-7").unwrap().0, text);
+    assert_eq!(render_config(&inputs, "pi-7").unwrap().text, text);
 
     let local = ConfigInputs::default();
-    let (text, plane) = render_config(&local, "pi-8").unwrap();
+    let Rendered { text, plane, .. } = render_config(&local, "pi-8").unwrap();
     assert_eq!(plane, Plane::Local);
     assert_eq!(text.trim(), "device_id = \"pi-8\"");
 
