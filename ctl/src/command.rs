@@ -48,7 +48,7 @@ pub(crate) async fn send_command(
         api_version: COMMAND_API_VERSION.into(),
         id: id.unwrap_or_else(|| {
             let r: [u8; 12] = rand::random();
-            r.iter().map(|b| format!("{b:02x}")).collect()
+            fleet_contract::release::hex(&r)
         }),
         device: device.to_owned(),
         verb,

@@ -59,8 +59,7 @@ pub(crate) async fn system_upgrade(
     fleet_contract::DeviceId::parse(&device).map_err(|e| anyhow!("--device: {e}"))?;
     let id = id.unwrap_or_else(|| {
         let r: [u8; 4] = rand::random();
-        let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
-        format!("os-{}-{hex}", now())
+        format!("os-{}-{}", now(), fleet_contract::release::hex(&r))
     });
     let req = SystemUpgrade {
         command,

@@ -8,6 +8,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use async_nats::jetstream;
 
 use fleet_contract::names::{self, DESIRED_BUCKET, STATUS_BUCKET};
+use fleet_contract::release::hex;
 use futures::StreamExt;
 use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
@@ -422,8 +423,4 @@ impl Transport {
         let _ = client.disconnect().await;
         Ok(out)
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
