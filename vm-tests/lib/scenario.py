@@ -160,7 +160,9 @@ class Run:
     def __init__(self, sc: dict, machines: dict[str, Machine], rundir: Path, log, scale: float):
         self.sc = sc
         self.machines = machines
-        self.m = next(iter(machines.values()))  # the machine of the step being run
+        # Steps without `on =` act on the first machine.
+        self.default = next(iter(machines))
+        self.m = machines[self.default]  # the machine of the step being run
         self.rundir = rundir
         self.log = log
         self.scale = scale
@@ -177,7 +179,7 @@ class Run:
         # How host steps reach the guests' sshd (e.g. fleetctl provision): each machine's
         # forwarded loopback port, the harness's client key, and one known_hosts file that
         # pins every machine's host key.
-        first = next(iter(machines.values()))
+        first = machines[self.default]
         self.subst["@IMAGE@"] = str(first.image)  # disk.img, fleet-agent.deb, manifest.json
         self.subst["@SSH_KEY@"] = str(first.key)
         self.subst["@SSH_PORT@"] = str(first.port)
@@ -258,8 +260,7 @@ class Run:
 
     def update_machine_facts(self) -> None:
         """`.machine`: the first machine; `.machines.<name>`: each, when there are several."""
-        first = next(iter(self.machines.values()))
-        self.facts["machine"] = self.one_machine_facts(first)
+        self.facts["machine"] = self.one_machine_facts(self.machines[self.default])
         if len(self.machines) > 1:
             self.facts["machines"] = {n: self.one_machine_facts(m) for n, m in self.machines.items()}
 
@@ -270,9 +271,10 @@ class Run:
             for i, st in enumerate(steps, 1):
                 st = self.expand(st)
                 label = st.get("name") or f"{st['do']}"
-                self.m = self.machines[st["on"]] if "on" in st else next(iter(self.machines.values()))
+                on = st.get("on", self.default)
+                self.m = self.machines[on]
                 if len(self.machines) > 1 and st["do"] not in ("host", "assert", "sleep"):
-                    label += f" [on {st.get('on') or next(iter(self.machines))}]"
+                    label += f" [on {on}]"
                 if st.get("mark"):
                     self.facts["t"][st["mark"]] = self.now()
                 self.log(f"step {i}/{len(steps)} {label}")
