@@ -1,28 +1,77 @@
-//! `fleet-bench`: measures the real release `fleet-agent` binary and prints each figure next
-//! to a raw baseline measured in the same run, as a ratio. Never asserts on timings.
+//! `fleet-bench`: measures the real release `fleet-agent` and prints each figure beside a raw
+//! baseline measured in the same run, as `figure | value | baseline | ratio` (or, with
+//! `--markdown`, the README's table with the issue's targets). Never asserts on timings.
 //!
-//! Usage: `fleet-bench [AGENT_BINARY] [--runs N] [--idle-secs S] [--manifests M]`
-//! (default binary: target/release/fleet-agent). `scripts/bench` builds and runs it.
+//! Usage: `fleet-bench [AGENT_BINARY] [--quick] [--markdown] [--runs N] [--idle-secs S]
+//! [--puts P] [--only size,ready,nats,running,idle]` (default binary:
+//! target/release/fleet-agent). `scripts/bench` builds both and runs it.
+
+mod agent;
+mod idle;
+mod nats;
+mod procs;
+mod ready;
+mod report;
+mod running;
+mod size;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitCode};
+use std::time::Duration;
 
-use fleet_testkit::{NotifySocket, TempRoot};
+use report::Figure;
+
+/// Why a benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// A file or program could not be used.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or program.
+        path: String,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// A daemon, podman or the agent failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl BenchError {
+    fn io(path: &Path, source: std::io::Error) -> BenchError {
+        BenchError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+
+    fn kit(e: fleet_testkit::Error) -> BenchError {
+        BenchError::Failed(e.to_string())
+    }
+}
+
+const PARTS: &[&str] = &["size", "ready", "nats", "running", "idle"];
 
 struct Args {
     agent: PathBuf,
+    markdown: bool,
     runs: usize,
     idle_secs: u64,
-    manifests: usize,
+    puts: usize,
+    only: Vec<String>,
 }
+
+const USAGE: &str = "usage: fleet-bench [AGENT_BINARY] [--quick] [--markdown] [--runs N] \
+                     [--idle-secs S] [--puts P] [--only size,ready,nats,running,idle]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         agent: PathBuf::from("target/release/fleet-agent"),
+        markdown: false,
         runs: 10,
         idle_secs: 60,
-        manifests: 10,
+        puts: 300,
+        only: PARTS.iter().map(|s| (*s).to_owned()).collect(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -32,17 +81,25 @@ fn parse_args() -> Result<Args, String> {
                 .ok_or_else(|| format!("{name} needs a number"))
         };
         match a.as_str() {
-            "--runs" => args.runs = num("--runs")? as usize,
-            "--idle-secs" => args.idle_secs = num("--idle-secs")?,
-            "--manifests" => args.manifests = num("--manifests")? as usize,
-            "-h" | "--help" => {
-                return Err(
-                    "usage: fleet-bench [AGENT_BINARY] [--runs N] [--idle-secs S] [--manifests M]"
-                        .into(),
-                )
+            "--quick" => {
+                args.runs = 3;
+                args.idle_secs = 10;
+                args.puts = 50;
             }
+            "--markdown" => args.markdown = true,
+            "--runs" => args.runs = usize::try_from(num("--runs")?.max(1)).unwrap_or(1),
+            "--idle-secs" => args.idle_secs = num("--idle-secs")?.max(1),
+            "--puts" => args.puts = usize::try_from(num("--puts")?.max(1)).unwrap_or(1),
+            "--only" => {
+                let list = it.next().ok_or("--only needs a list")?;
+                args.only = list.split(',').map(str::to_owned).collect();
+                if let Some(bad) = args.only.iter().find(|p| !PARTS.contains(&p.as_str())) {
+                    return Err(format!("--only: unknown part {bad:?} (one of {PARTS:?})"));
+                }
+            }
+            "-h" | "--help" => return Err(USAGE.into()),
             other if !other.starts_with('-') => args.agent = PathBuf::from(other),
-            other => return Err(format!("unknown option {other}")),
+            other => return Err(format!("unknown option {other}\n{USAGE}")),
         }
     }
     if !args.agent.exists() {
@@ -54,149 +111,103 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-fn config(root: &TempRoot) -> PathBuf {
-    root.write_config(&format!(
-        "device_id = \"bench\"\nstate_dir = {:?}\nrun_dir = {:?}\n[control]\ndeployments_dir = {:?}\n",
-        root.state(),
-        root.run(),
-        root.deployments()
-    ))
-}
-
-fn manifest(i: usize) -> String {
-    format!(
-        "apiVersion = \"fleet/v1\"\nname = \"app-{i}\"\nrevision = 1\n[container]\nimage = \"localhost/app:{i}\"\ncommand = [\"sleep\", \"3600\"]\n"
-    )
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
+/// Median (upper middle).
+pub fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or_default()
 }
 
-/// exec -> READY=1 of the agent, SIGTERM'd after each run.
-fn time_to_ready(agent: &Path) -> Result<Duration, String> {
-    let root = TempRoot::new().map_err(|e| e.to_string())?;
-    let cfg = config(&root);
-    let notify = NotifySocket::new().map_err(|e| e.to_string())?;
-    let start = Instant::now();
-    let mut child = Command::new(agent)
-        .args(["--config".as_ref(), cfg.as_os_str(), "run".as_ref()])
-        .env("NOTIFY_SOCKET", notify.path())
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("spawn {}: {e}", agent.display()))?;
-    let ready = notify.wait_for("READY=1", Duration::from_secs(30));
-    let took = start.elapsed();
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
-    ready.map_err(|e| e.to_string())?;
-    Ok(took)
-}
-
-/// exec -> exit of `true`: the cost of starting any process here.
-fn time_true() -> Result<Duration, String> {
-    let start = Instant::now();
-    Command::new("true")
-        .status()
-        .map_err(|e| format!("spawn true: {e}"))?;
-    Ok(start.elapsed())
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-}
-
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
             eprintln!("fleet-bench: {e}");
-            return std::process::ExitCode::from(2);
+            return ExitCode::from(2);
         }
     };
     match run(&args) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("fleet-bench: {e}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }
 
-fn run(args: &Args) -> Result<(), String> {
-    let size = std::fs::metadata(&args.agent)
-        .map_err(|e| e.to_string())?
-        .len();
-    println!(
-        "binary       {}: {:.2} MiB ({size} bytes)",
-        args.agent.display(),
-        size as f64 / 1048576.0
-    );
+fn want(args: &Args, part: &str) -> bool {
+    args.only.iter().any(|p| p == part)
+}
 
-    let mut ready = Vec::new();
-    let mut baseline = Vec::new();
-    for _ in 0..args.runs {
-        baseline.push(time_true()?);
-        ready.push(time_to_ready(&args.agent)?);
+/// Prints as it goes (stderr) so a long run shows progress; the table comes at the end.
+fn run(args: &Args) -> Result<(), BenchError> {
+    let mut figures: Vec<Figure> = Vec::new();
+    let mut notes = Vec::new();
+    let mut step = |figs: Vec<Figure>| {
+        eprint!("{}", report::lines(&figs));
+        figures.extend(figs);
+    };
+    if want(args, "size") {
+        step(vec![size::measure(&args.agent)?]);
     }
-    let (r, b) = (median(ready), median(baseline));
-    println!(
-        "exec->READY  median of {}: {:.1} ms   baseline exec->exit of `true`: {:.2} ms   ratio {:.1}x",
-        args.runs,
-        r.as_secs_f64() * 1e3,
-        b.as_secs_f64() * 1e3,
-        r.as_secs_f64() / b.as_secs_f64()
-    );
-
-    let root = TempRoot::new().map_err(|e| e.to_string())?;
-    let cfg = config(&root);
-    for i in 0..args.manifests {
-        std::fs::write(
-            root.deployments().join(format!("app-{i}.toml")),
-            manifest(i),
-        )
-        .map_err(|e| e.to_string())?;
+    if want(args, "ready") {
+        step(vec![ready::measure(&args.agent, args.runs)?]);
     }
-    let notify = NotifySocket::new().map_err(|e| e.to_string())?;
-    let mut agent = Command::new(&args.agent)
-        .args(["--config".as_ref(), cfg.as_os_str(), "run".as_ref()])
-        .env("NOTIFY_SOCKET", notify.path())
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let mut sleeper = Command::new("sleep")
-        .arg((args.idle_secs + 30).to_string())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    notify
-        .wait_for("READY=1", Duration::from_secs(30))
-        .map_err(|e| e.to_string())?;
-    std::thread::sleep(Duration::from_secs(args.idle_secs));
-    let rss = rss_kib(agent.id()).ok_or("agent exited during the idle period")?;
-    let base = rss_kib(sleeper.id()).ok_or("sleep exited early")?;
-    let _ = Command::new("kill")
-        .args(["-TERM", &agent.id().to_string()])
-        .status();
-    let _ = agent.wait();
-    let _ = sleeper.kill();
-    let _ = sleeper.wait();
-    println!(
-        "idle RSS     after {} s with {} manifests: {:.1} MiB   baseline `sleep`: {:.1} MiB   ratio {:.1}x",
-        args.idle_secs,
-        args.manifests,
-        rss as f64 / 1024.0,
-        base as f64 / 1024.0,
-        rss as f64 / base as f64
-    );
+    let image = if want(args, "running") || want(args, "idle") {
+        fleet_testkit::busybox_image("testkit").map_err(BenchError::kit)?
+    } else {
+        String::new()
+    };
+    if want(args, "idle") {
+        let settle = Duration::from_secs(if args.idle_secs < 30 { 3 } else { 10 });
+        let idle = idle::measure(
+            &args.agent,
+            &image,
+            10,
+            settle,
+            Duration::from_secs(args.idle_secs),
+        )?;
+        eprintln!("{}", idle.detail);
+        notes.push(idle.detail);
+        step(idle.figures);
+    }
+    if want(args, "running") {
+        step(running::measure(&args.agent, &image, args.runs.min(5))?);
+    }
+    if want(args, "nats") {
+        step(nats::measure(args.puts)?);
+    }
+    if args.markdown {
+        print!(
+            "{}",
+            report::markdown(&figures, &commit(), &today(), &machine())
+        );
+        for n in notes {
+            println!("\n{n}.");
+        }
+    } else {
+        print!("{}", report::lines(&figures));
+    }
     Ok(())
+}
+
+fn output(cmd: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(cmd).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn commit() -> String {
+    output("git", &["describe", "--always", "--dirty", "--abbrev=7"])
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn today() -> String {
+    output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_else(|| "unknown date".into())
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let podman = output("podman", &["--version"]).unwrap_or_default();
+    format!("{} {cores} cores, {podman}", std::env::consts::ARCH)
 }
