@@ -377,6 +377,8 @@ def step_ssh(r: Run, st: dict) -> None:
             raise StepFailed(st.get("message", "ssh step failed") + f": {err}")
         time.sleep(float(st.get("interval", 3)))
     r.save(st, value)
+    if st.get("report"):
+        r.log(f"  report: {_jq_text(st['report'], value)}")
     if st.get("export"):
         # A host step's output (e.g. a public key) for later steps' strings: @NAME@.
         r.subst[f"@{st['export']}@"] = p.stdout.strip()
@@ -483,6 +485,12 @@ def step_assert(r: Run, st: dict) -> None:
 
 def step_sleep(r: Run, st: dict) -> None:
     time.sleep(float(st["seconds"]))
+
+
+def _jq_text(expr: str, value) -> str:
+    """`jq -r expr` over `value`, for a step's `report` line (a failed expression says so)."""
+    p = subprocess.run(["jq", "-r", expr], input=json.dumps(value), capture_output=True, text=True)
+    return p.stdout.strip() if p.returncode == 0 else f"(jq {expr!r} failed: {p.stderr.strip()})"
 
 
 def _jq_true(expr: str, value) -> bool:
