@@ -179,16 +179,26 @@ impl AgentProc {
     ) -> Result<Instant, BenchError> {
         let end = Instant::now() + within;
         loop {
-            let phases = self.phases()?;
+            // The store exists before the agent created its tables: an error is "not yet"
+            // (and the store is opened again) until the deadline.
+            let (phases, err) = match self.phases() {
+                Ok(p) => (p, None),
+                Err(e) => {
+                    self.store = None;
+                    (Vec::new(), Some(e))
+                }
+            };
             let now = Instant::now();
-            if done(&phases) {
+            if err.is_none() && done(&phases) {
                 return Ok(now);
             }
             self.check_alive()?;
             if now > end {
-                return Err(BenchError::Failed(format!(
-                    "{what}: not reached within {within:?}; deployments: {phases:?}"
-                )));
+                return Err(err.unwrap_or_else(|| {
+                    BenchError::Failed(format!(
+                        "{what}: not reached within {within:?}; deployments: {phases:?}"
+                    ))
+                }));
             }
             std::thread::sleep(every);
         }

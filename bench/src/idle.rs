@@ -101,14 +101,16 @@ pub fn measure(
     let members = tree
         .processes
         .iter()
-        .map(|(comm, n)| format!("{comm} x{n}"))
+        .map(|(comm, (n, kib))| {
+            let times = if *n > 1 { format!(" x{n}") } else { String::new() };
+            format!("{comm}{times} {}", mib(*kib))
+        })
         .collect::<Vec<_>>()
-        .join(", ");
-    let suffix = format!("{deployments} running deployments, {secs:.0} s window");
+        .join(" + ");
     let figures = vec![
         Figure::with_ratio(
-            format!("idle RSS, process tree ({members}), {suffix}"),
-            mib(tree.rss_kib),
+            format!("idle RSS, process tree, {deployments} running deployments"),
+            format!("{} ({members})", mib(tree.rss_kib)),
             format!("`sleep`: {}", mib(base.rss_kib)),
             (tree.rss_kib as f64, base.rss_kib as f64),
             "<= 12 MiB",
@@ -121,7 +123,7 @@ pub fn measure(
             "-",
         ),
         Figure::with_ratio(
-            "idle wakeups/s of the tree (context switches, all threads)",
+            format!("idle wakeups/s of the tree ({secs:.0} s window, all threads)"),
             format!("{w_tree:.2}/s"),
             format!("`sleep`: {w_base:.2}/s"),
             (w_tree, w_base),

@@ -92,8 +92,8 @@ pub struct Usage {
     pub cpu_ticks: u64,
     /// Sum of VmRSS of the tree at the end, KiB.
     pub rss_kib: u64,
-    /// `comm` of every process in the tree at the end, with counts (`fleet-agent`, `podman`).
-    pub processes: BTreeMap<String, usize>,
+    /// `comm` of every process in the tree at the end, with how many and their VmRSS (KiB).
+    pub processes: BTreeMap<String, (usize, u64)>,
     /// Processes that appeared in the tree during the window (spawned children).
     pub spawned: usize,
     /// The window's real length.
@@ -211,9 +211,12 @@ impl Window {
         let mut processes = BTreeMap::new();
         let mut rss_kib = 0;
         for pid in tree(self.root) {
-            rss_kib += rss_kib_of(pid);
+            let rss = rss_kib(pid).unwrap_or(0);
+            rss_kib += rss;
             if let Some((comm, _)) = stat(&format!("/proc/{pid}/stat")) {
-                *processes.entry(comm).or_insert(0) += 1;
+                let e = processes.entry(comm).or_insert((0, 0));
+                e.0 += 1;
+                e.1 += rss;
             }
         }
         Usage {
@@ -226,10 +229,6 @@ impl Window {
             span,
         }
     }
-}
-
-fn rss_kib_of(pid: u32) -> u64 {
-    rss_kib(pid).unwrap_or(0)
 }
 
 /// Clock ticks per second (`USER_HZ`; 100 on every Linux this runs on).
@@ -261,7 +260,12 @@ mod tests {
             .status();
         let _ = sh.wait();
         assert_eq!(found.len(), 2, "{found:?}");
-        assert_eq!(u.processes.get("sleep"), Some(&1), "{:?}", u.processes);
+        assert_eq!(
+            u.processes.get("sleep").map(|p| p.0),
+            Some(1),
+            "{:?}",
+            u.processes
+        );
         assert!(u.rss_kib > 0);
         // Two processes that only sleep do not switch more than a handful of times.
         assert!(u.switches < 50, "{}", u.switches);
