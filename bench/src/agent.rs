@@ -222,3 +222,26 @@ impl Drop for AgentProc {
         let _ = self.child.wait();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The old bench's "10 manifests" named `localhost/app:<i>`, which no one built, so no
+    /// deployment ever ran: every manifest must decode and name an image that exists.
+    #[test]
+    fn the_manifests_decode_and_name_an_image_that_exists() {
+        if !fleet_testkit::require("podman") {
+            return;
+        }
+        let image = fleet_testkit::busybox_image("testkit").unwrap();
+        let d = fleet_contract::Deployment::from_toml_str(&manifest("app-0", &image)).unwrap();
+        assert_eq!(d.name, "app-0");
+        assert_eq!(d.container.command, ["sh", "-c", SERVE]);
+        let exists = Command::new("podman")
+            .args(["image", "exists", &d.container.image])
+            .status()
+            .unwrap();
+        assert!(exists.success(), "{} does not exist", d.container.image);
+    }
+}

@@ -209,10 +209,10 @@ impl Window {
             })
             .sum();
         let mut processes = BTreeMap::new();
-        let mut rss_kib = 0;
+        let mut total_kib = 0;
         for pid in tree(self.root) {
             let rss = rss_kib(pid).unwrap_or(0);
-            rss_kib += rss;
+            total_kib += rss;
             if let Some((comm, _)) = stat(&format!("/proc/{pid}/stat")) {
                 let e = processes.entry(comm).or_insert((0, 0));
                 e.0 += 1;
@@ -223,7 +223,7 @@ impl Window {
             switches,
             root_switches,
             cpu_ticks,
-            rss_kib,
+            rss_kib: total_kib,
             processes,
             spawned: self.spawned,
             span,
