@@ -102,7 +102,11 @@ pub fn measure(
         .processes
         .iter()
         .map(|(comm, (n, kib))| {
-            let times = if *n > 1 { format!(" x{n}") } else { String::new() };
+            let times = if *n > 1 {
+                format!(" x{n}")
+            } else {
+                String::new()
+            };
             format!("{comm}{times} {}", mib(*kib))
         })
         .collect::<Vec<_>>()
