@@ -138,12 +138,19 @@ fn want(args: &Args, part: &str) -> bool {
     args.only.iter().any(|p| p == part)
 }
 
-/// Prints as it goes (stderr) so a long run shows progress; the table comes at the end.
+/// Prints each figure's line as it is measured (to stderr with `--markdown`, whose table
+/// comes on stdout at the end).
 fn run(args: &Args) -> Result<(), BenchError> {
     let mut figures: Vec<Figure> = Vec::new();
     let mut notes = Vec::new();
+    let markdown = args.markdown;
     let mut step = |figs: Vec<Figure>| {
-        eprint!("{}", report::lines(&figs));
+        if markdown {
+            eprint!("{}", report::lines(&figs));
+        } else {
+            print!("{}", report::lines(&figs));
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+        }
         figures.extend(figs);
     };
     if want(args, "size") {
@@ -166,7 +173,11 @@ fn run(args: &Args) -> Result<(), BenchError> {
             settle,
             Duration::from_secs(args.idle_secs),
         )?;
-        eprintln!("{}", idle.detail);
+        if markdown {
+            eprintln!("{}", idle.detail);
+        } else {
+            println!("{}", idle.detail);
+        }
         notes.push(idle.detail);
         step(idle.figures);
     }
@@ -184,8 +195,6 @@ fn run(args: &Args) -> Result<(), BenchError> {
         for n in notes {
             println!("\n{n}.");
         }
-    } else {
-        print!("{}", report::lines(&figures));
     }
     Ok(())
 }
