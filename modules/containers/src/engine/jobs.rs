@@ -7,7 +7,7 @@ use fleet_contract::{Deployment, Phase};
 use fleet_module_api::LifecycleHook;
 use tokio::time::Instant;
 
-use super::{Engine, Failure, Job, APPLIED_PREFIX, INIT_HOOK, RESTARTS_PREFIX};
+use super::{Engine, Failure, Job, APPLIED_PREFIX, IMAGE_FRESH, INIT_HOOK, RESTARTS_PREFIX};
 use crate::podman::CreateSpec;
 use crate::reconcile::{next_backoff, spec_hash};
 
@@ -179,7 +179,6 @@ impl Engine {
         let mut digest = None;
         for image in images {
             let got = self
-                .rt
                 .ensure_image(image, || {
                     self.publish(d, Phase::Pulling, format!("pulling {image}"));
                 })
@@ -189,7 +188,7 @@ impl Engine {
                 digest = got;
             }
         }
-        self.track(&d.name, |t| t.digest = digest);
+        self.track(&d.name, |t| t.digest = Some(digest));
 
         if let Some(old) = old {
             self.not_stopping()?;
@@ -262,7 +261,7 @@ impl Engine {
         }
         let name = self.rt.naming.container(&d.name);
         self.not_stopping()?;
-        self.publish(d, Phase::Starting, format!("creating {name}"));
+        self.publish(d, Phase::Starting, format!("creating and starting {name}"));
         let spec = CreateSpec {
             name: name.clone(),
             image: d.container.image.clone(),
@@ -273,14 +272,47 @@ impl Engine {
             stop_signal: d.lifecycle.stop_signal.clone(),
             stop_timeout: d.lifecycle.grace_period_secs,
         };
-        // No forced removal first: the plan creates only when none of our containers exists,
-        // and a stranger in podman's database holding the name is not ours to remove.
-        self.rt.create(&spec).await.map_err(|e| e.to_string())?;
+        // Recorded first: the init containers ran, and a container may exist from here on
+        // (the run may be cut after podman created it), so a removal stops it with this
+        // manifest's lifecycle and runs its after_stop hooks.
         self.remember_applied(d);
-        if let Err(e) = self.rt.podman.start(&name, &secrets(d)).await {
-            return Err(format!("starting {name}: {e}"));
+        // One call: create and start. No forced removal first: the plan creates only when
+        // none of our containers exists, and a stranger in podman's database holding the
+        // name is not ours to remove. A start that fails leaves the container created; the
+        // next pass starts it (or replaces it, see `repair_unstarted`).
+        if let Err(e) = self.rt.run_detached(&spec).await {
+            self.forget_image(&d.container.image);
+            return Err(e.to_string());
         }
         Ok(())
+    }
+
+    /// [`crate::PodmanRuntime::ensure_image`], skipped for an image found present within
+    /// [`IMAGE_FRESH`]; returns its repo digest.
+    pub(super) async fn ensure_image(
+        &self,
+        image: &str,
+        on_pull: impl FnOnce(),
+    ) -> Result<Option<String>, crate::Error> {
+        if let Some(digest) = self.fresh_image(image) {
+            return Ok(digest);
+        }
+        let digest = self.rt.ensure_image(image, on_pull).await?;
+        self.images()
+            .insert(image.to_owned(), (Instant::now(), digest.clone()));
+        Ok(digest)
+    }
+
+    /// The digest of `image` if it was found present within [`IMAGE_FRESH`].
+    pub(super) fn fresh_image(&self, image: &str) -> Option<Option<String>> {
+        let images = self.images();
+        let (at, digest) = images.get(image)?;
+        (at.elapsed() < IMAGE_FRESH).then(|| digest.clone())
+    }
+
+    /// Forgets that `image` is present (a start failed: it may have been removed).
+    fn forget_image(&self, image: &str) {
+        self.images().remove(image);
     }
 
     /// Between the steps of a job: the agent is stopping, begin no new podman call.

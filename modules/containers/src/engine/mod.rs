@@ -1,9 +1,10 @@
-//! The reconcile loop: wakes on desired-state changes, podman events, due retries and a slow
-//! periodic resync; lists this instance's containers once per pass, plans with
-//! [`crate::reconcile::plan`] and runs the resulting operations as jobs, at most one per
-//! deployment and at most `parallelism` at a time.
+//! The reconcile loop: wakes on desired-state changes, container exits (a pidfd per running
+//! container, see [`exits`]), finished jobs, due retries and a slow periodic resync; lists
+//! this instance's containers once per pass, plans with [`crate::reconcile::plan`] and runs
+//! the resulting operations as jobs, at most one per deployment and at most `parallelism` at
+//! a time.
 
-mod events;
+mod exits;
 mod jobs;
 mod status;
 
@@ -31,11 +32,18 @@ const PUBLISHED_KEY: &str = "published";
 const APPLIED_PREFIX: &str = "applied/";
 /// Store key prefix of the restart count per deployment (survives agent restarts).
 const RESTARTS_PREFIX: &str = "restarts/";
-/// Quiet time collecting triggers into one pass.
+/// After a container exit, time for podman to record it (conmon writes the exit file within
+/// tens of ms) and for the other exits of one operation (`podman stop -a`) to arrive.
 const DEBOUNCE: Duration = Duration::from_millis(100);
+/// A finished job is looked at once the other jobs finished too, or after this.
+const COMPLETIONS: Duration = Duration::from_secs(2);
+/// An image found present is not looked up again for this long (a burst of deployments of
+/// one image costs one `podman image inspect`). One removed meanwhile fails one start,
+/// which drops it from here; the retry pulls it.
+const IMAGE_FRESH: Duration = Duration::from_secs(60);
 /// A container between states is looked at again after this.
 const SETTLE: Duration = Duration::from_secs(1);
-/// Retry after podman itself failed (list, events).
+/// Retry after podman itself failed (list).
 const PODMAN_RETRY: Duration = Duration::from_secs(5);
 /// On shutdown, how long the podman call in flight may take to finish (the agent gives its
 /// modules 8 s, systemd 15 s). Past it the job is dropped; its podman child is not killed
@@ -49,7 +57,8 @@ const INIT_HOOK: &str = "init-containers";
 struct Track {
     restarts: u32,
     last_exit: Option<i32>,
-    digest: Option<String>,
+    /// The image's repo digest; `None` until looked up (`Some(None)`: it has none).
+    digest: Option<Option<String>>,
     crash_backoff: Duration,
     restart_due: Option<Instant>,
     failure: Option<Failure>,
@@ -72,6 +81,8 @@ pub struct Engine {
     published: Mutex<BTreeSet<String>>,
     /// Deployments whose containers and volume are held (last reported).
     held: Mutex<BTreeSet<String>>,
+    /// Images found present, with their repo digest and when (see [`IMAGE_FRESH`]).
+    images: Mutex<HashMap<String, (Instant, Option<String>)>>,
     health: Arc<Mutex<Health>>,
 }
 
@@ -113,6 +124,7 @@ impl Engine {
             tracks: Mutex::new(BTreeMap::new()),
             published: Mutex::new(published),
             held: Mutex::new(BTreeSet::new()),
+            images: Mutex::new(HashMap::new()),
             health,
         }
     }
@@ -125,38 +137,67 @@ impl Engine {
         self.tracks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn images(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Option<String>)>> {
+        self.images.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Runs until shutdown.
     pub async fn run(self: Arc<Self>) {
         let (trigger, mut triggers) = mpsc::unbounded_channel::<()>();
-        let events = tokio::spawn(events::watch_events(self.clone(), trigger));
+        let exits = exits::Exits::new(trigger);
         let mut desired = self.ctx.desired.clone();
         let mut jobs: JoinSet<()> = JoinSet::new();
         let mut running: HashMap<tokio::task::Id, String> = HashMap::new();
         let sem = Arc::new(Semaphore::new(self.cfg.parallelism));
         let resync = Duration::from_secs(self.cfg.resync_secs);
-        loop {
-            let wake = self.pass(&mut jobs, &mut running, &sem).await;
-            let until = Instant::now() + wake.unwrap_or(resync).min(resync);
-            tokio::select! {
-                () = self.ctx.shutdown.cancelled() => break,
-                changed = desired.changed() => if changed.is_err() { break },
-                Some(()) = triggers.recv() => {}
-                Some(done) = jobs.join_next_with_id(), if !jobs.is_empty() => {
-                    finished(&mut running, done);
+        // The first pass and each resync look at everything (volumes included).
+        let mut full = true;
+        let mut next_full = Instant::now() + resync;
+        'passes: loop {
+            let wake = self.pass(&mut jobs, &mut running, &sem, &exits, full).await;
+            if full {
+                next_full = Instant::now() + resync;
+                full = false;
+            }
+            let until = wake.map_or(next_full, |w| (Instant::now() + w).min(next_full));
+            let mut completed: Option<Instant> = None;
+            loop {
+                let deadline = completed.map_or(until, |c| (c + COMPLETIONS).min(until));
+                tokio::select! {
+                    () = self.ctx.shutdown.cancelled() => break 'passes,
+                    changed = desired.changed() => {
+                        if changed.is_err() {
+                            break 'passes;
+                        }
+                        break;
+                    }
+                    Some(()) = triggers.recv() => {
+                        tokio::select! {
+                            () = self.ctx.shutdown.cancelled() => break 'passes,
+                            () = tokio::time::sleep(DEBOUNCE) => {}
+                        }
+                        while triggers.try_recv().is_ok() {}
+                        break;
+                    }
+                    Some(done) = jobs.join_next_with_id(), if !jobs.is_empty() => {
+                        finished(&mut running, done);
+                        // One look after a burst of jobs, not one per job.
+                        if jobs.is_empty() {
+                            break;
+                        }
+                        completed.get_or_insert_with(Instant::now);
+                    }
+                    () = tokio::time::sleep_until(deadline) => {
+                        full = deadline >= next_full;
+                        break;
+                    }
                 }
-                () = tokio::time::sleep_until(until) => {}
             }
-            // Collect the burst (events of one operation, several edits) into one pass.
-            tokio::select! {
-                () = self.ctx.shutdown.cancelled() => break,
-                () = tokio::time::sleep(DEBOUNCE) => {}
-            }
-            while triggers.try_recv().is_ok() {}
             while let Some(done) = jobs.try_join_next_with_id() {
                 finished(&mut running, done);
             }
         }
-        events.abort();
+        drop(exits);
         // Take no new job (queued ones find the semaphore closed) and let the ones in flight
         // finish their podman call, within the budget.
         sem.close();
@@ -174,12 +215,15 @@ impl Engine {
     }
 
     /// One pass: observe, plan, start jobs. Returns how soon the next pass is due, if sooner
-    /// than the resync.
+    /// than the resync. A `full` pass also lists volumes; the others only when a volume may
+    /// be left without its deployment (see [`Engine::volume_candidates`]).
     async fn pass(
         self: &Arc<Self>,
         jobs: &mut JoinSet<()>,
         running: &mut HashMap<tokio::task::Id, String>,
         sem: &Arc<Semaphore>,
+        exits: &exits::Exits,
+        full: bool,
     ) -> Option<Duration> {
         let state: Arc<DesiredState> = self.ctx.desired.borrow().clone();
         let listed = match self.rt.podman.list(&self.rt.naming.selector()).await {
@@ -192,6 +236,11 @@ impl Engine {
         };
         self.set_health(Health::Healthy);
         let observed: Vec<Observed> = listed.iter().filter_map(observe).collect();
+        exits.watch(listed.iter().filter_map(|p| {
+            let main = observe(p).is_some_and(|o| o.role == "main");
+            let alive = matches!(p.state.as_str(), "running" | "paused") && p.pid > 0;
+            (main && alive).then_some((p.id.as_str(), p.pid))
+        }));
 
         let mut desired: BTreeMap<String, Want<'_>> = BTreeMap::new();
         let mut hashes = BTreeMap::new();
@@ -228,10 +277,12 @@ impl Engine {
 
         let removal_received = |n: &str| state.removal_received(n);
         let mut actions = reconcile::plan(&desired, &hashes, &observed, &busy, &removal_received);
-        actions.extend(
-            self.volume_only(&desired, &observed, &busy, &removal_received)
-                .await,
-        );
+        if full || self.volume_candidates(&desired, &observed) {
+            actions.extend(
+                self.volume_only(&desired, &observed, &busy, &removal_received)
+                    .await,
+            );
+        }
         let mut held = Vec::new();
         for action in actions {
             let name = action.deployment().to_owned();
@@ -395,6 +446,32 @@ impl Engine {
             self.unpublish(&name);
         }
         wake
+    }
+
+    /// May a deployment have a data volume but neither a container nor a desired document?
+    /// Only one this engine applied or published (a volume exists from its first apply on)
+    /// whose containers are gone; while there is none, the volume listing is left to the
+    /// full passes.
+    fn volume_candidates(
+        &self,
+        desired: &BTreeMap<String, Want<'_>>,
+        observed: &[Observed],
+    ) -> bool {
+        let Ok(applied) = self.ctx.store.keys(APPLIED_PREFIX) else {
+            return true;
+        };
+        let published: Vec<String> = self
+            .published
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        applied
+            .iter()
+            .filter_map(|k| k.strip_prefix(APPLIED_PREFIX))
+            .chain(published.iter().map(String::as_str))
+            .any(|n| !desired.contains_key(n) && !observed.iter().any(|o| o.deployment == n))
     }
 
     /// Data volumes of deployments absent from `desired` whose containers are all gone (a
