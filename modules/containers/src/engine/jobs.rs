@@ -167,8 +167,15 @@ impl Engine {
                 d.init.len()
             ));
         }
-        // Pull everything first, while the old revision still runs.
-        let mut images = vec![d.container.image.as_str()];
+        // A new deployment without init containers has nothing to keep running meanwhile:
+        // its image is looked up beside the volume and pulled only if `podman run` does not
+        // find it. Otherwise pull everything first, while the old revision still runs.
+        let lazy = old.is_none() && d.init.is_empty();
+        let mut images = if lazy {
+            Vec::new()
+        } else {
+            vec![d.container.image.as_str()]
+        };
         for i in &d.init {
             if let Some(img) = &i.image {
                 if !images.contains(&img.as_str()) {
@@ -185,10 +192,12 @@ impl Engine {
                 .await
                 .map_err(|e| e.to_string())?;
             if image == d.container.image {
-                digest = got;
+                digest = Some(got);
             }
         }
-        self.track(&d.name, |t| t.digest = Some(digest));
+        if digest.is_some() {
+            self.track(&d.name, |t| t.digest = digest);
+        }
 
         if let Some(old) = old {
             self.not_stopping()?;
@@ -242,11 +251,12 @@ impl Engine {
             );
         }
 
-        let volume = self
-            .rt
-            .data_volume(&d.name)
-            .await
-            .map_err(|e| format!("data volume: {e}"))?;
+        let (volume, ()) = tokio::join!(self.rt.data_volume(&d.name), async {
+            if lazy {
+                self.lookup_digest(d).await;
+            }
+        });
+        let volume = volume.map_err(|e| format!("data volume: {e}"))?;
         if !hooks.is_empty() {
             if !d.init.is_empty() {
                 self.publish(
@@ -280,11 +290,45 @@ impl Engine {
         // none of our containers exists, and a stranger in podman's database holding the
         // name is not ours to remove. A start that fails leaves the container created; the
         // next pass starts it (or replaces it, see `repair_unstarted`).
-        if let Err(e) = self.rt.run_detached(&spec).await {
+        let started = match self.rt.run_detached(&spec).await {
+            Err(e) if lazy && e.image_unknown() => {
+                let image = d.container.image.as_str();
+                let digest = self
+                    .ensure_image(image, || {
+                        self.publish(d, Phase::Pulling, format!("pulling {image}"));
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.track(&d.name, |t| t.digest = Some(digest));
+                self.not_stopping()?;
+                self.publish(d, Phase::Starting, format!("creating and starting {name}"));
+                self.rt.run_detached(&spec).await
+            }
+            other => other,
+        };
+        if let Err(e) = started {
             self.forget_image(&d.container.image);
             return Err(e.to_string());
         }
         Ok(())
+    }
+
+    /// Records the digest of `d`'s image if it is present (cached, see [`IMAGE_FRESH`]);
+    /// an absent image is left to `podman run` to find out.
+    async fn lookup_digest(&self, d: &Deployment) {
+        let image = d.container.image.as_str();
+        let digest = match self.fresh_image(image) {
+            Some(digest) => digest,
+            None => match self.rt.podman.image_digest(image).await {
+                Ok(digest) => {
+                    self.images()
+                        .insert(image.to_owned(), (Instant::now(), digest.clone()));
+                    digest
+                }
+                Err(_) => return,
+            },
+        };
+        self.track(&d.name, |t| t.digest = Some(digest));
     }
 
     /// [`crate::PodmanRuntime::ensure_image`], skipped for an image found present within
