@@ -251,11 +251,13 @@ impl Engine {
             );
         }
 
-        let (volume, ()) = tokio::join!(self.rt.data_volume(&d.name), async {
-            if lazy {
-                self.lookup_digest(d).await;
+        let (volume, looked_up) = tokio::join!(self.rt.data_volume(&d.name), async {
+            match lazy {
+                true => self.lookup_digest(d).await,
+                false => Ok(()),
             }
         });
+        looked_up.map_err(|e| e.to_string())?;
         let volume = volume.map_err(|e| format!("data volume: {e}"))?;
         if !hooks.is_empty() {
             if !d.init.is_empty() {
@@ -314,8 +316,9 @@ impl Engine {
     }
 
     /// Records the digest of `d`'s image if it is present (cached, see [`IMAGE_FRESH`]);
-    /// an absent image is left to `podman run` to find out.
-    async fn lookup_digest(&self, d: &Deployment) {
+    /// an absent image is left to `podman run` to find out. Fails only for an image
+    /// reference refused before podman runs (naming the field).
+    async fn lookup_digest(&self, d: &Deployment) -> Result<(), crate::Error> {
         let image = d.container.image.as_str();
         let digest = match self.fresh_image(image) {
             Some(digest) => digest,
@@ -325,10 +328,12 @@ impl Engine {
                         .insert(image.to_owned(), (Instant::now(), digest.clone()));
                     digest
                 }
-                Err(_) => return,
+                Err(e @ crate::Error::Refused { .. }) => return Err(e),
+                Err(_) => return Ok(()),
             },
         };
         self.track(&d.name, |t| t.digest = Some(digest));
+        Ok(())
     }
 
     /// [`crate::PodmanRuntime::ensure_image`], skipped for an image found present within
