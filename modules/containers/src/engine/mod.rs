@@ -83,6 +83,8 @@ pub struct Engine {
     held: Mutex<BTreeSet<String>>,
     /// Images found present, with their repo digest and when (see [`IMAGE_FRESH`]).
     images: Mutex<HashMap<String, (Instant, Option<String>)>>,
+    /// Deployments with a container in the last listing.
+    listed: Mutex<BTreeSet<String>>,
     health: Arc<Mutex<Health>>,
 }
 
@@ -107,6 +109,16 @@ enum Job {
     },
 }
 
+/// What a desired-state change asks of the loop (see [`Engine::classify`]).
+enum Change {
+    /// Nothing this module acts on changed.
+    Nothing,
+    /// Only deployments new to the device were added: apply them, no listing needed.
+    OnlyNew(Vec<Deployment>),
+    /// Anything else: a pass.
+    Other,
+}
+
 impl Engine {
     /// An engine working through `rt`, reporting via `ctx`, with health written to `health`.
     pub fn new(rt: SharedRuntime, cfg: Config, ctx: Context, health: Arc<Mutex<Health>>) -> Self {
@@ -125,6 +137,7 @@ impl Engine {
             published: Mutex::new(published),
             held: Mutex::new(BTreeSet::new()),
             images: Mutex::new(HashMap::new()),
+            listed: Mutex::new(BTreeSet::new()),
             health,
         }
     }
@@ -154,7 +167,10 @@ impl Engine {
         let mut full = true;
         let mut next_full = Instant::now() + resync;
         'passes: loop {
-            let wake = self.pass(&mut jobs, &mut running, &sem, &exits, full).await;
+            let mut last: Arc<DesiredState> = desired.borrow_and_update().clone();
+            let wake = self
+                .pass(last.clone(), &mut jobs, &mut running, &sem, &exits, full)
+                .await;
             if full {
                 next_full = Instant::now() + resync;
                 full = false;
@@ -169,7 +185,22 @@ impl Engine {
                         if changed.is_err() {
                             break 'passes;
                         }
-                        break;
+                        let new = desired.borrow_and_update().clone();
+                        match self.classify(&last, &new, &running) {
+                            Change::Nothing => last = new,
+                            Change::OnlyNew(added) => {
+                                for d in added {
+                                    let job = Job::Apply {
+                                        hash: spec_hash(&d),
+                                        deployment: d.clone(),
+                                        old: None,
+                                    };
+                                    self.spawn_job(&mut jobs, &mut running, &sem, d.name.clone(), job);
+                                }
+                                last = new;
+                            }
+                            Change::Other => break,
+                        }
                     }
                     Some(()) = triggers.recv() => {
                         tokio::select! {
@@ -219,13 +250,13 @@ impl Engine {
     /// be left without its deployment (see [`Engine::volume_candidates`]).
     async fn pass(
         self: &Arc<Self>,
+        state: Arc<DesiredState>,
         jobs: &mut JoinSet<()>,
         running: &mut HashMap<tokio::task::Id, String>,
         sem: &Arc<Semaphore>,
         exits: &exits::Exits,
         full: bool,
     ) -> Option<Duration> {
-        let state: Arc<DesiredState> = self.ctx.desired.borrow().clone();
         let listed = match self.rt.podman.list(&self.rt.naming.selector()).await {
             Ok(l) => l,
             Err(e) => {
@@ -236,6 +267,8 @@ impl Engine {
         };
         self.set_health(Health::Healthy);
         let observed: Vec<Observed> = listed.iter().filter_map(observe).collect();
+        *self.listed.lock().unwrap_or_else(|p| p.into_inner()) =
+            observed.iter().map(|o| o.deployment.clone()).collect();
         exits.watch(listed.iter().filter_map(|p| {
             let main = observe(p).is_some_and(|o| o.role == "main");
             let alive = matches!(p.state.as_str(), "running" | "paused") && p.pid > 0;
@@ -399,25 +432,7 @@ impl Engine {
                 Action::Clean { containers, .. } => Some(Job::Clean { containers }),
             };
             if let Some(job) = job {
-                let me = self.clone();
-                let sem = sem.clone();
-                let handle = jobs.spawn(async move {
-                    if let (0, Job::Apply { deployment, .. }) = (sem.available_permits(), &job) {
-                        me.publish(
-                            deployment,
-                            Phase::Pending,
-                            format!(
-                                "queued: all {} workers are busy with other deployments",
-                                me.cfg.parallelism
-                            ),
-                        );
-                    }
-                    let Ok(_permit) = sem.acquire_owned().await else {
-                        return;
-                    };
-                    me.job(job).await;
-                });
-                running.insert(handle.id(), name);
+                self.spawn_job(jobs, running, sem, name, job);
             }
         }
 
@@ -446,6 +461,84 @@ impl Engine {
             self.unpublish(&name);
         }
         wake
+    }
+
+    /// Runs `job` for deployment `name` once a worker is free.
+    fn spawn_job(
+        self: &Arc<Self>,
+        jobs: &mut JoinSet<()>,
+        running: &mut HashMap<tokio::task::Id, String>,
+        sem: &Arc<Semaphore>,
+        name: String,
+        job: Job,
+    ) {
+        let me = self.clone();
+        let sem = sem.clone();
+        let handle = jobs.spawn(async move {
+            if let (0, Job::Apply { deployment, .. }) = (sem.available_permits(), &job) {
+                me.publish(
+                    deployment,
+                    Phase::Pending,
+                    format!(
+                        "queued: all {} workers are busy with other deployments",
+                        me.cfg.parallelism
+                    ),
+                );
+            }
+            let Ok(_permit) = sem.acquire_owned().await else {
+                return;
+            };
+            me.job(job).await;
+        });
+        running.insert(handle.id(), name);
+    }
+
+    /// What a new desired state asks for, against the one the last pass planned with.
+    /// Deployments only added, never seen on the device nor by this engine, need no
+    /// listing: nothing but this engine makes containers of ours, and the last listing had
+    /// none for them. Anything else changed needs a pass.
+    fn classify(
+        &self,
+        last: &DesiredState,
+        new: &DesiredState,
+        running: &HashMap<tokio::task::Id, String>,
+    ) -> Change {
+        if last.deployments == new.deployments
+            && last.complete == new.complete
+            && last.deleted == new.deleted
+        {
+            return Change::Nothing;
+        }
+        if last.complete != new.complete || last.deleted != new.deleted {
+            return Change::Other;
+        }
+        if last
+            .deployments
+            .iter()
+            .any(|(n, d)| new.deployments.get(n) != Some(d))
+        {
+            return Change::Other;
+        }
+        let listed = self.listed.lock().unwrap_or_else(|p| p.into_inner());
+        let published = self.published.lock().unwrap_or_else(|p| p.into_inner());
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let tracks = self.tracks();
+        let mut added = Vec::new();
+        for (name, d) in &new.deployments {
+            if last.deployments.contains_key(name) {
+                continue;
+            }
+            let known = listed.contains(name)
+                || published.contains(name)
+                || held.contains(name)
+                || tracks.contains_key(name)
+                || running.values().any(|r| r == name);
+            match d {
+                DesiredDeployment::Valid(dep) if !known => added.push(dep.clone()),
+                _ => return Change::Other,
+            }
+        }
+        Change::OnlyNew(added)
     }
 
     /// May a deployment have a data volume but neither a container nor a desired document?
