@@ -168,8 +168,9 @@ impl Engine {
             ));
         }
         // A new deployment without init containers has nothing to keep running meanwhile:
-        // its image is looked up beside the volume and pulled only if `podman run` does not
-        // find it. Otherwise pull everything first, while the old revision still runs.
+        // its image is pulled only if `podman run` does not find it, and its digest looked
+        // up by the pass after the job (cached per image). Otherwise pull everything first,
+        // while the old revision still runs.
         let lazy = old.is_none() && d.init.is_empty();
         let mut images = if lazy {
             Vec::new()
@@ -251,14 +252,11 @@ impl Engine {
             );
         }
 
-        let (volume, looked_up) = tokio::join!(self.rt.data_volume(&d.name), async {
-            match lazy {
-                true => self.lookup_digest(d).await,
-                false => Ok(()),
-            }
-        });
-        looked_up.map_err(|e| e.to_string())?;
-        let volume = volume.map_err(|e| format!("data volume: {e}"))?;
+        let volume = self
+            .rt
+            .data_volume(&d.name)
+            .await
+            .map_err(|e| format!("data volume: {e}"))?;
         if !hooks.is_empty() {
             if !d.init.is_empty() {
                 self.publish(
@@ -312,27 +310,6 @@ impl Engine {
             self.forget_image(&d.container.image);
             return Err(e.to_string());
         }
-        Ok(())
-    }
-
-    /// Records the digest of `d`'s image if it is present (cached, see [`IMAGE_FRESH`]);
-    /// an absent image is left to `podman run` to find out. Fails only for an image
-    /// reference refused before podman runs (naming the field).
-    async fn lookup_digest(&self, d: &Deployment) -> Result<(), crate::Error> {
-        let image = d.container.image.as_str();
-        let digest = match self.fresh_image(image) {
-            Some(digest) => digest,
-            None => match self.rt.podman.image_digest(image).await {
-                Ok(digest) => {
-                    self.images()
-                        .insert(image.to_owned(), (Instant::now(), digest.clone()));
-                    digest
-                }
-                Err(e @ crate::Error::Refused { .. }) => return Err(e),
-                Err(_) => return Ok(()),
-            },
-        };
-        self.track(&d.name, |t| t.digest = Some(digest));
         Ok(())
     }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use fleet_contract::quote;
 
-use super::{Call, CreateSpec, Podman, PsEntry, QUICK};
+use super::{check_name, Call, CreateSpec, Podman, PsEntry, QUICK};
 use crate::error::Error;
 
 impl Podman {
@@ -156,6 +156,8 @@ fn container_call(verb: &str, flags: &[&str], spec: &CreateSpec) -> Result<Call,
         field,
         reason: reason.to_owned(),
     };
+    // The image first: a refused reference is named before any other field.
+    check_name("container.image", &spec.image)?;
     for (i, a) in spec.command.iter().enumerate() {
         if a.contains('\0') {
             return Err(refused(

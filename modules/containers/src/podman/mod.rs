@@ -140,21 +140,7 @@ impl Call {
             ));
         }
         for (field, value) in &self.names {
-            if value.contains('\0') {
-                return Err(refused(field.clone(), "contains a NUL byte"));
-            }
-            if value.is_empty() {
-                return Err(refused(field.clone(), "is empty"));
-            }
-            if value.starts_with('-') {
-                return Err(Error::Refused {
-                    field: field.clone(),
-                    reason: format!(
-                        "{} starts with '-' and would be read as an option",
-                        quote(value)
-                    ),
-                });
-            }
+            check_name(field, value)?;
         }
         if let Some(i) = self.rest.iter().position(|a| a.contains('\0')) {
             return Err(refused(
@@ -181,6 +167,27 @@ impl Call {
         let line = truncate(&line, STDERR_LINE);
         fleet_contract::cap_message(line)
     }
+}
+
+/// A positional (image, name) podman could misread: a NUL byte, empty, or a leading `-`.
+pub(crate) fn check_name(field: &str, value: &str) -> Result<(), Error> {
+    let refused = |reason: String| Error::Refused {
+        field: field.to_owned(),
+        reason,
+    };
+    if value.contains('\0') {
+        return Err(refused("contains a NUL byte".into()));
+    }
+    if value.is_empty() {
+        return Err(refused("is empty".into()));
+    }
+    if value.starts_with('-') {
+        return Err(refused(format!(
+            "{} starts with '-' and would be read as an option",
+            quote(value)
+        )));
+    }
+    Ok(())
 }
 
 /// `value` as it is when it is short and plain (a container or volume name, an image), else
