@@ -61,11 +61,15 @@ impl Engine {
                 .unwrap_or_else(|| d.container.image.clone());
             let digest = match self.fresh_image(&image_id) {
                 Some(digest) => Ok(digest),
-                None => self.rt.podman.image_digest(&image_id).await.map(|digest| {
-                    self.images()
-                        .insert(image_id.clone(), (Instant::now(), digest.clone()));
-                    digest
-                }),
+                None => self
+                    .rt
+                    .podman
+                    .image_digest(&image_id)
+                    .await
+                    .inspect(|digest| {
+                        self.images()
+                            .insert(image_id.clone(), (Instant::now(), digest.clone()));
+                    }),
             };
             if let Ok(digest) = digest {
                 self.track(&d.name, |t| t.digest = Some(digest));

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 mod isolated;
+#[allow(unused_imports)] // used by the tests that restart podman's state
 pub use isolated::IsolatedPodman;
 
 pub const LONG: Duration = Duration::from_secs(90);
