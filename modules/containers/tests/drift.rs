@@ -147,3 +147,85 @@ async fn drift_is_repaired_after_podman_system_migrate_restarted_podmans_state()
     .await;
     run.stop().await;
 }
+
+/// A reboot as podman sees it (its runtime state on tmpfs gone, every container process
+/// killed, the agent restarted): the containers podman now calls `created` are started
+/// again, not recreated, and their exits are watched again.
+#[tokio::test]
+async fn after_podmans_runtime_state_is_wiped_as_by_a_reboot_containers_start_again_and_are_watched(
+) {
+    if !require("podman") || !require("runc") || !require("findmnt") {
+        return;
+    }
+    let image = busybox_image("testkit").unwrap();
+    let scope = PodmanScope::new("reboot").unwrap();
+    let iso = IsolatedPodman::new(&scope, &image);
+    let bin = iso.bin_str();
+    let container = naming(&scope).container("web");
+    let d = deployment("web", &image, &[], &["sleep", "1000"]);
+    let section = quiet_section(&scope, &format!("podman = {bin:?}\n"));
+    let store: Arc<MemStore> = Arc::default();
+    let run = start(&section, store.clone(), state(true, &[&d]));
+    run.wait_running("web").await;
+    run.stop().await;
+    let (pid, id) = pid_and_id(&bin, &container).unwrap();
+    let conmon: i64 = iso
+        .podman(&[
+            "container",
+            "inspect",
+            "--format",
+            "{{.State.ConmonPid}}",
+            "--",
+            &container,
+        ])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    iso.reboot(&[pid, conmon], std::slice::from_ref(&id));
+    let after = iso
+        .podman(&[
+            "container",
+            "inspect",
+            "--format",
+            "{{.State.Status}}",
+            "--",
+            &container,
+        ])
+        .unwrap();
+    assert!(
+        matches!(after.trim(), "created" | "exited" | "stopped"),
+        "podman refreshed its state: {after}"
+    );
+
+    let run = start(&section, store, state(true, &[&d]));
+    run.wait_running("web").await;
+    eventually(&format!("{container} runs again"), || {
+        pid_and_id(&bin, &container).is_some_and(|(p, i)| p > 0 && i == id)
+    })
+    .await;
+    let (pid, _) = pid_and_id(&bin, &container).unwrap();
+    let (seen, restarts) = {
+        let s = run.sink.statuses.lock().unwrap();
+        (s.len(), s.last().map_or(0, |s| s.restarts))
+    };
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    eventually(
+        "web Running again after kill -9, one more restart counted",
+        || {
+            run.sink.statuses.lock().unwrap()[seen..]
+                .iter()
+                .any(|s| s.phase == Phase::Running && s.restarts == restarts + 1)
+        },
+    )
+    .await;
+    eventually(&format!("{container} runs again after kill -9"), || {
+        pid_and_id(&bin, &container).is_some_and(|(p, i)| p > 0 && p != pid && i == id)
+    })
+    .await;
+    run.stop().await;
+}

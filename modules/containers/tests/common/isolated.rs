@@ -49,6 +49,49 @@ impl IsolatedPodman {
         iso
     }
 
+    /// What a reboot does to this podman while nothing of it runs: every container's
+    /// processes (main and conmon, `pids`) are killed, its tmpfs state is gone (run root,
+    /// tmp dir with the `alive` file and exit files, runc's state of each container in
+    /// `ids`). podman's next call refreshes its database: the containers are `created`.
+    pub fn reboot(&self, pids: &[i64], ids: &[String]) {
+        for pid in pids {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        for pid in pids {
+            let gone = (0..200).any(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(25));
+                !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            });
+            assert!(gone, "process {pid} ended");
+        }
+        let mounts = Command::new("findmnt")
+            .args(["-rn", "-o", "TARGET"])
+            .output()
+            .unwrap();
+        let prefix = self.dir.to_string_lossy().into_owned();
+        let mut ours: Vec<String> = String::from_utf8_lossy(&mounts.stdout)
+            .lines()
+            .filter(|m| m.starts_with(&prefix))
+            .map(str::to_owned)
+            .collect();
+        ours.sort_unstable_by(|a, b| b.cmp(a));
+        for m in ours {
+            let ok = Command::new("umount").arg(&m).status().unwrap();
+            assert!(ok.success(), "umount {m}");
+        }
+        for d in ["runroot", "tmp"] {
+            std::fs::remove_dir_all(self.dir.join(d)).unwrap();
+        }
+        for id in ids {
+            let _ = Command::new("runc")
+                .args(["--root", "/run/runc", "delete", "--force", id])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+
     /// The wrapper's path as a string (for configs and [`super::pid_and_id`]).
     pub fn bin_str(&self) -> String {
         self.bin.to_string_lossy().into_owned()
