@@ -22,15 +22,16 @@ fn a_sigterm_during_a_create_lets_it_finish_and_the_next_start_converges() {
     let image = busybox_image("testkit").unwrap();
     let root = TempRoot::new().unwrap();
     let scope = PodmanScope::new("ctstop").unwrap();
-    // A podman whose create takes 2 s more after the real one, and says when it is done.
+    // A podman whose create (`podman run`) takes 2 s more after the real one, and says when it
+    // is done.
     let marks = root.path().join("marks");
     std::fs::create_dir_all(&marks).unwrap();
     let wrapper = root.path().join("podman");
     std::fs::write(
         &wrapper,
         format!(
-            "#!/bin/sh\n[ \"$1\" = create ] && {{\n  touch {m}/begun\n  \
-             podman \"$@\"; rc=$?; sleep 2; touch {m}/finished; exit $rc\n}}\n\
+            "#!/bin/sh\ncase \"$1\" in create|run)\n  touch {m}/begun\n  \
+             podman \"$@\"; rc=$?; sleep 2; touch {m}/finished; exit $rc;;\nesac\n\
              exec podman \"$@\"\n",
             m = marks.display()
         ),

@@ -35,7 +35,8 @@ pub struct Config {
     /// Deployments worked on at the same time.
     #[serde(default = "default_parallelism")]
     pub parallelism: usize,
-    /// Seconds between full resyncs (the safety net under the event stream).
+    /// Seconds between full resyncs: the safety net under the exit watcher, for what no
+    /// container process exit shows (a stopped container removed by hand, a stray volume).
     #[serde(default = "default_resync")]
     pub resync_secs: u64,
     /// First retry delay after a failed pull, start or init, and after a crash (seconds).
@@ -134,7 +135,7 @@ fn default_parallelism() -> usize {
     4
 }
 fn default_resync() -> u64 {
-    60
+    600
 }
 fn default_backoff_initial() -> u64 {
     1

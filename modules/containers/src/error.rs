@@ -89,4 +89,9 @@ impl Error {
     pub fn name_in_use(&self) -> bool {
         matches!(self, Error::Command { stderr, .. } if stderr.contains("is already in use"))
     }
+
+    /// Did `podman run --pull=never` fail because the image is not in local storage?
+    pub fn image_unknown(&self) -> bool {
+        matches!(self, Error::Command { stderr, .. } if stderr.contains("image not known"))
+    }
 }

@@ -22,12 +22,19 @@
 //! - **Status**: `Pending`, `Pulling`, `Initializing`, `Starting`, `Running`, `Upgrading`,
 //!   `Failed`, `Removing`, with message, restart count, last exit code, image digest and the
 //!   desired revision the status reflects.
-//! - **Drift repair, event-driven.** `podman events` filtered on this instance's label wakes
-//!   the loop when a container dies, is stopped, paused or removed by hand; a full resync
-//!   every `resync_secs` is the safety net. Restarts follow the manifest's restart policy
+//! - **Drift repair, event-driven, no resident child.** A pidfd on the main process of each
+//!   running container (host pid from the pass's `podman ps`) wakes the loop when it ends:
+//!   its own exit or crash, `kill -9` from the host, `podman stop`/`kill`/`rm -f`, `podman
+//!   system migrate`. A full resync every `resync_secs` (600 s) is the safety net for what no
+//!   exit shows (a stopped container removed by hand); a paused container is left paused.
+//!   Restarts follow the manifest's restart policy
 //!   (done by the agent, not podman: containers are created with `--restart no`), with
 //!   crash-loop backoff (`backoff_initial_secs` doubling to `backoff_max_secs`, reset after a
 //!   run of `healthy_after_secs`) shown in the status message and restart count.
+//! - **Few podman calls.** A new deployment costs the pass's `podman ps`, one `image
+//!   inspect` per image and minute (present? digest?), one `volume create` and one `podman
+//!   run --detach` (create and start). Volumes are listed only by the full passes and while
+//!   a deployment this engine ran may have left one behind.
 //! - **Never removed for an absence.** A deployment's containers and volume are removed only
 //!   when `DesiredState::removal_received` says its deletion was received: the control
 //!   plane's complete set lacks it, or the cache recorded its deletion. A deployment merely
@@ -73,7 +80,7 @@
 //! must start, supervise and restart, whose crash or hang stalls every container operation
 //! at once, and whose socket activation differs between distributions; a failed CLI call
 //! fails only itself and the next pass retries it. The CLI also keeps pulls with
-//! `--authfile`, the event stream and every recorded command identical to what an operator
+//! `--authfile` and every recorded command identical to what an operator
 //! types when debugging a device. The cost, measured end to end, is that the agent reaches
 //! Running in about 2x the time of a plain `podman run -d` (README, "Containers"), i.e.
 //! under half a second per deployment on this machine, which is irrelevant for a device that
@@ -96,7 +103,7 @@ use fleet_module_api::{
 
 pub use config::Config;
 pub use error::Error;
-pub use podman::{create_args, CreateSpec, Event, Podman, PsEntry};
+pub use podman::{create_args, run_args, CreateSpec, Podman, PsEntry};
 pub use reconcile::{spec_hash, Naming};
 pub use runtime::PodmanRuntime;
 

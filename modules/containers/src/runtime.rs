@@ -62,14 +62,33 @@ impl PodmanRuntime {
     /// naming it).
     pub async fn create(&self, spec: &CreateSpec) -> Result<String, Error> {
         match self.podman.create(spec).await {
-            Err(e) if e.name_in_use() && self.podman.storage_only(&spec.name).await? => {
-                tracing::warn!(container = %spec.name,
-                    "a storage-only container left by an interrupted create holds the name; removing it");
-                self.podman.rm_storage(&spec.name).await?;
+            Err(e) if self.freed_storage_only(&e, &spec.name).await? => {
                 self.podman.create(spec).await
             }
             other => other,
         }
+    }
+
+    /// `podman run --detach`: create and start in one call, with the repair of [`Self::create`].
+    pub async fn run_detached(&self, spec: &CreateSpec) -> Result<String, Error> {
+        match self.podman.run_detached(spec).await {
+            Err(e) if self.freed_storage_only(&e, &spec.name).await? => {
+                self.podman.run_detached(spec).await
+            }
+            other => other,
+        }
+    }
+
+    /// After a create failed with `error`: was the name held by a storage-only container, now
+    /// removed?
+    async fn freed_storage_only(&self, error: &Error, name: &str) -> Result<bool, Error> {
+        if !error.name_in_use() || !self.podman.storage_only(name).await? {
+            return Ok(false);
+        }
+        tracing::warn!(container = %name,
+            "a storage-only container left by an interrupted create holds the name; removing it");
+        self.podman.rm_storage(name).await?;
+        Ok(true)
     }
 
     async fn run_once(&self, spec: &RunSpec) -> Result<RunOutcome, Error> {

@@ -116,7 +116,7 @@ async fn a_failing_create_puts_no_env_value_or_argument_in_status_or_log() {
     let image = busybox_image("testkit").unwrap();
     let scope = PodmanScope::new("secret").unwrap();
     let container = naming(&scope).container("web");
-    // A stranger (no fleet labels) holds the name: `podman create` fails.
+    // A stranger (no fleet labels) holds the name: `podman run` fails.
     podman(&[
         "create",
         "--name",
@@ -141,7 +141,7 @@ async fn a_failing_create_puts_no_env_value_or_argument_in_status_or_log() {
         .wait_status("web Failed", |s| s.phase == Phase::Failed)
         .await;
     let m = &failed.message;
-    assert!(m.contains(&format!("podman create {container}")), "{m}");
+    assert!(m.contains(&format!("podman run {container}")), "{m}");
     assert!(m.contains("exit code 125"), "{m}");
     assert!(m.contains("already in use"), "{m}");
     // Let it retry a few times, so every path (retry, log, status) has run.

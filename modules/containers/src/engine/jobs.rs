@@ -7,7 +7,7 @@ use fleet_contract::{Deployment, Phase};
 use fleet_module_api::LifecycleHook;
 use tokio::time::Instant;
 
-use super::{Engine, Failure, Job, APPLIED_PREFIX, INIT_HOOK, RESTARTS_PREFIX};
+use super::{Engine, Failure, Job, APPLIED_PREFIX, IMAGE_FRESH, INIT_HOOK, RESTARTS_PREFIX};
 use crate::podman::CreateSpec;
 use crate::reconcile::{next_backoff, spec_hash};
 
@@ -167,8 +167,16 @@ impl Engine {
                 d.init.len()
             ));
         }
-        // Pull everything first, while the old revision still runs.
-        let mut images = vec![d.container.image.as_str()];
+        // A new deployment without init containers has nothing to keep running meanwhile:
+        // its image is pulled only if `podman run` does not find it, and its digest looked
+        // up by the pass after the job (cached per image). Otherwise pull everything first,
+        // while the old revision still runs.
+        let lazy = old.is_none() && d.init.is_empty();
+        let mut images = if lazy {
+            Vec::new()
+        } else {
+            vec![d.container.image.as_str()]
+        };
         for i in &d.init {
             if let Some(img) = &i.image {
                 if !images.contains(&img.as_str()) {
@@ -179,17 +187,18 @@ impl Engine {
         let mut digest = None;
         for image in images {
             let got = self
-                .rt
                 .ensure_image(image, || {
                     self.publish(d, Phase::Pulling, format!("pulling {image}"));
                 })
                 .await
                 .map_err(|e| e.to_string())?;
             if image == d.container.image {
-                digest = got;
+                digest = Some(got);
             }
         }
-        self.track(&d.name, |t| t.digest = digest);
+        if digest.is_some() {
+            self.track(&d.name, |t| t.digest = digest);
+        }
 
         if let Some(old) = old {
             self.not_stopping()?;
@@ -262,7 +271,7 @@ impl Engine {
         }
         let name = self.rt.naming.container(&d.name);
         self.not_stopping()?;
-        self.publish(d, Phase::Starting, format!("creating {name}"));
+        self.publish(d, Phase::Starting, format!("creating and starting {name}"));
         let spec = CreateSpec {
             name: name.clone(),
             image: d.container.image.clone(),
@@ -273,14 +282,63 @@ impl Engine {
             stop_signal: d.lifecycle.stop_signal.clone(),
             stop_timeout: d.lifecycle.grace_period_secs,
         };
-        // No forced removal first: the plan creates only when none of our containers exists,
-        // and a stranger in podman's database holding the name is not ours to remove.
-        self.rt.create(&spec).await.map_err(|e| e.to_string())?;
+        // Recorded first: the init containers ran, and a container may exist from here on
+        // (the run may be cut after podman created it), so a removal stops it with this
+        // manifest's lifecycle and runs its after_stop hooks.
         self.remember_applied(d);
-        if let Err(e) = self.rt.podman.start(&name, &secrets(d)).await {
-            return Err(format!("starting {name}: {e}"));
+        // One call: create and start. No forced removal first: the plan creates only when
+        // none of our containers exists, and a stranger in podman's database holding the
+        // name is not ours to remove. A start that fails leaves the container created; the
+        // next pass starts it (or replaces it, see `repair_unstarted`).
+        let started = match self.rt.run_detached(&spec).await {
+            Err(e) if lazy && e.image_unknown() => {
+                let image = d.container.image.as_str();
+                let digest = self
+                    .ensure_image(image, || {
+                        self.publish(d, Phase::Pulling, format!("pulling {image}"));
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.track(&d.name, |t| t.digest = Some(digest));
+                self.not_stopping()?;
+                self.publish(d, Phase::Starting, format!("creating and starting {name}"));
+                self.rt.run_detached(&spec).await
+            }
+            other => other,
+        };
+        if let Err(e) = started {
+            self.forget_image(&d.container.image);
+            return Err(e.to_string());
         }
         Ok(())
+    }
+
+    /// [`crate::PodmanRuntime::ensure_image`], skipped for an image found present within
+    /// [`IMAGE_FRESH`]; returns its repo digest.
+    pub(super) async fn ensure_image(
+        &self,
+        image: &str,
+        on_pull: impl FnOnce(),
+    ) -> Result<Option<String>, crate::Error> {
+        if let Some(digest) = self.fresh_image(image) {
+            return Ok(digest);
+        }
+        let digest = self.rt.ensure_image(image, on_pull).await?;
+        self.images()
+            .insert(image.to_owned(), (Instant::now(), digest.clone()));
+        Ok(digest)
+    }
+
+    /// The digest of `image` if it was found present within [`IMAGE_FRESH`].
+    pub(super) fn fresh_image(&self, image: &str) -> Option<Option<String>> {
+        let images = self.images();
+        let (at, digest) = images.get(image)?;
+        (at.elapsed() < IMAGE_FRESH).then(|| digest.clone())
+    }
+
+    /// Forgets that `image` is present (a start failed: it may have been removed).
+    fn forget_image(&self, image: &str) {
+        self.images().remove(image);
     }
 
     /// Between the steps of a job: the agent is stopping, begin no new podman call.

@@ -1,10 +1,12 @@
-//! The reconcile loop: wakes on desired-state changes, podman events, due retries and a slow
-//! periodic resync; lists this instance's containers once per pass, plans with
-//! [`crate::reconcile::plan`] and runs the resulting operations as jobs, at most one per
-//! deployment and at most `parallelism` at a time.
+//! The reconcile loop: wakes on desired-state changes, container exits (a pidfd per running
+//! container, see [`exits`]), finished jobs, due retries and a slow periodic resync; lists
+//! this instance's containers once per pass, plans with [`crate::reconcile::plan`] and runs
+//! the resulting operations as jobs, at most one per deployment and at most `parallelism` at
+//! a time.
 
-mod events;
+mod exits;
 mod jobs;
+mod pass;
 mod status;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -18,11 +20,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::podman::PsEntry;
-use crate::reconcile::{
-    self, restart_delay, spec_hash, Action, Observed, Want, LABEL_DEPLOYMENT, LABEL_MANAGED_BY,
-    LABEL_ROLE, LABEL_SPEC_HASH, MANAGER,
-};
+use crate::reconcile::{restart_delay, spec_hash};
 use crate::runtime::SharedRuntime;
 
 /// Store key of the deployments this module has published a status for.
@@ -31,11 +29,18 @@ const PUBLISHED_KEY: &str = "published";
 const APPLIED_PREFIX: &str = "applied/";
 /// Store key prefix of the restart count per deployment (survives agent restarts).
 const RESTARTS_PREFIX: &str = "restarts/";
-/// Quiet time collecting triggers into one pass.
+/// After a container exit, time for podman to record it (conmon writes the exit file within
+/// tens of ms) and for the other exits of one operation (`podman stop -a`) to arrive.
 const DEBOUNCE: Duration = Duration::from_millis(100);
+/// A finished job is looked at once the other jobs finished too, or after this.
+const COMPLETIONS: Duration = Duration::from_secs(2);
+/// An image found present is not looked up again for this long (a burst of deployments of
+/// one image costs one `podman image inspect`). One removed meanwhile fails one start,
+/// which drops it from here; the retry pulls it.
+const IMAGE_FRESH: Duration = Duration::from_secs(60);
 /// A container between states is looked at again after this.
 const SETTLE: Duration = Duration::from_secs(1);
-/// Retry after podman itself failed (list, events).
+/// Retry after podman itself failed (list).
 const PODMAN_RETRY: Duration = Duration::from_secs(5);
 /// On shutdown, how long the podman call in flight may take to finish (the agent gives its
 /// modules 8 s, systemd 15 s). Past it the job is dropped; its podman child is not killed
@@ -49,7 +54,8 @@ const INIT_HOOK: &str = "init-containers";
 struct Track {
     restarts: u32,
     last_exit: Option<i32>,
-    digest: Option<String>,
+    /// The image's repo digest; `None` until looked up (`Some(None)`: it has none).
+    digest: Option<Option<String>>,
     crash_backoff: Duration,
     restart_due: Option<Instant>,
     failure: Option<Failure>,
@@ -72,6 +78,10 @@ pub struct Engine {
     published: Mutex<BTreeSet<String>>,
     /// Deployments whose containers and volume are held (last reported).
     held: Mutex<BTreeSet<String>>,
+    /// Images found present, with their repo digest and when (see [`IMAGE_FRESH`]).
+    images: Mutex<HashMap<String, (Instant, Option<String>)>>,
+    /// Deployments with a container in the last listing.
+    listed: Mutex<BTreeSet<String>>,
     health: Arc<Mutex<Health>>,
 }
 
@@ -96,6 +106,16 @@ enum Job {
     },
 }
 
+/// What a desired-state change asks of the loop (see [`Engine::classify`]).
+enum Change {
+    /// Nothing this module acts on changed.
+    Nothing,
+    /// Only deployments new to the device were added: apply them, no listing needed.
+    OnlyNew(Vec<Deployment>),
+    /// Anything else: a pass.
+    Other,
+}
+
 impl Engine {
     /// An engine working through `rt`, reporting via `ctx`, with health written to `health`.
     pub fn new(rt: SharedRuntime, cfg: Config, ctx: Context, health: Arc<Mutex<Health>>) -> Self {
@@ -113,6 +133,8 @@ impl Engine {
             tracks: Mutex::new(BTreeMap::new()),
             published: Mutex::new(published),
             held: Mutex::new(BTreeSet::new()),
+            images: Mutex::new(HashMap::new()),
+            listed: Mutex::new(BTreeSet::new()),
             health,
         }
     }
@@ -125,38 +147,85 @@ impl Engine {
         self.tracks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn images(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Option<String>)>> {
+        self.images.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Runs until shutdown.
     pub async fn run(self: Arc<Self>) {
         let (trigger, mut triggers) = mpsc::unbounded_channel::<()>();
-        let events = tokio::spawn(events::watch_events(self.clone(), trigger));
+        let exits = exits::Exits::new(trigger);
         let mut desired = self.ctx.desired.clone();
         let mut jobs: JoinSet<()> = JoinSet::new();
         let mut running: HashMap<tokio::task::Id, String> = HashMap::new();
         let sem = Arc::new(Semaphore::new(self.cfg.parallelism));
         let resync = Duration::from_secs(self.cfg.resync_secs);
-        loop {
-            let wake = self.pass(&mut jobs, &mut running, &sem).await;
-            let until = Instant::now() + wake.unwrap_or(resync).min(resync);
-            tokio::select! {
-                () = self.ctx.shutdown.cancelled() => break,
-                changed = desired.changed() => if changed.is_err() { break },
-                Some(()) = triggers.recv() => {}
-                Some(done) = jobs.join_next_with_id(), if !jobs.is_empty() => {
-                    finished(&mut running, done);
+        // The first pass and each resync look at everything (volumes included).
+        let mut full = true;
+        let mut next_full = Instant::now() + resync;
+        'passes: loop {
+            let mut last: Arc<DesiredState> = desired.borrow_and_update().clone();
+            let wake = self
+                .pass(last.clone(), &mut jobs, &mut running, &sem, &exits, full)
+                .await;
+            if full {
+                next_full = Instant::now() + resync;
+                full = false;
+            }
+            let until = wake.map_or(next_full, |w| (Instant::now() + w).min(next_full));
+            let mut completed: Option<Instant> = None;
+            loop {
+                let deadline = completed.map_or(until, |c| (c + COMPLETIONS).min(until));
+                tokio::select! {
+                    () = self.ctx.shutdown.cancelled() => break 'passes,
+                    changed = desired.changed() => {
+                        if changed.is_err() {
+                            break 'passes;
+                        }
+                        let new = desired.borrow_and_update().clone();
+                        match self.classify(&last, &new, &running) {
+                            Change::Nothing => last = new,
+                            Change::OnlyNew(added) => {
+                                for d in added {
+                                    let job = Job::Apply {
+                                        hash: spec_hash(&d),
+                                        deployment: d.clone(),
+                                        old: None,
+                                    };
+                                    self.spawn_job(&mut jobs, &mut running, &sem, d.name.clone(), job);
+                                }
+                                last = new;
+                            }
+                            Change::Other => break,
+                        }
+                    }
+                    Some(()) = triggers.recv() => {
+                        tokio::select! {
+                            () = self.ctx.shutdown.cancelled() => break 'passes,
+                            () = tokio::time::sleep(DEBOUNCE) => {}
+                        }
+                        while triggers.try_recv().is_ok() {}
+                        break;
+                    }
+                    Some(done) = jobs.join_next_with_id(), if !jobs.is_empty() => {
+                        finished(&mut running, done);
+                        // One look after a burst of jobs, not one per job.
+                        if jobs.is_empty() {
+                            break;
+                        }
+                        completed.get_or_insert_with(Instant::now);
+                    }
+                    () = tokio::time::sleep_until(deadline) => {
+                        full = deadline >= next_full;
+                        break;
+                    }
                 }
-                () = tokio::time::sleep_until(until) => {}
             }
-            // Collect the burst (events of one operation, several edits) into one pass.
-            tokio::select! {
-                () = self.ctx.shutdown.cancelled() => break,
-                () = tokio::time::sleep(DEBOUNCE) => {}
-            }
-            while triggers.try_recv().is_ok() {}
             while let Some(done) = jobs.try_join_next_with_id() {
                 finished(&mut running, done);
             }
         }
-        events.abort();
+        drop(exits);
         // Take no new job (queued ones find the semaphore closed) and let the ones in flight
         // finish their podman call, within the budget.
         sem.close();
@@ -173,274 +242,82 @@ impl Engine {
         }
     }
 
-    /// One pass: observe, plan, start jobs. Returns how soon the next pass is due, if sooner
-    /// than the resync.
-    async fn pass(
+    /// Runs `job` for deployment `name` once a worker is free.
+    fn spawn_job(
         self: &Arc<Self>,
         jobs: &mut JoinSet<()>,
         running: &mut HashMap<tokio::task::Id, String>,
         sem: &Arc<Semaphore>,
-    ) -> Option<Duration> {
-        let state: Arc<DesiredState> = self.ctx.desired.borrow().clone();
-        let listed = match self.rt.podman.list(&self.rt.naming.selector()).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list containers");
-                self.set_health(Health::unhealthy(format!("podman: {e}")));
-                return Some(PODMAN_RETRY);
+        name: String,
+        job: Job,
+    ) {
+        let me = self.clone();
+        let sem = sem.clone();
+        let handle = jobs.spawn(async move {
+            if let (0, Job::Apply { deployment, .. }) = (sem.available_permits(), &job) {
+                me.publish(
+                    deployment,
+                    Phase::Pending,
+                    format!(
+                        "queued: all {} workers are busy with other deployments",
+                        me.cfg.parallelism
+                    ),
+                );
             }
-        };
-        self.set_health(Health::Healthy);
-        let observed: Vec<Observed> = listed.iter().filter_map(observe).collect();
-
-        let mut desired: BTreeMap<String, Want<'_>> = BTreeMap::new();
-        let mut hashes = BTreeMap::new();
-        let mut manifests: BTreeMap<&str, &Deployment> = BTreeMap::new();
-        for (name, d) in &state.deployments {
-            match d {
-                DesiredDeployment::Valid(dep) => {
-                    hashes.insert(name.clone(), spec_hash(dep));
-                    desired.insert(name.clone(), Want::Run(dep));
-                    manifests.insert(name.as_str(), dep);
-                }
-                DesiredDeployment::Invalid { .. } => {
-                    desired.insert(name.clone(), Want::Untouched);
-                }
-            }
-        }
-        let busy: BTreeSet<String> = running.values().cloned().collect();
-        let now = Instant::now();
-        let mut wake: Option<Duration> = None;
-        let mut soon = |d: Duration| wake = Some(wake.map_or(d, |w: Duration| w.min(d)));
-
-        // A failure recorded for an older spec no longer applies.
-        {
-            let mut tracks = self.tracks();
-            for (name, t) in tracks.iter_mut() {
-                if t.failure
-                    .as_ref()
-                    .is_some_and(|f| hashes.get(name) != Some(&f.hash))
-                {
-                    t.failure = None;
-                }
-            }
-        }
-
-        let removal_received = |n: &str| state.removal_received(n);
-        let mut actions = reconcile::plan(&desired, &hashes, &observed, &busy, &removal_received);
-        actions.extend(
-            self.volume_only(&desired, &observed, &busy, &removal_received)
-                .await,
-        );
-        let mut held = Vec::new();
-        for action in actions {
-            let name = action.deployment().to_owned();
-            let job = match action {
-                Action::Hold { containers, .. } => {
-                    held.push((name.clone(), containers));
-                    None
-                }
-                Action::Keep { .. } => {
-                    let Some(d) = manifests.get(name.as_str()) else {
-                        continue;
-                    };
-                    self.report_running(d, &listed).await;
-                    None
-                }
-                Action::Settle { .. } => {
-                    soon(SETTLE);
-                    None
-                }
-                Action::Exited { exit_code, .. } => {
-                    let Some(d) = manifests.get(name.as_str()) else {
-                        continue;
-                    };
-                    self.track(&name, |t| t.last_exit = Some(exit_code));
-                    self.publish(
-                        d,
-                        Phase::Failed,
-                        format!(
-                            "exited with code {exit_code}; restart policy {:?} keeps it stopped",
-                            d.container.restart
-                        ),
-                    );
-                    None
-                }
-                Action::Restart {
-                    container,
-                    exit_code,
-                    ran_secs,
-                    never_started,
-                    ..
-                } => {
-                    let Some(d) = manifests.get(name.as_str()) else {
-                        continue;
-                    };
-                    if never_started {
-                        // Created but never started: start it, unless a start just failed.
-                        let due = self.tracks().get(&name).and_then(|t| t.restart_due);
-                        match due {
-                            Some(at) if at > now => {
-                                soon(at - now);
-                                None
-                            }
-                            _ => Some(Job::Restart {
-                                deployment: (*d).clone(),
-                                container,
-                                count: false,
-                            }),
-                        }
-                    } else {
-                        let due = self.restart_due(&name, exit_code, ran_secs, now);
-                        if due > now {
-                            let (restarts, wait) = {
-                                let t = self.tracks();
-                                let r = t.get(&name).map_or(0, |t| t.restarts);
-                                (r, due - now)
-                            };
-                            self.publish(
-                                d,
-                                Phase::Failed,
-                                format!(
-                                    "exited with code {exit_code} after {ran_secs} s; restart {} in {} s (crash-loop backoff)",
-                                    restarts + 1,
-                                    wait.as_secs_f32().ceil()
-                                ),
-                            );
-                            soon(wait);
-                            None
-                        } else {
-                            Some(Job::Restart {
-                                deployment: (*d).clone(),
-                                container,
-                                count: true,
-                            })
-                        }
-                    }
-                }
-                Action::Create { .. } | Action::Replace { .. } => {
-                    let Some(d) = manifests.get(name.as_str()) else {
-                        continue;
-                    };
-                    let retry_at = self
-                        .tracks()
-                        .get(&name)
-                        .and_then(|t| t.failure.as_ref().map(|f| f.retry_at));
-                    match retry_at {
-                        Some(at) if at > now => {
-                            soon(at - now);
-                            None
-                        }
-                        _ => Some(Job::Apply {
-                            deployment: (*d).clone(),
-                            hash: hashes.get(&name).cloned().unwrap_or_default(),
-                            old: match action {
-                                Action::Replace { old, .. } => Some(old),
-                                _ => None,
-                            },
-                        }),
-                    }
-                }
-                Action::Remove { containers, .. } => Some(Job::Remove {
-                    name: name.clone(),
-                    containers,
-                }),
-                Action::Clean { containers, .. } => Some(Job::Clean { containers }),
+            let Ok(_permit) = sem.acquire_owned().await else {
+                return;
             };
-            if let Some(job) = job {
-                let me = self.clone();
-                let sem = sem.clone();
-                let handle = jobs.spawn(async move {
-                    if let (0, Job::Apply { deployment, .. }) = (sem.available_permits(), &job) {
-                        me.publish(
-                            deployment,
-                            Phase::Pending,
-                            format!(
-                                "queued: all {} workers are busy with other deployments",
-                                me.cfg.parallelism
-                            ),
-                        );
-                    }
-                    let Ok(_permit) = sem.acquire_owned().await else {
-                        return;
-                    };
-                    me.job(job).await;
-                });
-                running.insert(handle.id(), name);
-            }
-        }
-
-        self.report_held(held);
-
-        // Statuses of deployments that are gone from desired state and from the device.
-        let gone: Vec<String> = {
-            let published = self.published.lock().unwrap_or_else(|p| p.into_inner());
-            published
-                .iter()
-                .filter(|n| {
-                    !matches!(desired.get(*n), Some(Want::Run(_)))
-                        && !busy.contains(*n)
-                        && !observed.iter().any(|o| &o.deployment == *n)
-                })
-                .cloned()
-                .collect()
-        };
-        for name in gone {
-            // An invalid document's status belongs to the runtime; a vanished one is ours to drop.
-            if !desired.contains_key(&name) {
-                self.ctx.status.deployment_removed(&name);
-                self.tracks().remove(&name);
-                let _ = self.ctx.store.delete(&format!("{RESTARTS_PREFIX}{name}"));
-            }
-            self.unpublish(&name);
-        }
-        wake
+            me.job(job).await;
+        });
+        running.insert(handle.id(), name);
     }
 
-    /// Data volumes of deployments absent from `desired` whose containers are all gone (a
-    /// container lost to an interrupted create, one removed by hand): removed with the
-    /// deployment when its deletion was received, held otherwise.
-    async fn volume_only(
+    /// What a new desired state asks for, against the one the last pass planned with.
+    /// Deployments only added, never seen on the device nor by this engine, need no
+    /// listing: nothing but this engine makes containers of ours, and the last listing had
+    /// none for them. Anything else changed needs a pass.
+    fn classify(
         &self,
-        desired: &BTreeMap<String, Want<'_>>,
-        observed: &[Observed],
-        busy: &BTreeSet<String>,
-        removal_received: &(dyn Fn(&str) -> bool + Sync),
-    ) -> Vec<Action> {
-        let volumes = match self.rt.podman.volumes(&self.rt.naming.selector()).await {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list volumes");
-                return Vec::new();
-            }
-        };
-        let mut out = Vec::new();
-        let mut seen = BTreeSet::new();
-        for v in &volumes {
-            let Some(d) = v.label(LABEL_DEPLOYMENT) else {
-                continue;
-            };
-            if v.name != self.rt.naming.volume(d)
-                || desired.contains_key(d)
-                || busy.contains(d)
-                || observed.iter().any(|o| o.deployment == d)
-                || !seen.insert(d.to_owned())
-            {
-                continue;
-            }
-            out.push(if removal_received(d) {
-                Action::Remove {
-                    deployment: d.to_owned(),
-                    containers: Vec::new(),
-                }
-            } else {
-                Action::Hold {
-                    deployment: d.to_owned(),
-                    containers: Vec::new(),
-                }
-            });
+        last: &DesiredState,
+        new: &DesiredState,
+        running: &HashMap<tokio::task::Id, String>,
+    ) -> Change {
+        if last.deployments == new.deployments
+            && last.complete == new.complete
+            && last.deleted == new.deleted
+        {
+            return Change::Nothing;
         }
-        out
+        if last.complete != new.complete || last.deleted != new.deleted {
+            return Change::Other;
+        }
+        if last
+            .deployments
+            .iter()
+            .any(|(n, d)| new.deployments.get(n) != Some(d))
+        {
+            return Change::Other;
+        }
+        let listed = self.listed.lock().unwrap_or_else(|p| p.into_inner());
+        let published = self.published.lock().unwrap_or_else(|p| p.into_inner());
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let tracks = self.tracks();
+        let mut added = Vec::new();
+        for (name, d) in &new.deployments {
+            if last.deployments.contains_key(name) {
+                continue;
+            }
+            let known = listed.contains(name)
+                || published.contains(name)
+                || held.contains(name)
+                || tracks.contains_key(name)
+                || running.values().any(|r| r == name);
+            match d {
+                DesiredDeployment::Valid(dep) if !known => added.push(dep.clone()),
+                _ => return Change::Other,
+            }
+        }
+        Change::OnlyNew(added)
     }
 
     /// When an exited container may be restarted (crash-loop backoff), remembering it.
@@ -516,27 +393,4 @@ fn finished(
         }
     };
     running.remove(&id);
-}
-
-/// A listed container as the planner sees it; `None` for what is not a managed container of
-/// a deployment.
-fn observe(p: &PsEntry) -> Option<Observed> {
-    if p.label(LABEL_MANAGED_BY) != Some(MANAGER) {
-        return None;
-    }
-    let deployment = p.label(LABEL_DEPLOYMENT)?.to_owned();
-    let ran_secs = if p.exited_at > p.started_at && p.started_at > 0 {
-        u64::try_from(p.exited_at - p.started_at).unwrap_or(0)
-    } else {
-        0
-    };
-    Some(Observed {
-        name: p.name().to_owned(),
-        deployment,
-        role: p.label(LABEL_ROLE).unwrap_or("main").to_owned(),
-        spec_hash: p.label(LABEL_SPEC_HASH).unwrap_or_default().to_owned(),
-        state: p.state.clone(),
-        exit_code: p.exit_code,
-        ran_secs,
-    })
 }

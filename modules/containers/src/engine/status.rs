@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 
 use fleet_contract::{Deployment, DeploymentStatus, Phase};
 use fleet_module_api::DesiredDeployment;
+use tokio::time::Instant;
 
 use super::{Engine, PUBLISHED_KEY};
 use crate::podman::PsEntry;
@@ -52,12 +53,25 @@ impl Engine {
             .get(&d.name)
             .is_none_or(|t| t.digest.is_none());
         if needs_digest {
+            // Looked up once per deployment (and image), also for an image without one.
             let image_id = listed
                 .iter()
                 .find(|p| p.label(LABEL_DEPLOYMENT) == Some(d.name.as_str()))
                 .map(|p| p.image_id.clone())
                 .unwrap_or_else(|| d.container.image.clone());
-            if let Ok(Some(digest)) = self.rt.podman.image_digest(&image_id).await {
+            let digest = match self.fresh_image(&image_id) {
+                Some(digest) => Ok(digest),
+                None => self
+                    .rt
+                    .podman
+                    .image_digest(&image_id)
+                    .await
+                    .inspect(|digest| {
+                        self.images()
+                            .insert(image_id.clone(), (Instant::now(), digest.clone()));
+                    }),
+            };
+            if let Ok(digest) = digest {
                 self.track(&d.name, |t| t.digest = Some(digest));
             }
         }
@@ -88,7 +102,7 @@ impl Engine {
         let (restarts, last_exit_code, image_digest) = {
             let mut tracks = self.tracks();
             let t = self.entry(&mut tracks, &d.name);
-            (t.restarts, t.last_exit, t.digest.clone())
+            (t.restarts, t.last_exit, t.digest.clone().flatten())
         };
         self.ctx.status.deployment(DeploymentStatus {
             name: d.name.clone(),

@@ -1,13 +1,11 @@
-//! Container calls: list, create, start, stop, rm, wait, logs, events; and the storage-level
+//! Container calls: list, run, create, start, stop, rm, wait, logs; and the storage-level
 //! calls that repair a container a killed podman left half-made.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use fleet_contract::quote;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
-use super::{Call, CreateSpec, EventStream, Podman, PsEntry, QUICK};
+use super::{check_name, Call, CreateSpec, Podman, PsEntry, QUICK};
 use crate::error::Error;
 
 impl Podman {
@@ -27,6 +25,14 @@ impl Podman {
     /// spec podman would misread (see [`create_call`]).
     pub async fn create(&self, spec: &CreateSpec) -> Result<String, Error> {
         let call = create_call(spec)?;
+        Ok(self.run(&call).await?.trim().to_owned())
+    }
+
+    /// Creates and starts a container in one call (`podman run --detach`, never pulling:
+    /// pulls go through [`Podman::pull`] with the configured credentials); returns its id.
+    /// A start that fails leaves the container created, as `create` then `start` would.
+    pub async fn run_detached(&self, spec: &CreateSpec) -> Result<String, Error> {
+        let call = run_call(spec)?;
         Ok(self.run(&call).await?.trim().to_owned())
     }
 
@@ -129,46 +135,29 @@ impl Podman {
         lines.drain(..keep);
         Ok(lines)
     }
-
-    /// Starts `podman events` for containers carrying `label`, as a stream of decoded events.
-    pub fn events(&self, label: &str) -> Result<EventStream, Error> {
-        let call = Call::new(&["events"]).opts([
-            "--format=json".to_owned(),
-            "--filter=type=container".to_owned(),
-            format!("--filter=label={label}"),
-        ]);
-        let argv = call.argv()?;
-        let what = call.what;
-        // A reader only: killing it when the engine stops loses nothing.
-        let mut child = self
-            .command(&argv)
-            .kill_on_drop(true)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|source| Error::Spawn {
-                what: what.clone(),
-                source,
-            })?;
-        let stdout = child.stdout.take().ok_or_else(|| Error::Decode {
-            what,
-            message: "no stdout pipe".into(),
-        })?;
-        Ok(EventStream {
-            lines: BufReader::new(stdout).lines(),
-            _child: child,
-        })
-    }
 }
 
-/// The `podman create` call for `spec`. Refused before podman runs, naming the field: an
-/// image that starts with `-` or is empty, a NUL byte in any value, an env key that is empty
-/// or holds `=`. Env values and the command are secrets: they never appear in a message.
+/// The `podman create` call for `spec` (see [`container_call`]).
 pub(crate) fn create_call(spec: &CreateSpec) -> Result<Call, Error> {
+    container_call("create", &[], spec)
+}
+
+/// The `podman run --detach --pull=never` call for `spec` (see [`container_call`]).
+pub(crate) fn run_call(spec: &CreateSpec) -> Result<Call, Error> {
+    container_call("run", &["--detach", "--pull=never"], spec)
+}
+
+/// `podman <verb> <flags> <options> -- <image> <command>` for `spec`. Refused before podman runs,
+/// naming the field: an image that starts with `-` or is empty, a NUL byte in any value, an
+/// env key that is empty or holds `=`. Env values and the command are secrets: they never
+/// appear in a message.
+fn container_call(verb: &str, flags: &[&str], spec: &CreateSpec) -> Result<Call, Error> {
     let refused = |field: String, reason: &str| Error::Refused {
         field,
         reason: reason.to_owned(),
     };
+    // The image first: a refused reference is named before any other field.
+    check_name("container.image", &spec.image)?;
     for (i, a) in spec.command.iter().enumerate() {
         if a.contains('\0') {
             return Err(refused(
@@ -212,7 +201,8 @@ pub(crate) fn create_call(spec: &CreateSpec) -> Result<Call, Error> {
             .iter()
             .map(|(vol, at)| format!("--volume={vol}:{at}")),
     );
-    Ok(Call::new(&["create"])
+    Ok(Call::new(&[verb])
+        .opts(flags.iter().copied())
         .target(&spec.name)
         .opts(opts)
         .name("container.image", &spec.image)
@@ -223,4 +213,9 @@ pub(crate) fn create_call(spec: &CreateSpec) -> Result<Call, Error> {
 /// `podman create` arguments for `spec` (pure, unit-tested): options, `--`, image, command.
 pub fn create_args(spec: &CreateSpec) -> Result<Vec<String>, Error> {
     create_call(spec)?.argv()
+}
+
+/// `podman run --detach` arguments for `spec` (pure, unit-tested), as [`create_args`].
+pub fn run_args(spec: &CreateSpec) -> Result<Vec<String>, Error> {
+    run_call(spec)?.argv()
 }

@@ -8,7 +8,7 @@
 //!
 //! A call is not killed when its future is dropped (no `kill_on_drop`): a podman cut
 //! mid-create leaves a container half in storage, half in its database. Only a call past its
-//! own time limit is killed, explicitly. The event stream is the exception: a reader only.
+//! own time limit is killed, explicitly.
 //!
 //! Why the CLI and not the libpod REST API: see the crate docs ("Runtime access").
 
@@ -28,10 +28,10 @@ use tokio::process::Command;
 
 use crate::error::Error;
 
-pub use containers::create_args;
+pub use containers::{create_args, run_args};
 #[cfg(test)]
 use images::check_auth_file;
-pub use types::{CreateSpec, Event, EventStream, PsEntry};
+pub use types::{CreateSpec, PsEntry};
 
 /// Longest stderr line kept in an error (characters; the whole message is capped again).
 const STDERR_LINE: usize = 400;
@@ -140,21 +140,7 @@ impl Call {
             ));
         }
         for (field, value) in &self.names {
-            if value.contains('\0') {
-                return Err(refused(field.clone(), "contains a NUL byte"));
-            }
-            if value.is_empty() {
-                return Err(refused(field.clone(), "is empty"));
-            }
-            if value.starts_with('-') {
-                return Err(Error::Refused {
-                    field: field.clone(),
-                    reason: format!(
-                        "{} starts with '-' and would be read as an option",
-                        quote(value)
-                    ),
-                });
-            }
+            check_name(field, value)?;
         }
         if let Some(i) = self.rest.iter().position(|a| a.contains('\0')) {
             return Err(refused(
@@ -181,6 +167,27 @@ impl Call {
         let line = truncate(&line, STDERR_LINE);
         fleet_contract::cap_message(line)
     }
+}
+
+/// A positional (image, name) podman could misread: a NUL byte, empty, or a leading `-`.
+pub(crate) fn check_name(field: &str, value: &str) -> Result<(), Error> {
+    let refused = |reason: String| Error::Refused {
+        field: field.to_owned(),
+        reason,
+    };
+    if value.contains('\0') {
+        return Err(refused("contains a NUL byte".into()));
+    }
+    if value.is_empty() {
+        return Err(refused("is empty".into()));
+    }
+    if value.starts_with('-') {
+        return Err(refused(format!(
+            "{} starts with '-' and would be read as an option",
+            quote(value)
+        )));
+    }
+    Ok(())
 }
 
 /// `value` as it is when it is short and plain (a container or volume name, an image), else
@@ -360,6 +367,7 @@ mod tests {
         assert_eq!(ps[0].state, "running");
         assert_eq!(ps[0].label("fleet.deployment"), Some("web"));
         assert_eq!(ps[0].exited_at, -62_135_596_800);
+        assert_eq!(ps[0].pid, 20476);
         // Labels may be null.
         let ps: Vec<PsEntry> =
             serde_json::from_str(r#"[{"Id":"x","Names":["n"],"Labels":null}]"#).unwrap();
@@ -367,16 +375,15 @@ mod tests {
     }
 
     #[test]
-    fn decodes_events_and_names_bad_lines() {
-        let e = Event::parse(
-            r#"{"ContainerExitCode":137,"ID":"03","Image":"i","Name":"pe1","Status":"died","Time":"t","Type":"container","Attributes":{"fleet.deployment":"web"}}"#,
-        )
-        .unwrap();
-        assert_eq!((e.kind.as_str(), e.status.as_str()), ("container", "died"));
-        assert_eq!(e.label("fleet.deployment"), Some("web"));
-        let err = Event::parse("not json").unwrap_err().to_string();
-        assert!(err.contains("podman events"), "{err}");
-        // Position and length only: an event line carries labels and may carry anything.
+    fn a_bad_listing_is_named_by_position_not_content() {
+        let p = Podman::new(Path::new("podman"), None, None);
+        let call = Call::new(&["ps"]);
+        let err = p
+            .decode::<Vec<PsEntry>>(&call, "not json")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("podman ps"), "{err}");
+        // Position and length only: a listing carries labels and may carry anything.
         assert!(!err.contains("not json"), "{err}");
         assert!(err.contains("of 8 bytes"), "{err}");
     }
@@ -401,6 +408,13 @@ mod tests {
             a,
             "create --name=fleet-web --stop-signal=SIGINT --stop-timeout=7 --restart=no \
              --label=fleet.deployment=web --env=A=b c --volume=fleet-web-data:/data -- img:1 sh -c echo hi"
+        );
+        let r = run_args(&spec()).unwrap().join(" ");
+        assert_eq!(
+            r,
+            "run --detach --pull=never --name=fleet-web --stop-signal=SIGINT --stop-timeout=7 \
+             --restart=no --label=fleet.deployment=web --env=A=b c --volume=fleet-web-data:/data \
+             -- img:1 sh -c echo hi"
         );
         // A command that starts with '-' is the container's, after the image: fine.
         let mut s = spec();

@@ -39,15 +39,13 @@ impl Podman {
         self.decode(&call, &out)
     }
 
-    /// Creates a named volume unless it exists.
+    /// Creates a named volume unless it exists: one call either way (podman 4.3 has no
+    /// `volume create --ignore`; an existing volume is its "already exists" error).
     pub async fn volume_ensure(
         &self,
         name: &str,
         labels: &BTreeMap<String, String>,
     ) -> Result<(), Error> {
-        if self.volume_exists(name).await? {
-            return Ok(());
-        }
         let mut call = Call::new(&["volume", "create"]);
         for (k, v) in labels {
             call = call.opts([format!("--label={k}={v}")]);
@@ -55,8 +53,12 @@ impl Podman {
         let call = call.name("volume", name);
         match self.run(&call).await {
             Ok(_) => Ok(()),
-            // Lost a race with a concurrent creation: fine.
-            Err(_) if self.volume_exists(name).await? => Ok(()),
+            Err(Error::Command { stderr, .. }) if stderr.contains("already exists") => Ok(()),
+            // Any other failure, unless the volume is there after all (a concurrent creation).
+            Err(e) if self.volume_exists(name).await? => {
+                tracing::debug!(volume = %name, error = %e, "volume create failed but the volume exists");
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }

@@ -20,6 +20,10 @@ use fleet_testkit::{podman, PodmanScope};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+mod isolated;
+#[allow(unused_imports)] // used by the tests that restart podman's state
+pub use isolated::IsolatedPodman;
+
 pub const LONG: Duration = Duration::from_secs(90);
 
 /// Every log line of this test binary (all levels), for "no secret in any log line".
@@ -117,6 +121,17 @@ pub fn section(scope: &PodmanScope, extra: &str) -> toml::Value {
     toml::from_str(&format!(
         "instance = \"{id}\"\nlabels = {{ \"fleet.test.scope\" = \"{id}\" }}\n\
          backoff_initial_secs = 1\nbackoff_max_secs = 2\nresync_secs = 2\n{extra}",
+        id = scope.id()
+    ))
+    .unwrap()
+}
+
+/// As [`section`], with a resync far beyond any test's deadline: whatever the module repairs,
+/// it found without the periodic listing.
+pub fn quiet_section(scope: &PodmanScope, extra: &str) -> toml::Value {
+    toml::from_str(&format!(
+        "instance = \"{id}\"\nlabels = {{ \"fleet.test.scope\" = \"{id}\" }}\n\
+         backoff_initial_secs = 1\nbackoff_max_secs = 2\nresync_secs = 86400\n{extra}",
         id = scope.id()
     ))
     .unwrap()
@@ -229,6 +244,24 @@ pub fn naming(scope: &PodmanScope) -> Naming {
         scope.id(),
         [("fleet.test.scope".to_owned(), scope.id().to_owned())].into(),
     )
+}
+
+/// A container's `.State.Pid` and `.Id`, if it exists.
+pub fn pid_and_id(podman_bin: &str, container: &str) -> Option<(i64, String)> {
+    let out = std::process::Command::new(podman_bin)
+        .args([
+            "container",
+            "inspect",
+            "--format",
+            "{{.State.Pid}} {{.Id}}",
+            "--",
+            container,
+        ])
+        .output()
+        .ok()?;
+    let out = String::from_utf8(out.stdout).ok()?;
+    let (pid, id) = out.trim().split_once(' ')?;
+    Some((pid.parse().ok()?, id.to_owned()))
 }
 
 pub fn state_of(container: &str) -> Option<String> {
