@@ -89,6 +89,11 @@ pub(super) async fn apply_desired(
     mut rx: watch::Receiver<DesiredUpdate>,
     shutdown: CancellationToken,
 ) {
+    // Whether deployments are blocked is known once the container runtime's probe answered.
+    tokio::select! {
+        () = shutdown.cancelled() => return,
+        () = shared.providers_probed.cancelled() => {}
+    }
     // Statuses the runtime reported; after a restart without a deployment module, that is
     // every stored one (so deployments deleted while the agent was down are cleaned up).
     let blocked = shared
