@@ -462,10 +462,10 @@ impl Agent {
             })
         };
 
-        shared.refresh(false, true);
-        let hb = shared.heartbeat(false);
-        notify::ready(&status_line(&hb, &shared));
+        // Wired: READY now, then the first heartbeat record (its fsync is not in the way).
+        notify::ready(&status_line(&shared.heartbeat(false), &shared));
         tracing::info!(modules = module_tasks.len(), "fleet-agent ready");
+        shared.refresh(false, true);
 
         // Timers: systemd's service watchdog (when it asks), a network plane's heartbeat,
         // and a health poll only while a module is not settled. Everything else is an event
