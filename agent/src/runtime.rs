@@ -101,6 +101,8 @@ struct Shared {
     publish_failures: Arc<PublishFailures>,
     /// The heartbeat last written to the store (rewritten only when its content changes).
     written: Mutex<Option<Heartbeat>>,
+    /// The status line last sent to systemd.
+    status_sent: Mutex<String>,
     /// Fires once every module providing the container runtime has answered its probe
     /// (`deployments_blocked` is then final); desired state is applied only after.
     providers_probed: CancellationToken,
@@ -208,7 +210,7 @@ impl Shared {
         match serde_json::to_vec(&hb) {
             Ok(body) => match self.store.kv_put("agent", "heartbeat", &body) {
                 Ok(()) => {
-                    notify::status(&status_line(&hb, self));
+                    self.notify_status(&hb);
                     *self.written.lock().unwrap_or_else(|p| p.into_inner()) = Some(hb);
                 }
                 Err(e) => tracing::error!(error = %e, "cannot record heartbeat"),
@@ -216,6 +218,18 @@ impl Shared {
             Err(e) => tracing::error!(error = %e, "cannot encode heartbeat"),
         }
         true
+    }
+
+    /// Sends systemd the one-line status when it differs from the last one sent (a
+    /// datagram per change only: the socket's queue is short, and a send to a full one
+    /// blocks).
+    fn notify_status(&self, hb: &Heartbeat) {
+        let line = status_line(hb, self);
+        let mut last = self.status_sent.lock().unwrap_or_else(|p| p.into_inner());
+        if *last != line {
+            notify::status(&line);
+            *last = line;
+        }
     }
 
     /// Once every container-runtime provider answered its probe: when none is available,
@@ -463,7 +477,9 @@ impl Agent {
         };
 
         // Wired: READY now, then the first heartbeat record (its fsync is not in the way).
-        notify::ready(&status_line(&shared.heartbeat(false), &shared));
+        let line = status_line(&shared.heartbeat(false), &shared);
+        notify::ready(&line);
+        *shared.status_sent.lock().unwrap_or_else(|p| p.into_inner()) = line;
         tracing::info!(modules = module_tasks.len(), "fleet-agent ready");
         shared.refresh(false, true);
 

@@ -222,6 +222,7 @@ impl AgentBuilder {
             ignored: Mutex::new(Default::default()),
             publish_failures: Default::default(),
             written: Mutex::new(None),
+            status_sent: Mutex::new(String::new()),
             providers_probed: CancellationToken::new(),
         });
         let _ = agent_self.shared.set(Arc::downgrade(&shared));
