@@ -329,6 +329,11 @@ impl Agent {
         *shared.status_sent.lock().unwrap_or_else(|p| p.into_inner()) = line;
         tracing::info!(modules = module_tasks.len(), "fleet-agent ready");
         shared.refresh(false, true);
+        // Expired command records go at start, after each command and at each network
+        // heartbeat (not on a timer of their own).
+        if let Err(e) = shared.store.journal_prune(unix_now()) {
+            tracing::warn!(error = %e, "cannot prune command journal");
+        }
 
         // Timers: systemd's service watchdog (when it asks), a network plane's heartbeat,
         // and a health poll only while a module is not settled. Everything else is an event
