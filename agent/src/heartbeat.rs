@@ -120,6 +120,15 @@ impl IgnoredReport {
 }
 
 impl Heartbeat {
+    /// True when `self` says the same as `other` apart from when it was taken (`at`,
+    /// `agent_uptime_secs`): then the stored record need not be rewritten.
+    pub(crate) fn same_content(&self, other: &Heartbeat) -> bool {
+        let mut a = self.clone();
+        a.at = other.at;
+        a.agent_uptime_secs = other.agent_uptime_secs;
+        a == *other
+    }
+
     /// The heartbeat as JSON within `limit` bytes. One too large keeps who and when (so the
     /// device still shows online) and drops the per-module and detail documents, saying so.
     pub fn to_json_within(&self, limit: usize) -> Vec<u8> {

@@ -4,10 +4,12 @@
 mod agent_self;
 mod builder;
 mod desired;
+mod health;
 mod sink;
 
 pub use builder::{plane_for, AgentBuilder};
 use desired::apply_desired;
+use health::status_line;
 use sink::RuntimeSink;
 
 use std::sync::{Arc, Mutex};
@@ -24,7 +26,7 @@ use tokio::task::JoinHandle;
 use crate::commands::CommandGate;
 use crate::config::Config;
 use crate::control::{ControlPlane, DesiredUpdate, PlaneIo, PublishFailures};
-use crate::heartbeat::{Heartbeat, IgnoredReport, ModuleReport};
+use crate::heartbeat::{Heartbeat, IgnoredReport};
 use crate::router::Router;
 use crate::store::{OpenReport, Store, StoreError};
 use crate::supervisor::{supervise, RestartPolicy, Slot};
@@ -32,8 +34,10 @@ use crate::{notify, VERSION};
 
 /// How long a module's probe may take before it counts as unavailable.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest time between two refreshes of the modules' check-in signal.
-const CHECKIN_EVERY: Duration = Duration::from_secs(2);
+/// While a module is not settled (probe pending, or available and not healthy), its health
+/// is also read this often, for modules that do not announce changes
+/// ([`fleet_module_api::StatusSink::health_changed`]); a settled agent keeps no such timer.
+const UNSETTLED_POLL: Duration = Duration::from_secs(2);
 /// How long shutdown waits for modules before abandoning them (systemd allows 15 s).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 
@@ -97,6 +101,13 @@ struct Shared {
     ignored: Mutex<IgnoredReport>,
     /// Documents the plane could not publish.
     publish_failures: Arc<PublishFailures>,
+    /// The heartbeat last written to the store (rewritten only when its content changes).
+    written: Mutex<Option<Heartbeat>>,
+    /// The status line last sent to systemd.
+    status_sent: Mutex<String>,
+    /// Fires once every module providing the container runtime has answered its probe
+    /// (`deployments_blocked` is then final); desired state is applied only after.
+    providers_probed: CancellationToken,
 }
 
 impl Shared {
@@ -109,88 +120,8 @@ impl Shared {
             changed
         };
         if changed {
-            self.sink.detail_changed.notify_one();
+            self.sink.changed.notify_one();
         }
-    }
-
-    fn heartbeat(&self, stopped: bool) -> Heartbeat {
-        let modules = self
-            .slots
-            .iter()
-            .map(|(slot, _)| {
-                let st = slot.state();
-                ModuleReport::new(slot.name(), st.probe.as_ref(), &slot.health(), st.restarts)
-            })
-            .collect();
-        Heartbeat {
-            device: self.device.to_string(),
-            version: VERSION.to_owned(),
-            pid: std::process::id(),
-            boot_id: self.boot_id.clone(),
-            started_at: self.started_at,
-            at: unix_now(),
-            agent_uptime_secs: self.started.elapsed().as_secs(),
-            control_plane: self.plane_name.to_owned(),
-            stopped,
-            modules,
-            ignored_inputs: self
-                .ignored
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-            publish_failures: self.publish_failures.list(),
-            details: self
-                .sink
-                .details
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-        }
-    }
-
-    /// Feeds the modules' check-in signal: every available module healthy (unavailable
-    /// ones are not counted). `plane_reached` is set by the desired-state task.
-    fn update_checkin(&self, hb: &Heartbeat) {
-        let unhealthy: Vec<(String, String)> = hb
-            .modules
-            .iter()
-            .filter(|m| m.probe.get("state").and_then(|s| s.as_str()) == Some("available"))
-            .filter(|m| !m.is_healthy())
-            .map(|m| {
-                let state = m
-                    .health
-                    .get("state")
-                    .and_then(|s| s.as_str())
-                    .unwrap_or("?");
-                (m.name.clone(), state.to_owned())
-            })
-            .collect();
-        let probed = hb
-            .modules
-            .iter()
-            .all(|m| m.probe.get("state").and_then(|s| s.as_str()) != Some("pending"));
-        self.checkin.send_if_modified(|c| {
-            let changed = c.probed != probed || c.unhealthy != unhealthy;
-            c.probed = probed;
-            c.unhealthy = unhealthy;
-            changed
-        });
-    }
-
-    fn write_heartbeat(&self, stopped: bool) -> Heartbeat {
-        let hb = self.heartbeat(stopped);
-        self.sink
-            .published
-            .send_modify(|s| s.heartbeat = Some(hb.clone()));
-        match serde_json::to_vec(&hb) {
-            Ok(body) => {
-                if let Err(e) = self.store.kv_put("agent", "heartbeat", &body) {
-                    tracing::error!(error = %e, "cannot record heartbeat");
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "cannot encode heartbeat"),
-        }
-        hb
     }
 
     async fn command(&self, cmd: Command) -> Result<Reply, CommandError> {
@@ -311,54 +242,46 @@ impl Agent {
             "fleet-agent starting"
         );
 
-        // Probe, then run every available module under the supervisor.
+        // Each module is probed and then run under the supervisor in its own task; READY
+        // does not wait for probes (a module still probing shows `starting`, and the
+        // check-in does not count it before its probe answered).
         let mut module_tasks: Vec<(&'static str, JoinHandle<()>)> = Vec::new();
         for (slot, ctx) in &shared.slots {
             if slot.state().probe.is_some() {
                 continue; // unmet needs, already reported
             }
-            let probe = probe_module(slot, ctx).await;
-            let available = probe.is_available();
-            let reason = match &probe {
-                Probe::Unavailable { reason } => reason.clone(),
-                Probe::Available { .. } => String::new(),
-            };
-            slot.update(|s| {
-                s.probe = Some(probe);
-                if !available {
-                    s.health_override = Some(Health::Stopped {
-                        reason: format!("unavailable: {reason}"),
+            let (slot, ctx, shared, policy) =
+                (slot.clone(), ctx.clone(), shared.clone(), self.policy);
+            let name = slot.name();
+            module_tasks.push((
+                name,
+                tokio::spawn(async move {
+                    let probe = tokio::select! {
+                        p = probe_module(&slot, &ctx) => p,
+                        () = ctx.shutdown.cancelled() => return,
+                    };
+                    let available = probe.is_available();
+                    let reason = match &probe {
+                        Probe::Unavailable { reason } => reason.clone(),
+                        Probe::Available { .. } => String::new(),
+                    };
+                    slot.update(|s| {
+                        s.probe = Some(probe);
+                        if !available {
+                            s.health_override = Some(Health::Stopped {
+                                reason: format!("unavailable: {reason}"),
+                            });
+                        }
                     });
-                }
-            });
-            if available {
-                module_tasks.push((
-                    slot.name(),
-                    tokio::spawn(supervise(slot.clone(), ctx.clone(), self.policy)),
-                ));
-            }
-        }
-        // Deployments need an available container runtime; say so when there is none.
-        let unavailable: Vec<String> = shared
-            .slots
-            .iter()
-            .filter(|(slot, _)| shared.runtime_providers.contains(&slot.name()))
-            .filter_map(|(slot, _)| match slot.state().probe {
-                Some(Probe::Unavailable { reason }) => Some(format!("{}: {reason}", slot.name())),
-                _ => None,
-            })
-            .collect();
-        if !shared.runtime_providers.is_empty()
-            && unavailable.len() == shared.runtime_providers.len()
-        {
-            *shared
-                .deployments_blocked
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = Some((
-                Phase::Failed,
-                format!("cannot run containers: module {}", unavailable.join("; ")),
+                    shared.providers_answered();
+                    drop(shared);
+                    if available {
+                        supervise(slot, ctx, policy).await;
+                    }
+                }),
             ));
         }
+        shared.providers_answered();
 
         // Desired state: control plane -> cache + runtime-owned statuses -> modules.
         let (plane_tx, plane_rx) = watch::channel(DesiredUpdate::default());
@@ -393,51 +316,65 @@ impl Agent {
                     let _ = req
                         .reply
                         .send(serde_json::to_vec(&reply).unwrap_or_default());
+                    if let Err(e) = handle.shared.store.journal_prune(unix_now()) {
+                        tracing::warn!(error = %e, "cannot prune command journal");
+                    }
                 }
             })
         };
 
-        let hb = shared.write_heartbeat(false);
-        shared.update_checkin(&hb);
-        notify::ready(&status_line(&hb, &shared));
-        tracing::info!(running = module_tasks.len(), "fleet-agent ready");
+        // Wired: READY now, then the first heartbeat record (its fsync is not in the way).
+        let line = status_line(&shared.heartbeat(false), &shared);
+        notify::ready(&line);
+        *shared.status_sent.lock().unwrap_or_else(|p| p.into_inner()) = line;
+        tracing::info!(modules = module_tasks.len(), "fleet-agent ready");
+        shared.refresh(false, true);
+        // Expired command records go at start, after each command and at each network
+        // heartbeat (not on a timer of their own).
+        if let Err(e) = shared.store.journal_prune(unix_now()) {
+            tracing::warn!(error = %e, "cannot prune command journal");
+        }
 
-        let interval = Duration::from_secs(self.config.heartbeat_interval_secs);
-        let watchdog = notify::watchdog_interval();
-        // The check-in signal (module health) is refreshed every tick, so at least every
-        // CHECKIN_EVERY whatever the heartbeat interval: upgrade commits wait on it.
-        let tick = watchdog
-            .map_or(interval, |w| (w / 2).min(interval))
-            .min(CHECKIN_EVERY);
-        let mut next_heartbeat = Instant::now() + interval;
-        let mut next_tick = tokio::time::Instant::now() + tick;
+        // Timers: systemd's service watchdog (when it asks), a network plane's heartbeat,
+        // and a health poll only while a module is not settled. Everything else is an event
+        // (`changed`): a probe answered, a supervisor transition, a module's health, detail
+        // or deployment status. An idle agent on the local plane keeps no timer at all.
+        let watchdog = notify::watchdog_interval().map(|w| w / 2);
+        let beat_every = self
+            .plane
+            .publishes_heartbeats()
+            .then(|| Duration::from_secs(self.config.heartbeat_interval_secs));
+        let now = tokio::time::Instant::now();
+        let mut next_pet = watchdog.map(|w| now + w);
+        let mut next_beat = beat_every.map(|b| now + b);
+        let mut next_poll = None;
         loop {
+            let wake = [next_pet, next_beat, next_poll].into_iter().flatten().min();
             tokio::select! {
                 () = stop.cancelled() => break,
                 () = self.agent_self.restart.cancelled() => break,
-                () = tokio::time::sleep_until(next_tick) => {}
-                // A module's detail changed (e.g. an upgrade phase): publish it now, not at
-                // the next interval. The tick keeps its own schedule (watchdog pets).
-                () = shared.sink.detail_changed.notified() => {
-                    let _ = shared.write_heartbeat(false);
-                    continue;
-                }
+                () = sleep_until_some(wake) => {}
+                () = shared.sink.changed.notified() => {}
             }
-            next_tick = tokio::time::Instant::now() + tick;
-            // Computing health polls every module: the pet proves the whole loop is alive.
-            let hb = shared.heartbeat(false);
-            shared.update_checkin(&hb);
-            if watchdog.is_some() {
-                notify::watchdog();
-            }
-            if Instant::now() >= next_heartbeat {
-                next_heartbeat = Instant::now() + interval;
-                let _ = shared.write_heartbeat(false);
-                notify::status(&status_line(&hb, &shared));
+            let now = tokio::time::Instant::now();
+            let beat = next_beat.is_some_and(|t| t <= now);
+            if beat {
+                next_beat = beat_every.map(|b| now + b);
                 if let Err(e) = shared.store.journal_prune(unix_now()) {
                     tracing::warn!(error = %e, "cannot prune command journal");
                 }
             }
+            // Computing health asks every module: the pet proves the whole loop is alive.
+            shared.refresh(false, beat);
+            if next_pet.is_some_and(|t| t <= now) {
+                next_pet = watchdog.map(|w| now + w);
+                notify::watchdog();
+            }
+            next_poll = match (shared.unsettled(), next_poll) {
+                (false, _) => None,
+                (true, Some(t)) if t > now => Some(t),
+                (true, _) => Some(now + UNSETTLED_POLL),
+            };
         }
 
         tracing::info!("shutting down");
@@ -457,7 +394,7 @@ impl Agent {
                 abort.abort();
             }
         }
-        let _ = shared.write_heartbeat(true);
+        shared.refresh(true, true);
         tracing::info!("fleet-agent stopped");
         let restart = self
             .agent_self
@@ -469,6 +406,14 @@ impl Agent {
             Some(reason) => Err(AgentError::Restart(reason)),
             None => Ok(()),
         }
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -490,19 +435,4 @@ async fn probe_module(slot: &Slot, ctx: &Context) -> Probe {
         }
     }
     probe
-}
-
-fn status_line(hb: &Heartbeat, shared: &Shared) -> String {
-    let healthy = hb.modules.iter().filter(|m| m.is_healthy()).count();
-    let deployments = shared
-        .store
-        .statuses()
-        .map(|s| s.len().to_string())
-        .unwrap_or_else(|_| "?".into());
-    format!(
-        "{} of {} modules healthy, {deployments} deployment(s), plane {}",
-        healthy,
-        hb.modules.len(),
-        hb.control_plane
-    )
 }

@@ -27,9 +27,12 @@ pub struct StatusReport {
     pub boot_id: String,
     /// System uptime in seconds.
     pub uptime_secs: u64,
-    /// Agent uptime at its last heartbeat.
+    /// Agent uptime: now while it runs, else at its last heartbeat.
     pub agent_uptime_secs: Option<u64>,
-    /// Seconds since the last heartbeat was written.
+    /// Seconds since the heartbeat record was last written. The agent rewrites it when
+    /// anything in it changes (a module's probe, health, restarts or detail, ignored inputs,
+    /// publish failures), at start and at a clean stop, not on a timer: an agent with nothing
+    /// new to say keeps an old record. Whether it is alive is `running`.
     pub heartbeat_age_secs: Option<u64>,
     /// Control plane in use.
     pub control_plane: Option<String>,
@@ -105,7 +108,13 @@ pub fn read(db: &Path, busy: Duration) -> Result<StatusReport, StoreError> {
         pid: hb.as_ref().filter(|_| running).map(|h| h.pid),
         boot_id: current_boot,
         uptime_secs: system_uptime(),
-        agent_uptime_secs: hb.as_ref().map(|h| h.agent_uptime_secs),
+        agent_uptime_secs: hb.as_ref().map(|h| {
+            if running {
+                now.saturating_sub(h.started_at)
+            } else {
+                h.agent_uptime_secs
+            }
+        }),
         heartbeat_age_secs: hb.as_ref().map(|h| now.saturating_sub(h.at)),
         control_plane: hb.as_ref().map(|h| h.control_plane.clone()),
         details: hb.as_ref().map(|h| h.details.clone()).unwrap_or_default(),

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use fleet_module_api::{Capability, Context, Health, Probe};
 use futures::FutureExt;
+use tokio::sync::Notify;
 use tracing::Instrument;
 
 /// When and how often a failed module is restarted.
@@ -48,10 +49,12 @@ pub(crate) struct SlotState {
 pub(crate) struct Slot {
     pub module: Arc<dyn Capability>,
     pub state: Mutex<SlotState>,
+    /// Woken on every change of `state` (the runtime recomputes heartbeat and check-in).
+    changed: Arc<Notify>,
 }
 
 impl Slot {
-    pub fn new(module: Arc<dyn Capability>) -> Self {
+    pub fn new(module: Arc<dyn Capability>, changed: Arc<Notify>) -> Self {
         Self {
             module,
             state: Mutex::new(SlotState {
@@ -59,6 +62,7 @@ impl Slot {
                 health_override: Some(Health::Starting),
                 restarts: 0,
             }),
+            changed,
         }
     }
 
@@ -72,6 +76,7 @@ impl Slot {
 
     pub fn update(&self, f: impl FnOnce(&mut SlotState)) {
         f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()));
+        self.changed.notify_one();
     }
 
     /// Effective health: the supervisor's verdict, else the module's own.

@@ -313,3 +313,108 @@ async fn deployments_fail_with_the_reason_when_the_runtime_module_is_unavailable
     stop.cancel();
     running.await.unwrap().unwrap();
 }
+
+/// Healthy; publishes the detail document the test hands it (a change the heartbeat shows).
+struct Detailer {
+    next: tokio::sync::watch::Receiver<u32>,
+}
+
+#[async_trait]
+impl Capability for Detailer {
+    fn name(&self) -> &'static str {
+        "detailer"
+    }
+    async fn probe(&self, _ctx: &Context) -> Probe {
+        Probe::available("test module")
+    }
+    async fn run(self: Arc<Self>, ctx: Context) -> Result<(), ModuleError> {
+        let mut next = self.next.clone();
+        loop {
+            let n = *next.borrow_and_update();
+            ctx.status
+                .detail("detailer", serde_json::json!({ "generation": n }));
+            tokio::select! {
+                () = ctx.shutdown.cancelled() => return Ok(()),
+                changed = next.changed() => if changed.is_err() { return Ok(()) },
+            }
+        }
+    }
+    fn health(&self) -> Health {
+        Health::Healthy
+    }
+}
+
+/// The stored heartbeat record, as written.
+fn stored_heartbeat(root: &TempRoot) -> Option<Vec<u8>> {
+    let db = root.state().join("state.db");
+    let store = fleet_agent::store::Store::open_existing(&db, Duration::from_secs(2)).ok()?;
+    store.kv_get("agent", "heartbeat").ok().flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_agent_does_not_rewrite_its_heartbeat_record() {
+    let root = TempRoot::new().unwrap();
+    // heartbeat_interval_secs = 1 (common::write_config): the old runtime rewrote the record
+    // (new `at`, fsync) every second whether or not anything changed.
+    let (gen_tx, gen_rx) = tokio::sync::watch::channel(1u32);
+    let agent = Agent::builder(config(&root))
+        .without_compiled_in()
+        .module(Arc::new(Detailer { next: gen_rx }))
+        .module(Arc::new(Counter {
+            n: AtomicU32::new(0),
+        }))
+        .build()
+        .unwrap();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(agent.run(stop.clone()));
+
+    let settled = |b: &[u8]| {
+        let hb: fleet_agent::Heartbeat = serde_json::from_slice(b).unwrap();
+        hb.modules.iter().all(|m| m.is_healthy()) && hb.details.contains_key("detailer")
+    };
+    let first = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(b) = stored_heartbeat(&root).filter(|b| settled(b)) {
+                return b;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a settled heartbeat within 10 s");
+
+    // Three heartbeat intervals with nothing changing: the record is the same bytes.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let later = stored_heartbeat(&root).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&first),
+        String::from_utf8_lossy(&later),
+        "the heartbeat record was rewritten while nothing changed"
+    );
+
+    // A change is written at once (without waiting for any interval).
+    gen_tx.send(2).unwrap();
+    let changed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(b) = stored_heartbeat(&root).filter(|b| *b != later) {
+                return b;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the changed detail recorded within 10 s");
+    let hb: fleet_agent::Heartbeat = serde_json::from_slice(&changed).unwrap();
+    assert_eq!(hb.details["detailer"]["generation"], 2, "{hb:?}");
+    assert!(!hb.stopped);
+
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("shutdown within 10 s")
+        .unwrap()
+        .unwrap();
+    let last: fleet_agent::Heartbeat =
+        serde_json::from_slice(&stored_heartbeat(&root).unwrap()).unwrap();
+    assert!(last.stopped, "a clean stop is recorded: {last:?}");
+}

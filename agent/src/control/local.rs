@@ -20,8 +20,9 @@ use crate::store::DesiredRecord;
 
 /// Events arriving this close together are handled as one rescan.
 const DEBOUNCE: Duration = Duration::from_millis(150);
-/// A full rescan also runs this often, in case an inotify event was lost.
-const RESCAN_EVERY: Duration = Duration::from_secs(30);
+/// A full rescan also runs this often, in case an inotify event was lost (inotify does the
+/// work; an idle agent should sleep).
+const RESCAN_EVERY: Duration = Duration::from_secs(300);
 
 /// Manifest directory source.
 #[derive(Debug, Clone)]
@@ -92,6 +93,10 @@ impl ControlPlane for LocalPlane {
         "local"
     }
 
+    fn publishes_heartbeats(&self) -> bool {
+        false
+    }
+
     async fn check(&self) -> Result<String, ControlError> {
         let update = self.scan()?;
         Ok(format!(
@@ -127,7 +132,7 @@ impl ControlPlane for LocalPlane {
             .map_err(|e| setup(format!("cannot watch {}: {e}", self.dir.display())))?;
         if let Some(parent) = self.system_file().as_deref().and_then(Path::parent) {
             if let Err(e) = watcher.watch(parent, RecursiveMode::NonRecursive) {
-                tracing::warn!(dir = %parent.display(), error = %e, "cannot watch for system.toml; rescanning every 30 s");
+                tracing::warn!(dir = %parent.display(), error = %e, "cannot watch for system.toml; rescanning every 300 s");
             }
         }
         tracing::info!(dir = %self.dir.display(), "watching deployment manifests");

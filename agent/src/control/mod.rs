@@ -104,6 +104,12 @@ pub trait ControlPlane: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Is the plane reachable right now? Used by `self-test`.
     async fn check(&self) -> Result<String, ControlError>;
+    /// Does the plane publish a heartbeat every `heartbeat_interval_secs` (network planes,
+    /// for presence)? Without one the runtime keeps no heartbeat timer: the stored record
+    /// is rewritten only when something in it changes.
+    fn publishes_heartbeats(&self) -> bool {
+        true
+    }
     /// Feeds desired state into `io.desired` until `shutdown` fires (every change as the
     /// full current state, so a restart replays everything), publishes status and audit, and
     /// passes commands to the runtime. Network planes reconnect by themselves and never

@@ -184,100 +184,115 @@ impl NatsPlane {
             kv: &status_kv,
             dev,
         };
-        // Publish everything after every (re)connect. A document that cannot be published is
-        // logged and reported; the session goes on.
-        let mut published = StatusSnapshot::default();
-        let snap = io.status.borrow_and_update().clone();
-        publish_changes(&out, limit, io.failures, &mut published, &snap).await;
-
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                entry = watch.next() => {
-                    let entry = match entry {
-                        None => return Err("desired-state watch ended".into()),
-                        Some(Err(e)) => return Err(format!("desired-state watch: {e}")),
-                        Some(Ok(e)) => e,
-                    };
-                    let put = matches!(entry.operation, kv::Operation::Put);
-                    let source = format!("nats:{DESIRED_BUCKET}/{}@{}", entry.key, entry.revision);
-                    // The size is checked before the body is copied.
-                    let doc = |cap| {
-                        put.then(|| Doc::checked(source.clone(), entry.value.len(), cap, || entry.value.to_vec()))
-                    };
-                    if entry.key == system_key {
-                        docs.system = doc(caps::SYSTEM);
-                    } else if entry.key == agent_key {
-                        docs.agent = doc(caps::AGENT);
-                    } else {
-                        match classify_key(dev, &entry.key) {
-                            Ok(name) => {
-                                match doc(caps::DEPLOYMENT) {
-                                    Some(d) => {
-                                        docs.deployments.insert(name.to_owned(), d);
-                                    }
-                                    None => {
-                                        docs.deployments.remove(name);
+        let SessionIo {
+            desired,
+            failures,
+            status,
+            commands,
+            audit,
+        } = io;
+        // Status goes out beside the inbound loop, never in its way: a KV put of a status
+        // (a server round trip and its store write) must not delay the next desired entry.
+        // Everything is published after every (re)connect. A document that cannot be
+        // published is logged and reported; the session goes on.
+        let publisher = async {
+            let mut published = StatusSnapshot::default();
+            loop {
+                let snap = status.borrow_and_update().clone();
+                publish_changes(&out, limit, failures, &mut published, &snap).await;
+                if status.changed().await.is_err() {
+                    return Ok::<(), String>(());
+                }
+            }
+        };
+        let inbound = async {
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    entry = watch.next() => {
+                        let entry = match entry {
+                            None => return Err("desired-state watch ended".into()),
+                            Some(Err(e)) => return Err(format!("desired-state watch: {e}")),
+                            Some(Ok(e)) => e,
+                        };
+                        let put = matches!(entry.operation, kv::Operation::Put);
+                        let source = format!("nats:{DESIRED_BUCKET}/{}@{}", entry.key, entry.revision);
+                        // The size is checked before the body is copied.
+                        let doc = |cap| {
+                            put.then(|| Doc::checked(source.clone(), entry.value.len(), cap, || entry.value.to_vec()))
+                        };
+                        if entry.key == system_key {
+                            docs.system = doc(caps::SYSTEM);
+                        } else if entry.key == agent_key {
+                            docs.agent = doc(caps::AGENT);
+                        } else {
+                            match classify_key(dev, &entry.key) {
+                                Ok(name) => {
+                                    match doc(caps::DEPLOYMENT) {
+                                        Some(d) => {
+                                            docs.deployments.insert(name.to_owned(), d);
+                                        }
+                                        None => {
+                                            docs.deployments.remove(name);
+                                        }
                                     }
                                 }
-                            }
-                            Err(reason) if put => {
-                                let input = format!("nats:{DESIRED_BUCKET}/{}", quote(&entry.key));
-                                tracing::warn!(key = %quote(&entry.key), %reason, "ignoring desired-state key");
-                                docs.ignored.insert(&entry.key, IgnoredInput::new(input, &reason));
-                            }
-                            Err(_) => docs.ignored.remove(&entry.key),
-                        }
-                    }
-                    if !caught_up && entry.delta == 0 {
-                        caught_up = true;
-                    }
-                    if caught_up {
-                        io.desired.send_replace(docs.update());
-                    }
-                }
-                changed = io.status.changed() => {
-                    if changed.is_err() {
-                        return Ok(());
-                    }
-                    let snap = io.status.borrow_and_update().clone();
-                    publish_changes(&out, limit, io.failures, &mut published, &snap).await;
-                }
-                msg = cmds.next() => {
-                    let Some(msg) = msg else {
-                        return Err("command subscription ended".into());
-                    };
-                    let Some(reply_to) = msg.reply.clone() else {
-                        tracing::warn!("command without a reply subject ignored");
-                        continue;
-                    };
-                    let (tx, rx) = oneshot::channel();
-                    if io.commands.send(CommandRequest { bytes: msg.payload.to_vec(), reply: tx }).await.is_err() {
-                        return Ok(());
-                    }
-                    let client = client.clone();
-                    tokio::spawn(async move {
-                        if let Ok(bytes) = rx.await {
-                            let bytes = fit_document(bytes, limit, "command reply");
-                            if let Err(e) = client.publish(reply_to, bytes.into()).await {
-                                tracing::warn!(error = %e, "cannot send command reply");
+                                Err(reason) if put => {
+                                    let input = format!("nats:{DESIRED_BUCKET}/{}", quote(&entry.key));
+                                    tracing::warn!(key = %quote(&entry.key), %reason, "ignoring desired-state key");
+                                    docs.ignored.insert(&entry.key, IgnoredInput::new(input, &reason));
+                                }
+                                Err(_) => docs.ignored.remove(&entry.key),
                             }
                         }
-                    });
-                }
-                event = io.audit.recv() => match event {
-                    Ok(v) => {
-                        let body = fit_document(serde_json::to_vec(&v).unwrap_or_default(), limit, "audit record");
-                        if let Err(e) = client.publish(names::nats_audit_subject(dev), body.into()).await {
-                            tracing::warn!(error = %e, "cannot publish audit record (kept in the store)");
+                        if !caught_up && entry.delta == 0 {
+                            caught_up = true;
+                        }
+                        if caught_up {
+                            desired.send_replace(docs.update());
                         }
                     }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "audit stream lagged; records remain in the store");
+                    msg = cmds.next() => {
+                        let Some(msg) = msg else {
+                            return Err("command subscription ended".into());
+                        };
+                        let Some(reply_to) = msg.reply.clone() else {
+                            tracing::warn!("command without a reply subject ignored");
+                            continue;
+                        };
+                        let (tx, rx) = oneshot::channel();
+                        if commands.send(CommandRequest { bytes: msg.payload.to_vec(), reply: tx }).await.is_err() {
+                            return Ok(());
+                        }
+                        let client = client.clone();
+                        tokio::spawn(async move {
+                            if let Ok(bytes) = rx.await {
+                                let bytes = fit_document(bytes, limit, "command reply");
+                                if let Err(e) = client.publish(reply_to, bytes.into()).await {
+                                    tracing::warn!(error = %e, "cannot send command reply");
+                                }
+                            }
+                        });
                     }
-                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
-                },
+                    event = audit.recv() => match event {
+                        Ok(v) => {
+                            let body = fit_document(serde_json::to_vec(&v).unwrap_or_default(), limit, "audit record");
+                            if let Err(e) = client.publish(names::nats_audit_subject(dev), body.into()).await {
+                                tracing::warn!(error = %e, "cannot publish audit record (kept in the store)");
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::warn!(missed = n, "audit stream lagged; records remain in the store");
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                    },
+
+                }
             }
+        };
+        tokio::select! {
+            r = publisher => r,
+            r = inbound => r,
         }
     }
 }

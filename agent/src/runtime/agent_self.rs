@@ -45,6 +45,8 @@ impl AgentSelf for RuntimeSelf {
             .get()
             .and_then(Weak::upgrade)
             .ok_or("the runtime is shutting down")?;
+        // Fresh, not the last event's: health is read now.
+        shared.update_checkin(&shared.heartbeat(false));
         let checkin = shared.checkin.borrow().clone();
         match checkin.waiting_for(except) {
             Some(why) => Err(why),

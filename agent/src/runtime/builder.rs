@@ -128,10 +128,11 @@ impl AgentBuilder {
                 .map(|s| (s.name.clone(), s))
                 .collect(),
         };
+        let changed = Arc::new(tokio::sync::Notify::new());
         let sink = Arc::new(RuntimeSink {
             store: store.clone(),
             details: Mutex::new(serde_json::Map::new()),
-            detail_changed: tokio::sync::Notify::new(),
+            changed: changed.clone(),
             published: watch::channel(snapshot).0,
         });
         let shutdown = CancellationToken::new();
@@ -152,7 +153,7 @@ impl AgentBuilder {
         let mut claimed: BTreeMap<&'static str, &'static str> = BTreeMap::new();
         let mut slots = Vec::new();
         for m in modules {
-            let slot = Arc::new(Slot::new(m.clone()));
+            let slot = Arc::new(Slot::new(m.clone(), changed.clone()));
             let needs = m.needs();
             let mut unmet: Option<String> = needs
                 .consumes
@@ -220,6 +221,9 @@ impl AgentBuilder {
             checkin: checkin_tx,
             ignored: Mutex::new(Default::default()),
             publish_failures: Default::default(),
+            written: Mutex::new(None),
+            status_sent: Mutex::new(String::new()),
+            providers_probed: CancellationToken::new(),
         });
         let _ = agent_self.shared.set(Arc::downgrade(&shared));
         Ok(Agent {

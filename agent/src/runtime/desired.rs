@@ -89,6 +89,11 @@ pub(super) async fn apply_desired(
     mut rx: watch::Receiver<DesiredUpdate>,
     shutdown: CancellationToken,
 ) {
+    // Whether deployments are blocked is known once the container runtime's probe answered.
+    tokio::select! {
+        () = shutdown.cancelled() => return,
+        () = shared.providers_probed.cancelled() => {}
+    }
     // Statuses the runtime reported; after a restart without a deployment module, that is
     // every stored one (so deployments deleted while the agent was down are cleaned up).
     let blocked = shared
@@ -134,6 +139,9 @@ pub(super) async fn apply_desired(
             }
             Err(e) => tracing::error!(error = %e, "cannot cache desired state"),
         }
+        // Cached (committed) first, then handed on: a module never acts on a document a
+        // power cut could take back. What only the runtime reports follows.
+        shared.to_modules.send_replace(update.state.clone());
         shared.set_ignored(IgnoredReport::bounded(ignored, update.ignored_overflow));
         let now = unix_now();
         let mut now_owned = BTreeSet::new();
@@ -177,6 +185,5 @@ pub(super) async fn apply_desired(
             shared.sink.deployment_removed(name);
         }
         owned = now_owned;
-        shared.to_modules.send_replace(update.state.clone());
     }
 }

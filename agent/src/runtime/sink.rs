@@ -13,8 +13,9 @@ use crate::store::Store;
 pub(super) struct RuntimeSink {
     pub(super) store: Arc<Store>,
     pub(super) details: Mutex<serde_json::Map<String, serde_json::Value>>,
-    /// Wakes the main loop to write a heartbeat when a detail changed.
-    pub(super) detail_changed: tokio::sync::Notify,
+    /// Wakes the main loop to recompute the heartbeat and the check-in: a detail, a
+    /// deployment status, a module's health or its supervision state changed.
+    pub(super) changed: Arc<tokio::sync::Notify>,
     /// What the control plane publishes.
     pub(super) published: watch::Sender<StatusSnapshot>,
 }
@@ -50,6 +51,7 @@ impl StatusSink for RuntimeSink {
         self.published.send_modify(|s| {
             s.deployments.insert(status.name.clone(), status);
         });
+        self.changed.notify_one();
     }
 
     fn deployment_removed(&self, name: &str) {
@@ -60,6 +62,7 @@ impl StatusSink for RuntimeSink {
         self.published.send_modify(|s| {
             s.deployments.remove(name);
         });
+        self.changed.notify_one();
     }
 
     fn detail(&self, module: &'static str, detail: serde_json::Value) {
@@ -69,7 +72,11 @@ impl StatusSink for RuntimeSink {
             .unwrap_or_else(|p| p.into_inner())
             .insert(module.to_owned(), detail.clone());
         if old.as_ref() != Some(&detail) {
-            self.detail_changed.notify_one();
+            self.changed.notify_one();
         }
+    }
+
+    fn health_changed(&self, _module: &'static str) {
+        self.changed.notify_one();
     }
 }

@@ -232,18 +232,19 @@ impl Store {
             );
             return Ok(current);
         }
-        for (i, sql) in migrations::MIGRATIONS
-            .iter()
-            .enumerate()
-            .skip(current as usize)
-        {
-            let tx = conn.transaction().map_err(self.err("begin migration"))?;
-            tx.execute_batch(sql).map_err(self.err("apply migration"))?;
-            tx.pragma_update(None, "user_version", (i + 1) as u32)
-                .map_err(self.err("bump schema version"))?;
-            tx.commit().map_err(self.err("commit migration"))?;
-            tracing::info!(version = i + 1, "store schema migrated");
+        if current == latest {
+            return Ok(latest);
         }
+        // Every pending migration in one transaction: one commit (one fsync) for a fresh
+        // store, and all or nothing.
+        let tx = conn.transaction().map_err(self.err("begin migration"))?;
+        for sql in &migrations::MIGRATIONS[current as usize..] {
+            tx.execute_batch(sql).map_err(self.err("apply migration"))?;
+        }
+        tx.pragma_update(None, "user_version", latest)
+            .map_err(self.err("bump schema version"))?;
+        tx.commit().map_err(self.err("commit migration"))?;
+        tracing::info!(from = current, to = latest, "store schema migrated");
         Ok(latest)
     }
 

@@ -180,4 +180,8 @@ pub trait StatusSink: Send + Sync + 'static {
     fn deployment_removed(&self, name: &str);
     /// Attaches a module-specific detail document to the heartbeat (e.g. upgrade phase).
     fn detail(&self, module: &'static str, detail: serde_json::Value);
+    /// Says that what [`crate::Capability::health`] returns for `module` may have changed.
+    /// The runtime does not poll a settled module's health: it recomputes the heartbeat and
+    /// the check-in when told (or when anything else about the module changes).
+    fn health_changed(&self, _module: &'static str) {}
 }

@@ -444,6 +444,7 @@ impl Capability for SelfUpgrade {
         {
             self.lock().health = Health::Healthy;
         }
+        ctx.status.health_changed(NAME);
         if let Some(p) = probation {
             if p.to == version && layout.current_version().as_deref() == Some(version.as_str()) {
                 let stop = self

@@ -162,8 +162,9 @@ impl SystemUpgradeModule {
         .clone()
     }
 
-    fn set_health(&self, h: Health) {
+    fn set_health(&self, ctx: &Context, h: Health) {
         *self.health.lock().unwrap_or_else(|p| p.into_inner()) = h;
+        ctx.status.health_changed(NAME);
     }
 
     /// Starts the desired upgrade unless it is known or another one runs.
@@ -239,17 +240,17 @@ impl Capability for SystemUpgradeModule {
             Resume::Nothing => {}
             Resume::Probation => probation = true,
             Resume::Execute(rec) => {
-                self.set_health(Health::Healthy);
+                self.set_health(&ctx, Health::Healthy);
                 engine.execute(*rec, &ctx.shutdown).await;
             }
             Resume::Follow(rec) => {
                 // Healthy while following: a new agent version started by the upgrade's own
                 // package postinst must be able to check in.
-                self.set_health(Health::Healthy);
+                self.set_health(&ctx, Health::Healthy);
                 engine.follow(*rec, &ctx.shutdown).await;
             }
         }
-        self.set_health(Health::Healthy);
+        self.set_health(&ctx, Health::Healthy);
         let mut desired = ctx.desired.clone();
         let mut checkin = ctx.checkin.clone();
         let mut desired_open = true;

@@ -31,6 +31,8 @@ impl Default for Config {
 fn default_sysfs() -> PathBuf {
     "/sys/class/watchdog".into()
 }
+/// The hardware watchdog's armed state changes at boot or when systemd is reconfigured,
+/// not on its own: a long re-check keeps an idle agent asleep.
 fn default_interval() -> u64 {
-    30
+    300
 }

@@ -80,6 +80,7 @@ impl Capability for Watchdog {
                 tracing::warn!(?health, "hardware watchdog check");
             }
             self.set_health(health);
+            ctx.status.health_changed(NAME);
             ctx.status.detail(
                 NAME,
                 serde_json::json!({

@@ -140,7 +140,13 @@ impl Engine {
     }
 
     fn set_health(&self, h: Health) {
-        *self.health.lock().unwrap_or_else(|p| p.into_inner()) = h;
+        let changed = {
+            let mut cur = self.health.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::replace(&mut *cur, h.clone()) != h
+        };
+        if changed {
+            self.ctx.status.health_changed(self.ctx.module);
+        }
     }
 
     fn tracks(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Track>> {
