@@ -157,7 +157,7 @@ fn run(args: &Args) -> Result<(), BenchError> {
         step(vec![size::measure(&args.agent)?]);
     }
     if want(args, "ready") {
-        step(vec![ready::measure(&args.agent, args.runs)?]);
+        step(ready::measure(&args.agent, args.runs)?);
     }
     let image = if want(args, "running") || want(args, "idle") {
         fleet_testkit::busybox_image("testkit").map_err(BenchError::kit)?
