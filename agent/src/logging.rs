@@ -107,8 +107,12 @@ mod tests {
 
     #[test]
     fn a_bad_configured_level_falls_back_to_info() {
-        let t = filter(None, "chatty");
+        let t = filter(None, "fleet_agent=chatty");
         assert_eq!(level(&t, "fleet_agent"), LevelFilter::INFO);
+        // A bare word is a target (all its levels), as it was for EnvFilter: not a fallback.
+        let t = filter(None, "chatty");
+        assert_eq!(level(&t, "chatty::x"), LevelFilter::TRACE);
+        assert_eq!(level(&t, "fleet_agent"), LevelFilter::OFF);
         let t = filter(Some("nope=nope"), "");
         assert_eq!(level(&t, "fleet_agent"), LevelFilter::INFO);
     }
