@@ -103,13 +103,6 @@ pub enum Internals {
         #[arg(long)]
         count: Option<u64>,
     },
-    /// Write the man pages (`man/*.1`) and bash/zsh/fish completions (`completions/`) under
-    /// a directory (the package build runs this).
-    Docs {
-        /// Output directory.
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-    },
     /// Print a counter written by `store-stress`; exit 1 when absent.
     KvGet {
         /// Counter key.
@@ -232,11 +225,6 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
                 "fleet-agent",
                 &mut std::io::stdout(),
             );
-            Ok(0)
-        }
-        Cmd::Internals(Internals::Docs { out }) => {
-            fleet_clidocs::write_docs(Cli::command(), "fleet-agent", &out)
-                .map_err(|e| runtime_error(anyhow::anyhow!("{}: {e}", out.display())))?;
             Ok(0)
         }
         Cmd::Internals(i) => internals(cli.config.as_deref(), i),
@@ -486,8 +474,6 @@ fn internals(config: Option<&Path>, cmd: Internals) -> Result<u8, Failure> {
             }
             Ok(0)
         }
-        // Needs no config; answered in dispatch().
-        Internals::Docs { .. } => Ok(0),
         Internals::KvGet { key } => {
             let store = Store::open_existing(&cfg.state_db(), busy).map_err(runtime_error)?;
             match store.kv_get("internals", &key).map_err(runtime_error)? {

@@ -1,5 +1,5 @@
 //! What the Debian package needs from the binary besides its man pages and completions
-//! (`internals docs`, written by `fleet_clidocs`): the cutover to a packaged version
+//! (generated from `cli::Cli` by `packaging/clidocs`): the cutover to a packaged version
 //! (`package-cutover`, see `fleet_mod_self_upgrade::package`).
 
 #[cfg(feature = "self-upgrade")]

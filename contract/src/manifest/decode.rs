@@ -209,8 +209,9 @@ where
 {
     let value: T = decode_toml(src)?;
     let failed_at = RefCell::new(None);
-    let shape =
-        read_shape(toml::Deserializer::new(src), &failed_at).map_err(|e| toml_error(src, &e))?;
+    let shape = toml::Deserializer::parse(src)
+        .and_then(|de| read_shape(de, &failed_at))
+        .map_err(|e| toml_error(src, &e))?;
     check_decoded_shape(&shape, &value).map_err(|e| match e.field {
         Some(field) => located_error(src, field, e.message),
         None => e,

@@ -1,6 +1,6 @@
 //! Man pages (clap_mangen) and shell completions (clap_complete) generated from a binary's
-//! clap tree: `fleet-agent internals docs --out DIR` and `fleetctl internals docs --out DIR`
-//! call [`write_docs`], and `packaging/build` puts the files into the Debian packages.
+//! clap tree: the `fleet-clidocs` binary (src/main.rs) calls [`write_docs`] for fleet-agent
+//! and fleetctl, and `packaging/build` puts the files into the Debian packages.
 
 use std::path::{Path, PathBuf};
 
