@@ -61,11 +61,23 @@ impl Device {
     fn cutover(&self, extra: &[&str]) -> std::process::Output {
         let new_bin = self.root.join("lib/versions").join(NEW).join("fleet-agent");
         let config = self.root.join("config.toml");
-        Command::new(new_bin)
-            .args(["--config", config.to_str().unwrap(), "package-cutover"])
-            .args(extra)
-            .output()
-            .unwrap()
+        // The copy was written by this process: a child forked meanwhile by a test on
+        // another thread holds its write descriptor until that child execs, and exec of
+        // the copy then fails with ETXTBSY. Only that error is retried, briefly.
+        let mut tries = 0;
+        loop {
+            match Command::new(&new_bin)
+                .args(["--config", config.to_str().unwrap(), "package-cutover"])
+                .args(extra)
+                .output()
+            {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other.unwrap(),
+            }
+        }
     }
 
     fn current(&self) -> PathBuf {
