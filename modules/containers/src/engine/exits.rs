@@ -153,8 +153,11 @@ fn pidfd_open(pid: i64) -> io::Result<OwnedFd> {
 }
 
 /// `fd` registered with tokio's reactor for readability.
+#[allow(unsafe_code)]
 fn poll_readable(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
-    AsyncFd::with_interest(fd, Interest::READABLE)
+    // SAFETY: an `OwnedFd` is open, refers to the same file for its whole life and returns
+    // the same number from every `as_raw_fd`; the `AsyncFd` owns it from here on.
+    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(io::Error::from)
 }
 
 #[cfg(test)]
