@@ -74,7 +74,10 @@ impl AgentProc {
         cmd.arg("--config")
             .arg(config)
             .arg("run")
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("FLEET_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -196,7 +199,9 @@ impl AgentProc {
             if now > end {
                 return Err(err.unwrap_or_else(|| {
                     BenchError::Failed(format!(
-                        "{what}: not reached within {within:?}; deployments: {phases:?}"
+                        "{what}: not reached within {within:?}; deployments: {phases:?}; \
+                         the agent's log ends:\n{}",
+                        self.log_tail()
                     ))
                 }));
             }

@@ -14,6 +14,8 @@ pub(crate) async fn run(
     let child = tokio::process::Command::new(program)
         .args(args)
         .env("LC_ALL", "C")
+        // The service's notify socket is the agent's, not a tool's to write to.
+        .env_remove("NOTIFY_SOCKET")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -249,8 +249,13 @@ impl Podman {
 
     fn command(&self, argv: &[String]) -> Command {
         let mut cmd = Command::new(&self.bin);
+        // Under systemd the agent's NOTIFY_SOCKET is the service's: podman seeing it would
+        // act on it (send MAINPID/READY for conmon, or proxy it into the container and wait
+        // for the container's READY, which a `run --detach` then hangs on while holding the
+        // container's lock). It is the agent's alone.
         cmd.args(argv)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null());
         cmd
     }
@@ -353,6 +358,23 @@ fn truncate(s: &str, max: usize) -> &str {
 mod tests {
     use super::*;
     use crate::podman::containers::create_call;
+
+    /// Under systemd a podman child that inherits NOTIFY_SOCKET answers for the service
+    /// (MAINPID, READY) or proxies it into the container and `run --detach` waits for a READY
+    /// that never comes (seen here: a run holding its container's lock for 120 s).
+    #[test]
+    fn podman_children_do_not_inherit_the_services_notify_socket() {
+        let podman = Podman::new(Path::new("podman"), None, None);
+        let cmd = podman.command(&["ps".to_owned()]);
+        let removed = cmd
+            .as_std()
+            .get_envs()
+            .any(|(k, v)| k == "NOTIFY_SOCKET" && v.is_none());
+        assert!(
+            removed,
+            "NOTIFY_SOCKET must be removed from podman's environment"
+        );
+    }
 
     #[test]
     fn decodes_ps_json_of_podman_4_3() {
