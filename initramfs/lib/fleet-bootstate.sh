@@ -18,8 +18,10 @@
 #                             boots | trials, returns 1 when neither (the table's OVER input)
 #   fleet_on_trial UPGRADE    0 when the kernel command line carries fleet.upgrade=UPGRADE
 #   fleet_arm_trial DIR / fleet_disarm_trial DIR   per FS_SELECTOR (vm | rpi-tryboot)
-#   fleet_log DIR WHO TEXT    console (stderr, or $FLEET_CONSOLE) + DIR/fleet/boot.log
-#   fleet_restore_boot_set DIR   fleet/preupgrade/* back to the top level, config.txt last
+#   fleet_log DIR WHO TEXT    DIR/fleet/boot.log (synced), then the console (stderr, or
+#                             $FLEET_CONSOLE)
+#   fleet_restore_boot_set DIR [ENTRY_STATE]   fleet/preupgrade/* back to the top level,
+#                             config.txt last
 #   fleet_reason_text CODE [BOOTS [LIMIT]]   the contract's text of a reason code
 #   fleet_initramfs_act DIR   read, decide, act (CONTRACT.md §6); used by local-top
 # Hooks for tests: FLEET_CMDLINE (instead of /proc/cmdline), FLEET_LVM (lvm command),
@@ -176,6 +178,7 @@ boots=${FS_BOOTS:-0}
     printf '%scrc=%s\n' "$_wr_body" "$_wr_crc" >"$_wr_dir/fleet/state.$_wr_slot" || return 1
     sync
     FS_SLOT=$_wr_slot
+    fleet__console state "wrote state.$_wr_slot seq=$FS_SEQ state=$FS_STATE bootcount=${FS_BOOTCOUNT:-0} trials=${FS_TRIALS:-0} (synced)"
     return 0
 }
 
@@ -303,50 +306,76 @@ fleet__now() {
     fi
 }
 
-# fleet_log DIR WHO TEXT: one line to the console and to DIR/fleet/boot.log. The log is
-# trimmed to its last 200 lines when it passes 64 KiB. DIR may be empty (console only).
+# fleet__console WHO TEXT: one line to the console only ($FLEET_CONSOLE, as the initramfs
+# sets it; nothing otherwise). For progress a power-cut test can key on (state writes, the
+# start of lvconvert) that would only flood boot.log.
+fleet__console() {
+    [ -n "${FLEET_CONSOLE:-}" ] || return 0
+    printf 'fleet-bootcount: %s %s %s\n' "$(fleet__now)" "$1" "$2" >>"$FLEET_CONSOLE" 2>/dev/null
+    return 0
+}
+
+# fleet_log DIR WHO TEXT: one line to DIR/fleet/boot.log, synced to the FAT, and then to the
+# console: a line seen on the console is on the FAT (a power cut right after it keeps it).
+# Appending changes only the file's data and size, which `sync` writes with the inode (no
+# rename: CONTRACT.md §2's FAT caveat does not apply). The log is trimmed to its last 200
+# lines when it passes 64 KiB. DIR may be empty (console only).
 fleet_log() {
     _l_line="$(fleet__now) $2 $3"
+    if [ -n "$1" ] && [ -d "$1" ] && mkdir -p "$1/fleet" 2>/dev/null; then
+        _l_f=$1/fleet/boot.log
+        if printf '%s\n' "$_l_line" >>"$_l_f" 2>/dev/null; then
+            _l_size=$(wc -c <"$_l_f" 2>/dev/null)
+            if fleet__is_uint "$_l_size" && [ "$_l_size" -gt 65536 ]; then
+                tail -n 200 "$_l_f" >"$_l_f.tmp" 2>/dev/null && cat "$_l_f.tmp" >"$_l_f"
+                rm -f "$_l_f.tmp"
+            fi
+            sync
+        fi
+    fi
     if [ -n "${FLEET_CONSOLE:-}" ]; then
-        printf 'fleet-bootcount: %s\n' "$_l_line" >"$FLEET_CONSOLE" 2>/dev/null
+        printf 'fleet-bootcount: %s\n' "$_l_line" >>"$FLEET_CONSOLE" 2>/dev/null
     else
         printf '%s: %s\n' "$2" "$3" >&2
-    fi
-    [ -n "$1" ] && [ -d "$1" ] || return 0
-    mkdir -p "$1/fleet" 2>/dev/null || return 0
-    _l_f=$1/fleet/boot.log
-    printf '%s\n' "$_l_line" >>"$_l_f" 2>/dev/null || return 0
-    _l_size=$(wc -c <"$_l_f" 2>/dev/null)
-    if fleet__is_uint "$_l_size" && [ "$_l_size" -gt 65536 ]; then
-        tail -n 200 "$_l_f" >"$_l_f.tmp" 2>/dev/null && cat "$_l_f.tmp" >"$_l_f"
-        rm -f "$_l_f.tmp"
     fi
     return 0
 }
 
 # --- boot set ------------------------------------------------------------------------------
 
-# fleet_restore_boot_set DIR: copy fleet/preupgrade/* to DIR, config.txt last (until it is
-# copied, config.txt still boots the saved set through os_prefix=fleet/preupgrade/).
+# fleet_restore_boot_set DIR [ENTRY_STATE]: copy fleet/preupgrade/* to DIR, config.txt last
+# (until it is copied, config.txt still boots the saved set through
+# os_prefix=fleet/preupgrade/ and start_file=/fixup_file= naming the saved firmware blobs).
+# The saved set holds the kernel, initramfs, cmdline.txt, *.dtb, overlays/ and the firmware
+# (start*.elf, fixup*.dat, bootcode.bin): all of it is copied back.
 # Only when config.txt boots the saved set: the agent points it there after the copy is
-# complete (fsync'd), and the upgrade command only runs after that. Otherwise the saved set
-# may be a torn copy (power cut while saving) and the top-level set is still the old one.
+# complete (fsync'd), and the upgrade command only runs after that. Otherwise either this
+# restore already ran to its end in an earlier boot (ENTRY_STATE, the state this boot
+# found, is `rollback`: the last step, config.txt, was done) or the upgrade was cut before it
+# switched config.txt to the saved set (the saved copy may be torn; the top-level set was
+# never changed). Either way the top-level set is the old one and nothing is copied.
 fleet_restore_boot_set() {
     _r_src=$1/fleet/preupgrade
     [ -d "$_r_src" ] || return 0
     if ! grep -qs '^[[:space:]]*os_prefix=fleet/preupgrade/' "$1/config.txt"; then
-        fleet_log "$1" restore "config.txt does not boot the saved set: the top-level set is the old one, not restored"
+        if [ "${2:-}" = rollback ]; then
+            fleet_log "$1" restore "boot set already restored (by an earlier boot of this rollback: config.txt no longer boots the saved set)"
+        else
+            fleet_log "$1" restore "config.txt never booted the saved set (cut before the upgrade switched to it): the top-level set is the old one, kept; the saved copy is not used"
+        fi
         return 0
     fi
-    _r_rc=0
+    _r_rc=0 _r_done=''
     for _r_f in "$_r_src"/* "$_r_src"/.[!.]*; do
         [ -e "$_r_f" ] || continue
         _r_b=${_r_f##*/}
         [ "$_r_b" = config.txt ] && continue
         if [ -d "$_r_f" ]; then
             rm -rf "${1:?}/$_r_b" && cp -r "$_r_f" "$1/$_r_b" || _r_rc=1
+            _r_done="$_r_done $_r_b/"
         else
             cp "$_r_f" "$1/$_r_b.fleet-new" && mv -f "$1/$_r_b.fleet-new" "$1/$_r_b" || _r_rc=1
+            _r_done="$_r_done $_r_b"
         fi
     done
     sync
@@ -357,7 +386,9 @@ fleet_restore_boot_set() {
     if [ -f "$_r_src/config.txt" ]; then
         cp "$_r_src/config.txt" "$1/config.txt.fleet-new" && mv -f "$1/config.txt.fleet-new" "$1/config.txt" || return 1
         sync
+        _r_done="$_r_done config.txt"
     fi
+    fleet_log "$1" restore "saved boot set copied back:$_r_done"
     return 0
 }
 
@@ -394,9 +425,15 @@ fleet_snapshot_lookup() {
 
 # fleet_merge DIR: lvconvert --merge the snapshot; finish a deferred merge by reactivating
 # the origin. 0 when the snapshot is gone afterwards.
+# No dmeventd runs in the initramfs: without activation/monitoring=0, lvconvert and lvchange
+# try to register the thin pool with it and print "WARNING: Failed to connect to dmeventd"
+# / "Failed to monitor" lines on every merge (the pool is monitored again once the system's
+# lvm2-monitor runs, if it is enabled there).
+FLEET_LVM_NOMONITOR="activation{monitoring=0}"
 fleet_merge() {
     _g_t0=$(fleet__uptime)
-    _g_out=$(fleet__lvm lvconvert -y --merge "$FLEET_VG/$FLEET_SNAPSHOT" 2>&1)
+    fleet__console initramfs "lvconvert --merge $FLEET_VG/$FLEET_SNAPSHOT: starting"
+    _g_out=$(fleet__lvm lvconvert -y --merge "$FLEET_VG/$FLEET_SNAPSHOT" --config "$FLEET_LVM_NOMONITOR" 2>&1)
     _g_rc=$?
     fleet_log "$1" initramfs "lvconvert --merge $FLEET_VG/$FLEET_SNAPSHOT: exit $_g_rc: $(printf '%s' "$_g_out" | tr '\n' ' ' | cut -c1-300)"
     if ! fleet__lvm lvs "$FLEET_VG/$FLEET_SNAPSHOT" >/dev/null 2>&1; then
@@ -404,8 +441,8 @@ fleet_merge() {
         return 0
     fi
     fleet_log "$1" initramfs "merge: deferred; reactivating $FLEET_VG/$FLEET_ORIGIN to finish it"
-    fleet__lvm lvchange -an "$FLEET_VG/$FLEET_ORIGIN" >/dev/null 2>&1
-    fleet__lvm lvchange -ay "$FLEET_VG/$FLEET_ORIGIN" >/dev/null 2>&1
+    fleet__lvm lvchange -an "$FLEET_VG/$FLEET_ORIGIN" --config "$FLEET_LVM_NOMONITOR" >/dev/null 2>&1
+    fleet__lvm lvchange -ay "$FLEET_VG/$FLEET_ORIGIN" --config "$FLEET_LVM_NOMONITOR" >/dev/null 2>&1
     if ! fleet__lvm lvs "$FLEET_VG/$FLEET_SNAPSHOT" >/dev/null 2>&1; then
         fleet_log "$1" initramfs "merge: finished by reactivation; $FLEET_VG/$FLEET_ORIGIN restored in $(fleet__secs_since "$_g_t0") s"
         return 0
@@ -479,9 +516,10 @@ fleet_initramfs_act() {
                 if [ "$_a_code" = requested ]; then FS_REASON="rollback requested"
                 else FS_REASON=$(fleet_reason_text "$_a_code" "$FS_BOOTS" "$_a_limit"); fi
             fi
+            _a_entry=$FS_STATE
             FS_STATE=rollback
             fleet_state_write "$_a_dir" || fleet_log "$_a_dir" initramfs "writing state=rollback failed"
-            fleet_restore_boot_set "$_a_dir"
+            fleet_restore_boot_set "$_a_dir" "$_a_entry"
             if fleet_merge "$_a_dir"; then
                 fleet_disarm_trial "$_a_dir"
                 FS_STATE=rolled-back
@@ -496,7 +534,7 @@ fleet_initramfs_act() {
             ;;
         finish-rollback)
             [ -n "$FS_REASON" ] || FS_REASON="rollback requested"
-            fleet_restore_boot_set "$_a_dir"
+            fleet_restore_boot_set "$_a_dir" "$FS_STATE"
             fleet_disarm_trial "$_a_dir"
             FS_STATE=rolled-back
             fleet_state_write "$_a_dir"

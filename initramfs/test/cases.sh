@@ -222,11 +222,30 @@ mkdir -p "$D/fleet/preupgrade/overlays"
 echo old-kernel >"$D/fleet/preupgrade/vmlinuz"
 echo old-ovl >"$D/fleet/preupgrade/overlays/a.dtbo"
 echo "kernel=vmlinuz" >"$D/fleet/preupgrade/config.txt"
+for f in start4.elf fixup4.dat bootcode.bin; do
+    echo "old-$f" >"$D/fleet/preupgrade/$f"
+    echo "new-$f" >"$D/$f"
+done
 echo new-kernel >"$D/vmlinuz"
-printf 'kernel=vmlinuz\n[all]\nos_prefix=fleet/preupgrade/\n' >"$D/config.txt"
+printf 'kernel=vmlinuz\n[all]\nos_prefix=fleet/preupgrade/\nstart_file=fleet/preupgrade/start4.elf\n' >"$D/config.txt"
 fleet_restore_boot_set "$D"
 eq "restore: kernel, overlays, config.txt back" \
     "$(cat "$D/vmlinuz" "$D/overlays/a.dtbo" "$D/config.txt" | tr '\n' ' ')" "old-kernel old-ovl kernel=vmlinuz "
+eq "restore: the firmware blobs back (start4.elf, fixup4.dat, bootcode.bin)" \
+    "$(cat "$D/start4.elf" "$D/fixup4.dat" "$D/bootcode.bin" | tr '\n' ' ')" "old-start4.elf old-fixup4.dat old-bootcode.bin "
+check "restore: logged with what was copied, config.txt last" \
+    grep -q 'restore saved boot set copied back: bootcode.bin fixup4.dat overlays/ start4.elf vmlinuz config.txt$' "$D/fleet/boot.log"
+
+# A resumed rollback (state=rollback on entry, config.txt already the restored one) says so.
+newdir
+mkdir -p "$D/fleet/preupgrade"
+echo old-start >"$D/fleet/preupgrade/start4.elf"
+echo "kernel=vmlinuz" >"$D/fleet/preupgrade/config.txt"
+echo old-start >"$D/start4.elf"
+echo "kernel=vmlinuz" >"$D/config.txt"
+fleet_restore_boot_set "$D" rollback
+check "restore resumed: 'already restored' logged" grep -q 'restore boot set already restored' "$D/fleet/boot.log"
+check "restore resumed: nothing worded as a failure" test "$(grep -c 'not restored\|failed' "$D/fleet/boot.log")" -eq 0
 
 newdir
 mkdir -p "$D/fleet/preupgrade"
@@ -234,8 +253,19 @@ echo torn >"$D/fleet/preupgrade/vmlinuz"
 echo "kernel=vmlinuz" >"$D/fleet/preupgrade/config.txt"
 echo old-kernel >"$D/vmlinuz"
 echo "kernel=vmlinuz" >"$D/config.txt"
-fleet_restore_boot_set "$D"
+fleet_restore_boot_set "$D" upgrading
 eq "restore: a saved set config.txt does not boot (torn copy) is not restored" "$(cat "$D/vmlinuz")" old-kernel
+check "restore of a saved set never booted: logged as such" grep -q 'restore config.txt never booted the saved set' "$D/fleet/boot.log"
+
+# --- durable log: the line is on the FAT (synced) before the console shows it ------------------
+newdir
+OUT=$TMP/console.out
+: >"$OUT"
+sync() { echo "SYNC $(wc -l <"$D/fleet/boot.log" | tr -d ' ')" >>"$OUT"; }
+FLEET_CONSOLE=$OUT fleet_log "$D" initramfs "merge: immediate"
+unset -f sync
+eq "log: append, sync, then the console line" "$(tr '\n' ';' <"$OUT")" \
+    "SYNC 1;fleet-bootcount: 1700000000 initramfs merge: immediate;"
 
 # --- the initramfs action with a fake lvm ----------------------------------------------------
 # Fake LVM state in $LV: snapshot file = vg0/root_preupgrade exists; mode = immediate |
@@ -314,7 +344,7 @@ scenario trial u1 0 2 "$TRIAL_CMD" yes immediate
 eq "late failure past max_trials: rollback, boots = trial boots" "$ACT|$FS_STATE|$FS_BOOTS|$FS_REASON" \
     "rollback|rolled-back|5|5 trial boots without a commit (it reached userspace, then hung or rebooted)"
 eq "late failure past max_trials: merged, then reboot" "$CALLS" \
-    "vgchange -ay vg0;lvs vg0/root_preupgrade;lvconvert -y --merge vg0/root_preupgrade;lvs vg0/root_preupgrade;reboot;"
+    "vgchange -ay vg0;lvs vg0/root_preupgrade;lvconvert -y --merge vg0/root_preupgrade --config activation{monitoring=0};lvs vg0/root_preupgrade;reboot;"
 TRIALS=9/0
 scenario trial u1 0 2 "$TRIAL_CMD" yes immediate
 eq "max_trials=0 (an older agent's state): no total limit" "$ACT|$FS_TRIALS" "count|10"
@@ -331,13 +361,24 @@ check "rollback: old kernel and config back" test "$(cat "$D/vmlinuz" "$D/config
 kernel=vmlinuz"
 check "rollback: saved set removed, trial disarmed" test ! -e "$D/fleet/preupgrade" -a ! -e "$D/tryboot.flag"
 eq "rollback: lvm calls, then reboot" "$CALLS" \
-    "vgchange -ay vg0;lvs vg0/root_preupgrade;lvconvert -y --merge vg0/root_preupgrade;lvs vg0/root_preupgrade;reboot;"
+    "vgchange -ay vg0;lvs vg0/root_preupgrade;lvconvert -y --merge vg0/root_preupgrade --config activation{monitoring=0};lvs vg0/root_preupgrade;reboot;"
 check "rollback: immediate merge logged with its time" grep -q 'merge: immediate; vg0/root restored in' "$D/fleet/boot.log"
+
+# The console shows each state write and the start of lvconvert (a power-cut test keys on
+# them), in order: state=rollback written, boot set restored, lvconvert, merged, rolled-back.
+OUT=$TMP/console.out
+: >"$OUT"
+FLEET_CONSOLE=$OUT
+scenario trial u1 2 2 "$TRIAL_CMD" yes immediate
+FLEET_CONSOLE=/dev/null
+eq "console: state writes, restore, lvconvert start, merge, in order" \
+    "$(sed -n 's/^fleet-bootcount: 1700000000 \([a-z]*\) \(wrote state\.. seq=[0-9]* state=[a-z-]*\|saved boot set\|lvconvert --merge vg0\/root_preupgrade: [a-z]*\|merge: [a-z]*\|rolled back\).*/\1 \2/p' "$OUT" | sed 's/seq=[0-9]* //' | tr '\n' ';')" \
+    "state wrote state.a state=trial;state wrote state.b state=rollback;restore saved boot set;initramfs lvconvert --merge vg0/root_preupgrade: starting;initramfs lvconvert --merge vg0/root_preupgrade: exit;initramfs merge: immediate;state wrote state.a state=rolled-back;initramfs rolled back;"
 
 scenario trial u1 2 2 "$TRIAL_CMD" yes deferred
 eq "deferred merge finished by reactivating the origin" "$ACT|$FS_STATE" "rollback|rolled-back"
 check "deferred merge: logged" grep -q 'merge: finished by reactivation' "$D/fleet/boot.log"
-case $CALLS in *"lvchange -an vg0/root;lvchange -ay vg0/root;"*) ok ;; *) bad "deferred: no reactivation in $CALLS" ;; esac
+case $CALLS in *"lvchange -an vg0/root --config activation{monitoring=0};lvchange -ay vg0/root --config activation{monitoring=0};"*) ok ;; *) bad "deferred: no reactivation in $CALLS" ;; esac
 
 scenario trial u1 2 2 "$TRIAL_CMD" yes fail
 eq "merge fails: state stays rollback, no reboot, boot continues" "$ACT|$FS_STATE|$(grep -c reboot "$LV/calls")" \
