@@ -12,7 +12,7 @@ scenario's repository holds one 2.0 variant:
 |-------------|------------------------------------------------------------------------------|
 | `clean`     | /usr/share/fleet-canary/version = 2.0                                        |
 | `soft-fail` | as clean; postinst points the agent's NATS servers at a closed port (no check-in) |
-| `hard-fail` | as clean; postinst truncates /boot/firmware/initrd.img (a broken kernel postinst) |
+| `hard-fail` | as clean; postinst truncates /boot/firmware/initrd.img (a broken kernel postinst) and writes new start4.elf / fixup4.dat (as a raspi-firmware update would) |
 | `hang`      | as clean; a unit freezes early userspace (before multi-user) once the watchdog is armed |
 | `late-hang` | as soft-fail (no check-in, so no commit); a unit freezes userspace after fleet-boot-good marked the boot |
 
@@ -93,6 +93,17 @@ f=/boot/firmware/initrd.img
 if [ "$1" = configure ] && [ -f "$f" ]; then
     head -c 1000000 "$f" >"$f.fleet-canary" && mv "$f.fleet-canary" "$f" && sync
     echo "fleet-canary: truncated $f to 1000000 bytes"
+fi
+# A firmware update in the same upgrade: new VideoCore blobs at the top level, which only
+# the trial may use (the upgrade's config.txt names the saved ones).
+if [ "$1" = configure ]; then
+    for b in start4.elf fixup4.dat; do
+        [ -f "/boot/firmware/$b" ] || continue
+        echo "vm-tests fake Raspberry Pi 4 firmware $b 2.0 (fleet-canary hard-fail)" >"/boot/firmware/$b.fleet-canary"
+        mv "/boot/firmware/$b.fleet-canary" "/boot/firmware/$b"
+        echo "fleet-canary: new /boot/firmware/$b"
+    done
+    sync
 fi
 """
 

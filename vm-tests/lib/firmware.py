@@ -12,8 +12,16 @@ boots, the way the Pi firmware would:
 * In the file, `os_prefix=` is prepended to `kernel=`, to the `initramfs <file>` and to
   `cmdline=` (default `cmdline.txt`). A prefix whose kernel does not exist is ignored,
   as the real firmware does.
-* Sections: `[all]` always applies, `[tryboot]` only during the trial boot, `[none]` and
-  every board filter (`[pi4]`, ...) never apply in the VM.
+* Sections: `[all]` always applies, `[tryboot]` only during the trial boot, the board's
+  own filter (`[pi4]`: the fake is a Raspberry Pi 4 Model B as far as file names go)
+  applies; `[none]` and every other filter (`[pi3]`, `[cm4]`, `[pi400]`, ...) never apply.
+* Firmware blobs: before any kernel a Pi loads the VideoCore firmware `start_file=` and its
+  matched `fixup_file=` (default per board: `start4.elf` / `fixup4.dat` on a Pi 4,
+  `start.elf` / `fixup.dat` on earlier boards, none on a Pi 5, whose firmware is in its
+  bootloader). `os_prefix` does not apply to them. The fake checks that both exist (a
+  missing one means no boot: FirmwareError, the machine stays off) and records their
+  sha256 in `BootSet.firmware` (and a note), so a scenario can tell which blobs a boot
+  "loaded". It loads nothing from them.
 
 `tryboot.flag` stands in for the mailbox reboot flag (tag 0x00038064, value 1) that a Pi
 sets with `reboot '0 tryboot'`; a VM has no mailbox, so the guest writes this file.
@@ -22,6 +30,7 @@ sets with `reboot '0 tryboot'`; a VM has no mailbox, so the guest writes this fi
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import shutil
 import subprocess
@@ -33,6 +42,15 @@ DEFAULT_CONFIG = "config.txt"
 TRIAL_CONFIG = "tryboot.txt"
 
 MIB = 1024 * 1024
+
+# The board the fake firmware is, and each board's default (start_file, fixup_file);
+# None: the firmware is not on the boot partition (Pi 5).
+BOARD = "pi4"
+DEFAULT_BLOBS: dict[str, tuple[str, str] | None] = {
+    "pi4": ("start4.elf", "fixup4.dat"),
+    "pi3": ("start.elf", "fixup.dat"),
+    "pi5": None,
+}
 
 
 class FirmwareError(Exception):
@@ -49,6 +67,8 @@ class BootSet:
     cmdline_file: str
     cmdline: str
     notes: list[str]
+    # The firmware blobs this boot "loaded": FAT path -> sha256 (hex), start_file first.
+    firmware: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def describe(self) -> str:
         s = f"{self.mode} set from {self.config}: kernel={self.kernel}"
@@ -146,7 +166,7 @@ class FatImage:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-def parse_config(text: str, trial: bool) -> dict[str, str]:
+def parse_config(text: str, trial: bool, board: str = BOARD) -> dict[str, str]:
     """The subset of config.txt the fake firmware understands (see module docstring)."""
     cfg: dict[str, str] = {}
     active = True
@@ -156,7 +176,7 @@ def parse_config(text: str, trial: bool) -> dict[str, str]:
             continue
         if line.startswith("[") and line.endswith("]"):
             f = line[1:-1].strip().lower()
-            active = f == "all" or (f == "tryboot" and trial)
+            active = f == "all" or (f == "tryboot" and trial) or f == board
             continue
         if not active:
             continue
@@ -171,7 +191,26 @@ def parse_config(text: str, trial: bool) -> dict[str, str]:
     return cfg
 
 
-def select_boot(fat: FatImage, bootdir: Path) -> BootSet:
+def select_firmware(fat: FatImage, cfg: dict[str, str], config: str,
+                    board: str = BOARD) -> dict[str, str]:
+    """The start/fixup blobs `cfg` selects on `board` (not prefixed by os_prefix; a leading
+    `/` is the partition's root), each checked to exist: path -> sha256."""
+    default = DEFAULT_BLOBS.get(board)
+    if default is None:
+        return {}
+    loaded: dict[str, str] = {}
+    for key, name in (("start_file", default[0]), ("fixup_file", default[1])):
+        path = cfg.get(key, name).lstrip("/")
+        data = fat.read_bytes(path) if fat.has(path) else None
+        if data is None:
+            how = f"{key}={cfg[key]}" if key in cfg else f"the {board} default {key}"
+            raise FirmwareError(f"firmware blob {path} ({how} in {config}) does not exist: "
+                                f"a {board} stops before any kernel")
+        loaded[path] = hashlib.sha256(data).hexdigest()
+    return loaded
+
+
+def select_boot(fat: FatImage, bootdir: Path, board: str = BOARD) -> BootSet:
     """Pick this boot's set, consume a pending trial flag, copy the files to `bootdir`.
 
     The caller must `fat.commit()` afterwards so that a consumed flag stays consumed.
@@ -189,7 +228,10 @@ def select_boot(fat: FatImage, bootdir: Path) -> BootSet:
     text = fat.read_text(config)
     if text is None:
         raise FirmwareError(f"no {config} on the firmware partition")
-    cfg = parse_config(text, trial)
+    cfg = parse_config(text, trial, board)
+    firmware = select_firmware(fat, cfg, config, board)
+    if firmware:
+        notes.append("firmware " + " ".join(f"{p} (sha256 {h[:12]})" for p, h in firmware.items()))
     kernel = cfg.get("kernel")
     if not kernel:
         raise FirmwareError(f"{config} names no kernel= (the fake firmware has no default)")
@@ -214,4 +256,4 @@ def select_boot(fat: FatImage, bootdir: Path) -> BootSet:
     if ipath:
         fat.copy_out(ipath, bootdir / "initrd")
     return BootSet("trial" if trial else "default", config, prefix, kpath, ipath, cpath, cmdline,
-                   notes)
+                   notes, firmware)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shlex
+import signal
 import socket
 import string
 import subprocess
@@ -80,6 +82,16 @@ class QemuBackend:
     def destroy(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()  # SIGKILL: the power cord, not a shutdown
+
+    def kill_now(self) -> None:
+        """SIGKILL QEMU and return once it is dead (power-cut on a console marker)."""
+        if self.proc and self.proc.returncode is None:
+            pid = self.proc.pid
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                return
+            _wait_dead(pid, 5)
 
 
 class LibvirtBackend:
@@ -175,6 +187,35 @@ class LibvirtBackend:
     def destroy(self) -> None:
         if self.domain:
             self.virsh("destroy", self.domain, check=False, timeout=60)
+
+    def kill_now(self) -> None:
+        """SIGKILL the domain's QEMU process directly (its pid file under /run/libvirt/qemu)
+        and return once it is dead: `virsh destroy` alone costs a client start and an RPC,
+        and libvirt tries SIGTERM first. libvirt then sees the domain gone; `virsh destroy`
+        follows to be sure. Without a pid file: `virsh destroy`."""
+        pidfile = Path("/run/libvirt/qemu") / f"{self.domain}.pid"
+        try:
+            pid = int(pidfile.read_text().strip())
+            os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError):
+            self.destroy()
+            return
+        _wait_dead(pid, 5)
+        self.destroy()
+
+
+def _wait_dead(pid: int, timeout: float) -> bool:
+    """Until process `pid` is gone or a zombie (it runs no more guest code)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return True
+        if stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
+            return True
+        time.sleep(0.001)
+    return False
 
 
 def _kvm_node_for_libvirt() -> None:
@@ -324,6 +365,60 @@ class Machine:
             self._cut = True
         self.backend.destroy()
         self.wait_off(60)
+
+    def cut_on_marker(self, pattern: "re.Pattern[str]", timeout: float,
+                      poll: float = 0.005) -> dict:
+        """Follow the serial console of the current boot (and of any boot after it, as the
+        guest reboots by itself) and pull the plug the moment `pattern` shows up: the files
+        are polled every `poll` seconds, reading only the bytes appended since the last
+        read, and the hypervisor process is SIGKILLed at once. Returns what was matched and
+        the delays: `seen_ms` = wall time from the console file's last write (QEMU wrote
+        the marker at or before it) to the read that saw it, `kill_ms` = from that read to
+        QEMU dead. Raises HarnessError when the marker never comes, the machine goes off
+        first, or the marker came in a boot that had already ended (too late to cut it)."""
+        deadline = time.monotonic() + timeout
+        first = max(len(self.boots), 1)
+        offsets: dict[int, int] = {}
+        tails: dict[int, str] = {}
+        first_pass = True
+        while True:
+            for b in list(self.boots[first - 1:]):
+                try:
+                    with open(b.serial, "rb") as f:
+                        f.seek(offsets.get(b.index, 0))
+                        data = f.read()
+                        mtime = os.fstat(f.fileno()).st_mtime
+                except OSError:
+                    continue
+                if not data:
+                    continue
+                t_read, wall = time.monotonic(), time.time()
+                offsets[b.index] = offsets.get(b.index, 0) + len(data)
+                text = tails.get(b.index, "") + data.decode("utf-8", "replace").replace("\r", "")
+                mt = pattern.search(text)
+                if not mt:
+                    tails[b.index] = text[-4096:]  # a marker split across two reads
+                    continue
+                with self._lock:
+                    current = self.powered and self.boots[-1] is b and b.end is None
+                    if current:
+                        self._cut = True
+                if not current:
+                    raise HarnessError(f"marker /{pattern.pattern}/ came in boot {b.index}, "
+                                       "which had already ended: too late to cut on it")
+                self.backend.kill_now()
+                t_dead = time.monotonic()
+                self.wait_off(60)
+                return {"matched": mt.group(0), "boot": b.index,
+                        "seen_ms": round(max(wall - mtime, 0) * 1000, 1),
+                        "kill_ms": round((t_dead - t_read) * 1000, 1),
+                        "on_first_read": first_pass, "poll_ms": poll * 1000}
+            first_pass = False
+            if not self.powered:
+                raise HarnessError(f"the machine went off before /{pattern.pattern}/ appeared")
+            if time.monotonic() > deadline:
+                raise HarnessError(f"marker /{pattern.pattern}/ not seen within {timeout:.0f} s")
+            time.sleep(poll)
 
     def wait_off(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

@@ -256,6 +256,8 @@ class Run:
                 "reboots": m.reboots(),
                 "powered": m.powered,
                 "boot_sets": [b.set.mode for b in m.boots],
+                # per boot: the firmware blobs the fake firmware "loaded" (path -> sha256)
+                "firmware": [getattr(b.set, "firmware", {}) for b in m.boots],
                 "ends": [b.end for b in m.boots]}
 
     def update_machine_facts(self) -> None:
@@ -432,7 +434,21 @@ def step_wait_stream(r: Run, st: dict) -> None:
 
 
 def step_power_cut(r: Run, st: dict) -> None:
-    """Pull the plug: destroy the domain / SIGKILL QEMU. Streams are frozen as facts."""
+    """Pull the plug: destroy the domain / SIGKILL QEMU. Streams are frozen as facts.
+
+    With `on_marker = "<regex>"`: follow the serial console (current boot and any later
+    one) and cut the moment the regex appears (5 ms polling, QEMU SIGKILLed at once;
+    `timeout`, default 300 s). The match and the delays are saved (`save`) and logged."""
+    if st.get("on_marker"):
+        t = r.timeout(st, 300)
+        try:
+            cut = r.m.cut_on_marker(re.compile(st["on_marker"]), t)
+        except HarnessError as e:
+            raise StepFailed(st.get("message", "power cut on a console marker") + f": {e}") from e
+        r.log(f"  power cut on /{st['on_marker']}/ in boot {cut['boot']}: seen "
+              f"{cut['seen_ms']} ms after the console's last write, QEMU dead "
+              f"{cut['kill_ms']} ms later ({cut['matched'][:120]!r})")
+        r.save(st, cut)
     r.m.power_cut()
     for name, s in r.streams.items():
         s.proc.wait(30)
@@ -460,7 +476,9 @@ def step_wait_reset(r: Run, st: dict) -> None:
 
 
 def step_fat(r: Run, st: dict) -> None:
-    """Read files from the FAT partition with mtools; the machine must be off."""
+    """Read files from the FAT partition with mtools; the machine must be off. `read`:
+    files whose text is saved; `sha256`: files whose sha256 is saved (null: missing)."""
+    import hashlib
     from firmware import FatImage
     if r.m.powered:
         raise StepFailed("fat: the machine is still on (power it off first)", serial=False)
@@ -468,6 +486,10 @@ def step_fat(r: Run, st: dict) -> None:
         files = fat.files()
         value = {"files": files,
                  "read": {f: fat.read_text(f) for f in st.get("read", [])}}
+        if st.get("sha256"):
+            value["sha256"] = {f: (hashlib.sha256(b).hexdigest()
+                                   if (b := fat.read_bytes(f)) is not None else None)
+                               for f in st["sha256"]}
     r.save(st, value)
 
 

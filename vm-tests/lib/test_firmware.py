@@ -5,6 +5,7 @@ Run: python3 -m unittest discover -s vm-tests/lib -p 'test_*.py'
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import tempfile
 import unittest
@@ -23,8 +24,9 @@ def make_disk(d: Path, files: dict[str, str]) -> Path:
                    check=True, capture_output=True)
     with FatImage(disk, 1, 4, "raw") as fat:
         for path, text in files.items():
-            if "/" in path:
-                subprocess.run(["mmd", "-D", "s", "-i", str(fat.raw), "::/" + path.rsplit("/", 1)[0]],
+            parts = path.split("/")[:-1]
+            for i in range(1, len(parts) + 1):  # parents first (mmd makes one level)
+                subprocess.run(["mmd", "-D", "s", "-i", str(fat.raw), "::/" + "/".join(parts[:i])],
                                capture_output=True)
             fat.write_text(path, text)
         fat.commit()
@@ -48,7 +50,8 @@ class SelectBoot(unittest.TestCase):
 
     def base(self) -> dict[str, str]:
         return {"config.txt": CONFIG, "vmlinuz": "K-default", "initrd.img": "I-default",
-                "cmdline.txt": "root=/dev/vg0/root\n"}
+                "cmdline.txt": "root=/dev/vg0/root\n", "start4.elf": "S-top",
+                "fixup4.dat": "F-top"}
 
     def test_default_set_without_flag(self) -> None:
         disk = make_disk(self.d, self.base())
@@ -85,12 +88,61 @@ class SelectBoot(unittest.TestCase):
             self.select(make_disk(self.d, files))
 
 
+    def test_default_blobs_are_checked_and_recorded(self) -> None:
+        b = self.select(make_disk(self.d, self.base()))
+        self.assertEqual(b.firmware, {"start4.elf": sha("S-top"), "fixup4.dat": sha("F-top")})
+        self.assertIn(f"firmware start4.elf (sha256 {sha('S-top')[:12]})", b.describe())
+
+    def test_missing_default_blob_cannot_boot(self) -> None:
+        for gone in ("start4.elf", "fixup4.dat"):
+            files = self.base()
+            del files[gone]
+            with self.assertRaisesRegex(FirmwareError, f"{gone} .*default"):
+                self.select(make_disk(self.d, files))
+
+    def test_upgrade_default_loads_saved_blobs_trial_loads_new(self) -> None:
+        # As the agent writes them during an upgrade: config.txt boots the saved set, its
+        # firmware included; tryboot.txt is the plain set (top-level = new blobs).
+        saved = "fleet/preupgrade/"
+        files = self.base() | {
+            "config.txt": CONFIG + f"[all]\nos_prefix={saved}\n[pi3]\nstart_file=nope.elf\n"
+                          f"[pi4]\nstart_file={saved}start4.elf\nfixup_file={saved}fixup4.dat\n[all]\n",
+            "tryboot.txt": CONFIG, "tryboot.flag": "",
+            saved + "vmlinuz": "K-old", saved + "initrd.img": "I-old",
+            saved + "cmdline.txt": "root=/dev/vg0/root\n",
+            saved + "start4.elf": "S-old", saved + "fixup4.dat": "F-old"}
+        disk = make_disk(self.d, files)
+        trial = self.select(disk)
+        self.assertEqual((trial.mode, trial.kernel, trial.firmware),
+                         ("trial", "vmlinuz", {"start4.elf": sha("S-top"), "fixup4.dat": sha("F-top")}))
+        default = self.select(disk)
+        self.assertEqual((default.mode, default.kernel), ("default", saved + "vmlinuz"))
+        self.assertEqual(default.firmware, {saved + "start4.elf": sha("S-old"),
+                                            saved + "fixup4.dat": sha("F-old")},
+                         "[pi4] applies, [pi3] does not, os_prefix is not put before start_file")
+
+    def test_missing_named_blob_cannot_boot(self) -> None:
+        files = self.base() | {"config.txt": CONFIG + "start_file=/gone/start4.elf\n"}
+        with self.assertRaisesRegex(FirmwareError, "gone/start4.elf .*start_file=/gone/start4.elf"):
+            self.select(make_disk(self.d, files))
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 class ParseConfig(unittest.TestCase):
     def test_sections(self) -> None:
-        text = "kernel=a\n[pi4]\nkernel=b\n[tryboot]\nos_prefix=t/\n[all]\ncmdline=c.txt # note\n"
+        text = ("kernel=a\n[pi3]\nkernel=b\n[cm4]\nkernel=c\n[tryboot]\nos_prefix=t/\n"
+                "[all]\ncmdline=c.txt # note\n[none]\nkernel=n\n")
         self.assertEqual(parse_config(text, trial=False), {"kernel": "a", "cmdline": "c.txt"})
         self.assertEqual(parse_config(text, trial=True),
                          {"kernel": "a", "os_prefix": "t/", "cmdline": "c.txt"})
+
+    def test_board_filter(self) -> None:
+        text = "start_file=start.elf\n[pi4]\nstart_file=start4x.elf\n[all]\n"
+        self.assertEqual(parse_config(text, trial=False)["start_file"], "start4x.elf")
+        self.assertEqual(parse_config(text, trial=False, board="pi3")["start_file"], "start.elf")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 //! The boot (FAT) partition's files besides the state (initramfs/CONTRACT.md §1, §4, §5):
-//! the saved pre-upgrade boot set, `config.txt` pointed at it during the upgrade, the trial
+//! the saved pre-upgrade boot set (firmware blobs included), `config.txt` pointed at it
+//! during the upgrade, the trial
 //! set (`tryboot.txt`, `fleet/cmdline.trial`) and `fleet/boot.log`.
 
 use std::io::Write;
@@ -48,8 +49,9 @@ impl BootDir {
     }
 
     /// The top-level files that make up the boot set: kernel, initramfs, `cmdline.txt`,
-    /// `config.txt`, `*.dtb` (what exists), plus what `config.txt` names with `kernel=` and
-    /// `initramfs`. Directories: `overlays/`.
+    /// `config.txt`, `*.dtb`, the firmware (`start*.elf`, `fixup*.dat`, `bootcode.bin`;
+    /// what exists), plus what `config.txt` names with `kernel=` and `initramfs`.
+    /// Directories: `overlays/`.
     pub fn boot_set(&self) -> std::io::Result<(Vec<String>, Vec<String>)> {
         let config = std::fs::read_to_string(self.root.join("config.txt")).unwrap_or_default();
         let named = named_files(&config);
@@ -103,22 +105,33 @@ impl BootDir {
         Ok(all)
     }
 
-    /// Rewrites `config.txt` as the saved one followed by `[all]` + `os_prefix=fleet/preupgrade/`,
-    /// so any boot during the upgrade boots the saved (old) kernel and initramfs.
+    /// Rewrites `config.txt` as the saved one followed by `[all]` + `os_prefix=fleet/preupgrade/`
+    /// and the `start_file=` / `fixup_file=` lines naming the saved firmware blobs
+    /// ([`crate::firmware::saved_firmware_lines`]), so any boot during the upgrade boots the
+    /// saved (old) firmware, kernel and initramfs. A new blob is only used by the trial
+    /// (`tryboot.txt` has no such lines) and becomes the default at commit.
     pub fn point_default_at_saved(&self) -> std::io::Result<()> {
         let saved = std::fs::read_to_string(self.saved().join("config.txt"))?;
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(self.saved())? {
+            if let Some(n) = entry?.file_name().to_str() {
+                names.push(n.to_owned());
+            }
+        }
+        let firmware = crate::firmware::saved_firmware_lines(&saved, &names, SAVED_SET_PREFIX);
         let text = format!(
-            "{}\n[all]\nos_prefix={SAVED_SET_PREFIX}\n",
+            "{}\n[all]\nos_prefix={SAVED_SET_PREFIX}\n{firmware}",
             saved.trim_end()
         );
         self.replace_file("config.txt", text.as_bytes())
     }
 
-    /// Does `config.txt` end with the `os_prefix` line [`Self::point_default_at_saved`] adds?
+    /// Does `config.txt` carry the `os_prefix` line [`Self::point_default_at_saved`] adds?
+    /// (The same test as the initramfs's: a line `os_prefix=fleet/preupgrade/`.)
     pub fn default_points_at_saved(&self) -> bool {
         std::fs::read_to_string(self.root.join("config.txt")).is_ok_and(|c| {
-            c.trim_end()
-                .ends_with(&format!("os_prefix={SAVED_SET_PREFIX}"))
+            c.lines()
+                .any(|l| l.trim() == format!("os_prefix={SAVED_SET_PREFIX}"))
         })
     }
 
@@ -217,7 +230,8 @@ impl BootDir {
 
 /// Top-level files that belong to a boot set by name.
 fn is_boot_file(name: &str) -> bool {
-    name == "config.txt"
+    crate::firmware::is_firmware_file(name)
+        || name == "config.txt"
         || name == "cmdline.txt"
         || name.ends_with(".dtb")
         || (name.starts_with("kernel") && name.ends_with(".img"))
@@ -275,7 +289,7 @@ mod tests {
         assert_eq!(named_files(c), ["Image", "initrd.gz"]);
         assert!(is_boot_file("kernel8.img"));
         assert!(is_boot_file("bcm2711-rpi-4-b.dtb"));
-        assert!(!is_boot_file("start4.elf"));
+        assert!(is_boot_file("start4.elf") && is_boot_file("fixup4.dat"));
         assert!(!is_boot_file("tryboot.txt"));
     }
 }

@@ -21,6 +21,7 @@ pub mod bootstate;
 mod config;
 pub mod decide;
 pub mod engine;
+pub mod firmware;
 #[cfg(feature = "fake-lvm")]
 pub mod fake_lvm;
 #[cfg(feature = "fake-systemd")]

@@ -67,10 +67,13 @@ fn saves_the_pi_boot_set_and_writes_config_and_tryboot() {
         [
             "bcm2711-rpi-4-b.dtb",
             "bcm2711-rpi-cm4.dtb",
+            "bootcode.bin",
             "cmdline.txt",
             "config.txt",
+            "fixup4.dat",
             "initramfs8",
             "kernel8.img",
+            "start4.elf",
             "overlays/"
         ]
     );
@@ -83,24 +86,36 @@ fn saves_the_pi_boot_set_and_writes_config_and_tryboot() {
         std::fs::read_to_string(s.join("overlays/disable-bt.dtbo")).unwrap(),
         "overlay"
     );
-    assert!(
-        !s.join("start4.elf").exists(),
-        "firmware files stay where they are"
-    );
+    for (f, body) in [
+        ("start4.elf", "firmware"),
+        ("fixup4.dat", "fixup"),
+        ("bootcode.bin", "bootcode"),
+    ] {
+        assert_eq!(std::fs::read_to_string(s.join(f)).unwrap(), body, "{f} saved");
+    }
+    assert!(!s.join("issue.txt").exists(), "not part of the boot set");
     assert!(!root.join("fleet/preupgrade.tmp").exists());
 
-    // Any boot during the upgrade boots the saved set (the firmware applies os_prefix to
-    // kernel, initramfs, dtbs, overlays and cmdline).
+    // Any boot during the upgrade boots the saved set: the firmware applies os_prefix to
+    // kernel, initramfs, dtbs, overlays and cmdline, and loads the saved firmware blobs
+    // named by start_file / fixup_file (os_prefix does not cover them). This card has only
+    // the Pi 4 pair, so only [pi4] names one.
     boot.point_default_at_saved().unwrap();
     let config = std::fs::read_to_string(root.join("config.txt")).unwrap();
     assert!(config.starts_with(CONFIG.trim_end()));
     assert!(
-        config.ends_with("\n[all]\nos_prefix=fleet/preupgrade/\n"),
+        config.ends_with(
+            "\n[all]\nos_prefix=fleet/preupgrade/\n[pi4]\n\
+             start_file=fleet/preupgrade/start4.elf\nfixup_file=fleet/preupgrade/fixup4.dat\n[all]\n"
+        ),
         "{config}"
     );
+    assert!(boot.default_points_at_saved());
 
-    // The upgrade installs a new kernel at the top level; the trial set names it.
+    // The upgrade installs a new kernel and firmware at the top level; the trial set names
+    // them (the firmware's defaults: no start_file / fixup_file).
     std::fs::write(root.join("kernel8.img"), "kernel-6.6.62").unwrap();
+    std::fs::write(root.join("start4.elf"), "firmware-new").unwrap();
     boot.write_trial("2026-11-23.a").unwrap();
     let tryboot = std::fs::read_to_string(root.join("tryboot.txt")).unwrap();
     assert!(
@@ -108,6 +123,10 @@ fn saves_the_pi_boot_set_and_writes_config_and_tryboot() {
         "the saved settings, no os_prefix"
     );
     assert!(!tryboot.contains("os_prefix"), "{tryboot}");
+    assert!(
+        !tryboot.contains("start_file") && !tryboot.contains("fixup_file"),
+        "{tryboot}"
+    );
     assert!(
         tryboot.ends_with("\n[all]\ncmdline=fleet/cmdline.trial\n"),
         "{tryboot}"
@@ -122,6 +141,12 @@ fn saves_the_pi_boot_set_and_writes_config_and_tryboot() {
     assert_eq!(
         std::fs::read_to_string(root.join("config.txt")).unwrap(),
         CONFIG
+    );
+    assert!(!boot.default_points_at_saved());
+    assert_eq!(
+        std::fs::read_to_string(root.join("start4.elf")).unwrap(),
+        "firmware-new",
+        "after the commit the new firmware is the default"
     );
     boot.remove_trial().unwrap();
     boot.remove_saved().unwrap();
