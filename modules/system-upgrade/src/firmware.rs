@@ -74,7 +74,7 @@ fn selection(config: &str) -> Selection {
 pub fn saved_firmware_lines(config: &str, saved: &[String], prefix: &str) -> String {
     let has = |f: &str| saved.iter().any(|s| s == f);
     let mut out = String::new();
-    let mut pair = |out: &mut String, start: &str, fixup: &str| {
+    let pair = |out: &mut String, start: &str, fixup: &str| {
         if has(start) {
             out.push_str(&format!("start_file={prefix}{start}\n"));
         }
@@ -125,14 +125,26 @@ mod tests {
         ] {
             assert!(is_firmware_file(f), "{f}");
         }
-        for f in ["kernel8.img", "startup.sh", "fixup.txt", "config.txt", "bootcode.img"] {
+        for f in [
+            "kernel8.img",
+            "startup.sh",
+            "fixup.txt",
+            "config.txt",
+            "bootcode.img",
+        ] {
             assert!(!is_firmware_file(f), "{f}");
         }
     }
 
     #[test]
     fn defaults_per_board_only_for_what_was_saved() {
-        let saved = names(&["start.elf", "fixup.dat", "start4.elf", "fixup4.dat", "config.txt"]);
+        let saved = names(&[
+            "start.elf",
+            "fixup.dat",
+            "start4.elf",
+            "fixup4.dat",
+            "config.txt",
+        ]);
         assert_eq!(
             saved_firmware_lines("arm_64bit=1\n", &saved, "fleet/preupgrade/"),
             "start_file=fleet/preupgrade/start.elf\nfixup_file=fleet/preupgrade/fixup.dat\n\

@@ -21,11 +21,11 @@ pub mod bootstate;
 mod config;
 pub mod decide;
 pub mod engine;
-pub mod firmware;
 #[cfg(feature = "fake-lvm")]
 pub mod fake_lvm;
 #[cfg(feature = "fake-systemd")]
 pub mod fake_units;
+pub mod firmware;
 pub mod lvm;
 pub mod probe;
 pub mod record;

@@ -91,7 +91,11 @@ fn saves_the_pi_boot_set_and_writes_config_and_tryboot() {
         ("fixup4.dat", "fixup"),
         ("bootcode.bin", "bootcode"),
     ] {
-        assert_eq!(std::fs::read_to_string(s.join(f)).unwrap(), body, "{f} saved");
+        assert_eq!(
+            std::fs::read_to_string(s.join(f)).unwrap(),
+            body,
+            "{f} saved"
+        );
     }
     assert!(!s.join("issue.txt").exists(), "not part of the boot set");
     assert!(!root.join("fleet/preupgrade.tmp").exists());
