@@ -107,10 +107,12 @@ impl BootDir {
 
     /// Rewrites `config.txt` as the saved one followed by `[all]` + `os_prefix=fleet/preupgrade/`
     /// and the `start_file=` / `fixup_file=` lines naming the saved firmware blobs
-    /// ([`crate::firmware::saved_firmware_lines`]), so any boot during the upgrade boots the
-    /// saved (old) firmware, kernel and initramfs. A new blob is only used by the trial
-    /// (`tryboot.txt` has no such lines) and becomes the default at commit.
-    pub fn point_default_at_saved(&self) -> std::io::Result<()> {
+    /// ([`crate::firmware::saved_firmware_lines`]) where `pin` says this board's firmware
+    /// can take them ([`crate::board::read_firmware_pin`]), so any boot during the upgrade
+    /// boots the saved (old) kernel and initramfs, and the saved firmware where pinned. A
+    /// new blob is only used by the trial (`tryboot.txt` has no such lines) and becomes the
+    /// default at commit; unpinned, a non-trial boot loads the top-level (maybe new) blobs.
+    pub fn point_default_at_saved(&self, pin: &crate::board::FirmwarePin) -> std::io::Result<()> {
         let saved = std::fs::read_to_string(self.saved().join("config.txt"))?;
         let mut names = Vec::new();
         for entry in std::fs::read_dir(self.saved())? {
@@ -118,7 +120,7 @@ impl BootDir {
                 names.push(n.to_owned());
             }
         }
-        let firmware = crate::firmware::saved_firmware_lines(&saved, &names, SAVED_SET_PREFIX);
+        let firmware = crate::firmware::saved_firmware_lines(&saved, &names, SAVED_SET_PREFIX, pin);
         let text = format!(
             "{}\n[all]\nos_prefix={SAVED_SET_PREFIX}\n{firmware}",
             saved.trim_end()

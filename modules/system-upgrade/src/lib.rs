@@ -16,6 +16,7 @@
 //! without a result fails the upgrade (rollback), it is never run again; the command timeout
 //! stops the unit.
 
+pub mod board;
 pub mod bootset;
 pub mod bootstate;
 mod config;
@@ -93,6 +94,7 @@ pub struct SystemUpgradeModule {
     start_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Record>>,
     /// Test hook: replaces the engine's boot id and uptime sources.
     proc_files: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    device_tree: Option<std::path::PathBuf>,
 }
 
 impl SystemUpgradeModule {
@@ -122,6 +124,7 @@ impl SystemUpgradeModule {
             starts,
             start_rx: tokio::sync::Mutex::new(rx),
             proc_files: None,
+            device_tree: None,
         }
     }
 
@@ -141,6 +144,13 @@ impl SystemUpgradeModule {
         self
     }
 
+    /// Reads the board from this directory instead of `/proc/device-tree` (tests): where
+    /// the saved firmware may be pinned during an upgrade ([`board`]).
+    pub fn with_device_tree(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.device_tree = Some(dir.into());
+        self
+    }
+
     /// The engine bound to this module's store and status sink.
     pub fn engine(&self, ctx: &Context) -> Arc<Engine> {
         let mut slot = self.engine.lock().unwrap_or_else(|p| p.into_inner());
@@ -157,6 +167,9 @@ impl SystemUpgradeModule {
             if let Some((boot_id, uptime)) = &self.proc_files {
                 e.boot_id_file = boot_id.clone();
                 e.uptime_file = uptime.clone();
+            }
+            if let Some(dir) = &self.device_tree {
+                e.device_tree_dir = dir.clone();
             }
             Arc::new(e)
         })

@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use fleet_mod_system_upgrade::board::{read_firmware_pin, FirmwarePin};
 use fleet_mod_system_upgrade::bootset::BootDir;
 use fleet_mod_system_upgrade::selector::{BootSelector, RpiTryboot, SelectorError};
 
@@ -102,9 +103,21 @@ fn saves_the_pi_boot_set_and_writes_config_and_tryboot() {
 
     // Any boot during the upgrade boots the saved set: the firmware applies os_prefix to
     // kernel, initramfs, dtbs, overlays and cmdline, and loads the saved firmware blobs
-    // named by start_file / fixup_file (os_prefix does not cover them). This card has only
-    // the Pi 4 pair, so only [pi4] names one.
-    boot.point_default_at_saved().unwrap();
+    // named by start_file / fixup_file (os_prefix does not cover them) where the board's
+    // firmware takes them: a Pi 4 with a 2022-07-14 or later bootloader. Only [pi4] names
+    // them (bootcode.bin would take any start_file whatever its section).
+    let dt = dir.path().join("device-tree");
+    std::fs::create_dir_all(dt.join("chosen/bootloader")).unwrap();
+    std::fs::write(
+        dt.join("compatible"),
+        b"raspberrypi,4-model-b\0brcm,bcm2711\0",
+    )
+    .unwrap();
+    let ts = dt.join("chosen/bootloader/build-timestamp");
+    std::fs::write(&ts, 1_705_000_000u32.to_be_bytes()).unwrap(); // 2024-01-11
+    let pin = read_firmware_pin(&dt);
+    assert_eq!(pin, FirmwarePin::Pi4);
+    boot.point_default_at_saved(&pin).unwrap();
     let config = std::fs::read_to_string(root.join("config.txt")).unwrap();
     assert!(config.starts_with(CONFIG.trim_end()));
     assert!(
@@ -115,6 +128,26 @@ fn saves_the_pi_boot_set_and_writes_config_and_tryboot() {
         "{config}"
     );
     assert!(boot.default_points_at_saved());
+    // The same card on a Pi 4 whose bootloader predates sub-directory paths (or a Pi 3):
+    // os_prefix only, no start_file / fixup_file; the blobs stay saved for a rollback.
+    std::fs::write(&ts, 1_619_654_400u32.to_be_bytes()).unwrap(); // 2021-04-29
+    let pin = read_firmware_pin(&dt);
+    assert!(
+        matches!(&pin, FirmwarePin::NotPinned(why) if why.contains("built 2021-04-29")),
+        "{pin:?}"
+    );
+    boot.point_default_at_saved(&pin).unwrap();
+    let old_bootloader = std::fs::read_to_string(root.join("config.txt")).unwrap();
+    assert_eq!(
+        old_bootloader,
+        format!(
+            "{}\n[all]\nos_prefix=fleet/preupgrade/\n",
+            CONFIG.trim_end()
+        )
+    );
+    assert!(boot.default_points_at_saved());
+    assert!(s.join("start4.elf").is_file() && s.join("fixup4.dat").is_file());
+    boot.point_default_at_saved(&FirmwarePin::Pi4).unwrap();
 
     // The upgrade installs a new kernel and firmware at the top level; the trial set names
     // them (the firmware's defaults: no start_file / fixup_file).

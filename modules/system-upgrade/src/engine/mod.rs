@@ -99,6 +99,9 @@ pub struct Engine {
     pub boot_id_file: PathBuf,
     /// Uptime source (`/proc/uptime`).
     pub uptime_file: PathBuf,
+    /// The device tree (`/proc/device-tree`): may the saved firmware be pinned
+    /// ([`crate::board`])?
+    pub device_tree_dir: PathBuf,
     current: Mutex<Option<Record>>,
     rejected: Mutex<Option<String>>,
 }
@@ -128,6 +131,7 @@ impl Engine {
             clock,
             boot_id_file: "/proc/sys/kernel/random/boot_id".into(),
             uptime_file: "/proc/uptime".into(),
+            device_tree_dir: crate::board::DEVICE_TREE.into(),
             current: Mutex::new(None),
             rejected: Mutex::new(None),
         }
@@ -370,8 +374,9 @@ impl Engine {
             Phase::SavingBootSet,
             format!("snapshot {}/{} created", self.cfg.vg, self.cfg.snapshot_lv),
         );
+        let pin = crate::board::read_firmware_pin(&self.device_tree_dir);
         let saved = self.boot.save_boot_set().and_then(|saved| {
-            self.boot.point_default_at_saved()?;
+            self.boot.point_default_at_saved(&pin)?;
             Ok(saved)
         });
         let saved = match saved {
@@ -385,6 +390,17 @@ impl Engine {
             self.now(),
             &format!("{} saved boot set: {}", rec.id, saved.join(" ")),
         );
+        if let crate::board::FirmwarePin::NotPinned(why) = &pin {
+            // Logged once (info, by enter), kept in the phase history and on the FAT.
+            let note =
+                format!("firmware not pinned (non-trial boots load the top-level blobs): {why}");
+            self.boot.log(self.now(), &format!("{} {note}", rec.id));
+            self.enter(
+                &mut rec,
+                Phase::SavingBootSet,
+                format!("boot set saved; {note}"),
+            );
+        }
         self.run_command(rec, shutdown).await;
     }
 
