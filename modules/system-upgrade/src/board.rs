@@ -41,12 +41,12 @@ pub enum FirmwarePin {
 /// `/proc/device-tree/chosen/bootloader/build-timestamp` is `build_timestamp` (a big-endian
 /// u32 Unix time on Pi 4 bootloaders; `None` when absent).
 ///
-/// A Pi 4 whose timestamp is there but not exactly 4 bytes is not pinned: its bootloader's
-/// date is unknown, and pinning on a bootloader that cannot load `fleet/preupgrade/start4.elf`
+/// A Pi 4 whose timestamp is absent or not exactly 4 bytes is not pinned: its bootloader's
+/// date is unknown (a bootloader too old to export the timestamp is also too old for
+/// sub-directories in `start_file=`), and pinning on a bootloader that cannot load `fleet/preupgrade/start4.elf`
 /// stops every non-trial boot before a kernel runs (the card no longer boots without a
 /// hand), while not pinning only costs the old kernel a boot on the top-level firmware —
-/// the same as an upgrade without this pin. An absent timestamp is taken as "new enough"
-/// (the rule of initramfs/CONTRACT.md §7).
+/// the same as an upgrade without this pin (the rule of initramfs/CONTRACT.md §7).
 pub fn firmware_pin(compatible: Option<&[u8]>, build_timestamp: Option<&[u8]>) -> FirmwarePin {
     let Some(compatible) = compatible else {
         return FirmwarePin::AnyBoard;
@@ -69,7 +69,7 @@ pub fn firmware_pin(compatible: Option<&[u8]>, build_timestamp: Option<&[u8]>) -
     }
     if has("brcm,bcm2711") {
         let why = match build_timestamp {
-            None => return FirmwarePin::Pi4,
+            None => "no bootloader build-timestamp in the device tree: date unknown".to_string(),
             Some(b) => match <[u8; 4]>::try_from(b) {
                 Ok(t) if u32::from_be_bytes(t) >= SUBDIR_BOOTLOADER_SINCE => {
                     return FirmwarePin::Pi4
@@ -190,13 +190,17 @@ mod tests {
     }
 
     #[test]
-    fn pi4_pins_with_a_new_or_no_bootloader_timestamp() {
+    fn pi4_pins_only_with_a_new_bootloader_timestamp() {
         // 0x62cf5c80 = 2022-07-14 00:00:00 UTC, big-endian as the firmware writes it.
         let at = [0x62, 0xcf, 0x5c, 0x80];
         assert_eq!(u32::from_be_bytes(at), SUBDIR_BOOTLOADER_SINCE);
         let later = 1_705_000_000u32.to_be_bytes(); // 2024-01-11
         for board in [PI4, PI400, CM4] {
-            assert_eq!(firmware_pin(Some(board), None), FirmwarePin::Pi4);
+            let why = not_pinned(firmware_pin(Some(board), None));
+            assert!(
+                why.ends_with("no bootloader build-timestamp in the device tree: date unknown"),
+                "{why}"
+            );
             assert_eq!(firmware_pin(Some(board), Some(&at)), FirmwarePin::Pi4);
             assert_eq!(firmware_pin(Some(board), Some(&later)), FirmwarePin::Pi4);
         }
@@ -276,7 +280,8 @@ mod tests {
             "no compatible"
         );
         std::fs::write(dt.join("compatible"), PI4).unwrap();
-        assert_eq!(read_firmware_pin(dt), FirmwarePin::Pi4, "no timestamp");
+        let why = not_pinned(read_firmware_pin(dt));
+        assert!(why.ends_with("date unknown"), "no timestamp: {why}");
         std::fs::create_dir_all(dt.join("chosen/bootloader")).unwrap();
         let ts = dt.join("chosen/bootloader/build-timestamp");
         std::fs::write(&ts, 1_600_000_000u32.to_be_bytes()).unwrap(); // 2020-09-13
