@@ -12,8 +12,17 @@ boots, the way the Pi firmware would:
 * In the file, `os_prefix=` is prepended to `kernel=`, to the `initramfs <file>` and to
   `cmdline=` (default `cmdline.txt`). A prefix whose kernel does not exist is ignored,
   as the real firmware does.
-* Sections: `[all]` always applies, `[tryboot]` only during the trial boot, `[none]` and
-  every board filter (`[pi4]`, ...) never apply in the VM.
+* Sections: `[all]` always applies, `[tryboot]` only during the trial boot, `[none]`
+  never. Board filters: on the x86 VM (board None) none applies; on the arm64 VM the
+  firmware plays a Raspberry Pi 4 (board "pi4"), so `[pi4]` applies and every other board
+  filter (`[pi3]`, `[pi5]`, `[pi400]`, `[cm4]`, ...) does not.
+* Defaults by board. x86 VM: none (`kernel=` is required). Pi 4 (64-bit firmware
+  defaults, as documented for config.txt): `arm_64bit` defaults to 1, and without `kernel=`
+  the kernel is `kernel8.img` (`kernel7l.img` with `arm_64bit=0`); `auto_initramfs=1`
+  without an `initramfs` line loads the initramfs named after the kernel
+  (`kernel8.img` -> `initramfs8`, `kernel_2712.img` -> `initramfs_2712`, `kernelN.img` ->
+  `initramfsN`) if it exists (a missing one boots the kernel alone, like the firmware).
+  `os_prefix` applies to that name too.
 
 `tryboot.flag` stands in for the mailbox reboot flag (tag 0x00038064, value 1) that a Pi
 sets with `reboot '0 tryboot'`; a VM has no mailbox, so the guest writes this file.
@@ -146,8 +155,14 @@ class FatImage:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-def parse_config(text: str, trial: bool) -> dict[str, str]:
+# The board the fake firmware plays: None = the x86 VM, "pi4" = a Raspberry Pi 4 (arm64 VM).
+BOARDS = (None, "pi4")
+
+
+def parse_config(text: str, trial: bool, board: str | None = None) -> dict[str, str]:
     """The subset of config.txt the fake firmware understands (see module docstring)."""
+    if board not in BOARDS:
+        raise ValueError(f"unknown board {board!r} (one of {BOARDS})")
     cfg: dict[str, str] = {}
     active = True
     for raw in text.splitlines():
@@ -156,7 +171,7 @@ def parse_config(text: str, trial: bool) -> dict[str, str]:
             continue
         if line.startswith("[") and line.endswith("]"):
             f = line[1:-1].strip().lower()
-            active = f == "all" or (f == "tryboot" and trial)
+            active = f == "all" or (f == "tryboot" and trial) or (board is not None and f == board)
             continue
         if not active:
             continue
@@ -171,10 +186,30 @@ def parse_config(text: str, trial: bool) -> dict[str, str]:
     return cfg
 
 
-def select_boot(fat: FatImage, bootdir: Path) -> BootSet:
+def default_kernel(cfg: dict[str, str], board: str | None) -> str | None:
+    """`kernel=` when the file does not say: none on the x86 VM; on a Pi 4 `kernel8.img`
+    (arm_64bit defaults to 1 there), `kernel7l.img` with `arm_64bit=0`."""
+    if board == "pi4":
+        return "kernel7l.img" if cfg.get("arm_64bit", "1").strip() == "0" else "kernel8.img"
+    return None
+
+
+def auto_initramfs_name(kernel: str) -> str | None:
+    """The initramfs `auto_initramfs=1` loads for a kernel of the firmware's naming scheme
+    (`kernel8.img` -> `initramfs8`, `kernel_2712.img` -> `initramfs_2712`); None for any
+    other kernel name."""
+    d, _, base = kernel.rpartition("/")
+    if base.startswith("kernel") and base.endswith(".img"):
+        return (d + "/" if d else "") + "initramfs" + base[len("kernel"):-len(".img")]
+    return None
+
+
+def select_boot(fat: FatImage, bootdir: Path, board: str | None = None) -> BootSet:
     """Pick this boot's set, consume a pending trial flag, copy the files to `bootdir`.
 
-    The caller must `fat.commit()` afterwards so that a consumed flag stays consumed.
+    `board`: None for the x86 VM, "pi4" for the arm64 VM (defaults and `[pi4]` sections,
+    see the module docstring). The caller must `fat.commit()` afterwards so that a consumed
+    flag stays consumed.
     """
     notes: list[str] = []
     trial = fat.has(TRYBOOT_FLAG)
@@ -189,8 +224,8 @@ def select_boot(fat: FatImage, bootdir: Path) -> BootSet:
     text = fat.read_text(config)
     if text is None:
         raise FirmwareError(f"no {config} on the firmware partition")
-    cfg = parse_config(text, trial)
-    kernel = cfg.get("kernel")
+    cfg = parse_config(text, trial, board)
+    kernel = cfg.get("kernel") or default_kernel(cfg, board)
     if not kernel:
         raise FirmwareError(f"{config} names no kernel= (the fake firmware has no default)")
     prefix = cfg.get("os_prefix", "")
@@ -203,6 +238,13 @@ def select_boot(fat: FatImage, bootdir: Path) -> BootSet:
     ipath = prefix + cfg["initramfs"] if cfg.get("initramfs") else None
     if ipath and not fat.has(ipath):
         raise FirmwareError(f"initramfs {ipath} named by {config} does not exist")
+    if ipath is None and board is not None and cfg.get("auto_initramfs", "0").strip() == "1":
+        auto = auto_initramfs_name(kernel)
+        if auto and fat.has(prefix + auto):
+            ipath = prefix + auto
+            notes.append(f"auto_initramfs: {ipath}")
+        elif auto:
+            notes.append(f"auto_initramfs: no {prefix}{auto}, kernel alone")
     cpath = prefix + cfg.get("cmdline", "cmdline.txt")
     cmdline = (fat.read_text(cpath) or "").strip()
     if not cmdline:
