@@ -13,16 +13,16 @@ boots, the way the Pi firmware would:
   `cmdline=` (default `cmdline.txt`). A prefix whose kernel does not exist is ignored,
   as the real firmware does.
 * Sections: `[all]` always applies, `[tryboot]` only during the trial boot, `[none]`
-  never. Board filters: on the x86 VM (board None) none applies; on the arm64 VM the
-  firmware plays a Raspberry Pi 4 (board "pi4"), so `[pi4]` applies and every other board
-  filter (`[pi3]`, `[pi5]`, `[pi400]`, `[cm4]`, ...) does not.
-* Defaults by board. x86 VM: none (`kernel=` is required). Pi 4 (64-bit firmware
-  defaults, as documented for config.txt): `arm_64bit` defaults to 1, and without `kernel=`
-  the kernel is `kernel8.img` (`kernel7l.img` with `arm_64bit=0`); `auto_initramfs=1`
-  without an `initramfs` line loads the initramfs named after the kernel
-  (`kernel8.img` -> `initramfs8`, `kernel_2712.img` -> `initramfs_2712`, `kernelN.img` ->
-  `initramfsN`) if it exists (a missing one boots the kernel alone, like the firmware).
-  `os_prefix` applies to that name too.
+  never. The fake is a Raspberry Pi 4 (BOARD, on the x86 and the arm64 machine alike):
+  `[pi4]` applies, every other board filter (`[pi3]`, `[pi5]`, `[pi400]`, `[cm4]`, ...)
+  does not.
+* Kernel defaults, as the config.txt documentation gives them: without `kernel=` a Pi 4
+  boots `kernel8.img` (`arm_64bit` defaults to 1 there; `kernel7l.img` with `arm_64bit=0`),
+  a Pi 5 `kernel_2712.img`; `auto_initramfs=1` without an `initramfs` line loads the
+  initramfs named after the kernel (`kernel8.img` -> `initramfs8`, `kernel_2712.img` ->
+  `initramfs_2712`, `kernelN.img` -> `initramfsN`) if it exists (a missing one boots the
+  kernel alone). `os_prefix` applies to that name too. (The x86 image names its files
+  explicitly: `kernel=vmlinuz`, `initramfs initrd.img followkernel`.)
 
 `tryboot.flag` stands in for the mailbox reboot flag (tag 0x00038064, value 1) that a Pi
 sets with `reboot '0 tryboot'`; a VM has no mailbox, so the guest writes this file.
@@ -155,14 +155,12 @@ class FatImage:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-# The board the fake firmware plays: None = the x86 VM, "pi4" = a Raspberry Pi 4 (arm64 VM).
-BOARDS = (None, "pi4")
+# The board the fake firmware is (its section filter and its defaults).
+BOARD = "pi4"
 
 
-def parse_config(text: str, trial: bool, board: str | None = None) -> dict[str, str]:
+def parse_config(text: str, trial: bool, board: str = BOARD) -> dict[str, str]:
     """The subset of config.txt the fake firmware understands (see module docstring)."""
-    if board not in BOARDS:
-        raise ValueError(f"unknown board {board!r} (one of {BOARDS})")
     cfg: dict[str, str] = {}
     active = True
     for raw in text.splitlines():
@@ -171,7 +169,7 @@ def parse_config(text: str, trial: bool, board: str | None = None) -> dict[str, 
             continue
         if line.startswith("[") and line.endswith("]"):
             f = line[1:-1].strip().lower()
-            active = f == "all" or (f == "tryboot" and trial) or (board is not None and f == board)
+            active = f == "all" or (f == "tryboot" and trial) or f == board
             continue
         if not active:
             continue
@@ -186,11 +184,13 @@ def parse_config(text: str, trial: bool, board: str | None = None) -> dict[str, 
     return cfg
 
 
-def default_kernel(cfg: dict[str, str], board: str | None) -> str | None:
-    """`kernel=` when the file does not say: none on the x86 VM; on a Pi 4 `kernel8.img`
-    (arm_64bit defaults to 1 there), `kernel7l.img` with `arm_64bit=0`."""
+def default_kernel(cfg: dict[str, str], board: str = BOARD) -> str | None:
+    """`kernel=` when the file does not say: on a Pi 4 `kernel8.img` (arm_64bit defaults to
+    1 there), `kernel7l.img` with `arm_64bit=0`; on a Pi 5 `kernel_2712.img`."""
     if board == "pi4":
         return "kernel7l.img" if cfg.get("arm_64bit", "1").strip() == "0" else "kernel8.img"
+    if board == "pi5":
+        return "kernel_2712.img"
     return None
 
 
@@ -204,12 +204,10 @@ def auto_initramfs_name(kernel: str) -> str | None:
     return None
 
 
-def select_boot(fat: FatImage, bootdir: Path, board: str | None = None) -> BootSet:
+def select_boot(fat: FatImage, bootdir: Path, board: str = BOARD) -> BootSet:
     """Pick this boot's set, consume a pending trial flag, copy the files to `bootdir`.
 
-    `board`: None for the x86 VM, "pi4" for the arm64 VM (defaults and `[pi4]` sections,
-    see the module docstring). The caller must `fat.commit()` afterwards so that a consumed
-    flag stays consumed.
+    The caller must `fat.commit()` afterwards so that a consumed flag stays consumed.
     """
     notes: list[str] = []
     trial = fat.has(TRYBOOT_FLAG)
@@ -238,7 +236,7 @@ def select_boot(fat: FatImage, bootdir: Path, board: str | None = None) -> BootS
     ipath = prefix + cfg["initramfs"] if cfg.get("initramfs") else None
     if ipath and not fat.has(ipath):
         raise FirmwareError(f"initramfs {ipath} named by {config} does not exist")
-    if ipath is None and board is not None and cfg.get("auto_initramfs", "0").strip() == "1":
+    if ipath is None and cfg.get("auto_initramfs", "0").strip() == "1":
         auto = auto_initramfs_name(kernel)
         if auto and fat.has(prefix + auto):
             ipath = prefix + auto

@@ -39,12 +39,10 @@ class SelectBoot(unittest.TestCase):
     def tearDown(self) -> None:
         self.tmp.cleanup()
 
-    board = None
-
-    def select(self, disk: Path):
+    def select(self, disk: Path, board: str = "pi4"):
         with FatImage(disk, 1, 4, "raw") as fat:
             try:
-                return select_boot(fat, self.d / "boot", self.board)
+                return select_boot(fat, self.d / "boot", board)
             finally:
                 fat.commit()
 
@@ -103,11 +101,9 @@ kernel=cm4.img
 """
 
 
-class SelectBootPi4(SelectBoot):
-    """The arm64 VM's firmware plays a Raspberry Pi 4 (64-bit defaults). Runs the x86
-    tests above too, with board "pi4": explicit files behave the same on both boards."""
-
-    board = "pi4"
+class SelectBootPiOS(SelectBoot):
+    """A Raspberry Pi OS style FAT (the converted image the arm64 machine boots): the Pi 4's
+    64-bit defaults, auto_initramfs and board sections."""
 
     def pi(self, config: str = PI_CONFIG, **extra: str) -> dict[str, str]:
         return {"config.txt": config, "kernel8.img": "K8", "initramfs8": "I8",
@@ -167,19 +163,22 @@ class SelectBootPi4(SelectBoot):
         self.assertEqual((second.mode, second.kernel, second.initramfs),
                          ("default", "kernel8.img", "initramfs8"))
 
-    def test_x86_board_has_no_pi_defaults(self) -> None:
-        with FatImage(make_disk(self.d, self.pi()), 1, 4, "raw") as fat:
-            with self.assertRaisesRegex(FirmwareError, "no kernel="):
-                select_boot(fat, self.d / "boot", None)
+    def test_pi5_defaults_kernel_2712_and_initramfs_2712(self) -> None:
+        b = self.select(make_disk(self.d, self.pi()), board="pi5")
+        self.assertEqual((b.kernel, b.initramfs), ("kernel_2712.img", "initramfs_2712"))
+
+    def test_explicit_names_need_no_defaults(self) -> None:
+        # The x86 image's config.txt: explicit kernel= and initramfs, no auto_initramfs.
+        files = self.base() | {"kernel8.img": "K8", "initramfs8": "I8"}
+        b = self.select(make_disk(self.d, files))
+        self.assertEqual((b.kernel, b.initramfs), ("vmlinuz", "initrd.img"))
 
 
 class ParseConfig(unittest.TestCase):
     def test_board_sections(self) -> None:
         text = "a=1\n[pi4]\nb=2\n[pi5]\nc=3\n[pi400]\nd=4\n[none]\ne=5\n[all]\nf=6\n"
-        self.assertEqual(parse_config(text, False, "pi4"), {"a": "1", "b": "2", "f": "6"})
-        self.assertEqual(parse_config(text, False, None), {"a": "1", "f": "6"})
-        with self.assertRaises(ValueError):
-            parse_config(text, False, "pi5")
+        self.assertEqual(parse_config(text, False), {"a": "1", "b": "2", "f": "6"})
+        self.assertEqual(parse_config(text, False, "pi5"), {"a": "1", "c": "3", "f": "6"})
 
     def test_auto_initramfs_names(self) -> None:
         self.assertEqual(auto_initramfs_name("kernel8.img"), "initramfs8")
@@ -188,7 +187,7 @@ class ParseConfig(unittest.TestCase):
         self.assertEqual(auto_initramfs_name("vmlinuz"), None)
 
     def test_sections(self) -> None:
-        text = "kernel=a\n[pi4]\nkernel=b\n[tryboot]\nos_prefix=t/\n[all]\ncmdline=c.txt # note\n"
+        text = "kernel=a\n[pi3]\nkernel=b\n[tryboot]\nos_prefix=t/\n[all]\ncmdline=c.txt # note\n"
         self.assertEqual(parse_config(text, trial=False), {"kernel": "a", "cmdline": "c.txt"})
         self.assertEqual(parse_config(text, trial=True),
                          {"kernel": "a", "os_prefix": "t/", "cmdline": "c.txt"})
