@@ -12,7 +12,7 @@ scenario's repository holds one 2.0 variant:
 |-------------|------------------------------------------------------------------------------|
 | `clean`     | /usr/share/fleet-canary/version = 2.0                                        |
 | `soft-fail` | as clean; postinst points the agent's NATS servers at a closed port (no check-in) |
-| `hard-fail` | as clean; postinst truncates /boot/firmware/initrd.img (a broken kernel postinst) and writes new start4.elf / fixup4.dat (as a raspi-firmware update would) |
+| `hard-fail` | as clean; postinst truncates /boot/firmware/initrd.img (x86) or initramfs8 (Pi image), as a broken kernel postinst would, and writes new start4.elf / fixup4.dat (as a raspi-firmware update would) |
 | `hang`      | as clean; a unit freezes early userspace (before multi-user) once the watchdog is armed |
 | `late-hang` | as soft-fail (no check-in, so no commit); a unit freezes userspace after fleet-boot-good marked the boot |
 
@@ -88,12 +88,14 @@ fi
 
 HARD_FAIL_POSTINST = r"""#!/bin/sh
 set -e
-# A broken kernel/initramfs postinst: the new top-level initramfs cannot boot.
-f=/boot/firmware/initrd.img
-if [ "$1" = configure ] && [ -f "$f" ]; then
-    head -c 1000000 "$f" >"$f.fleet-canary" && mv "$f.fleet-canary" "$f" && sync
-    echo "fleet-canary: truncated $f to 1000000 bytes"
-fi
+# A broken kernel/initramfs postinst: the new top-level initramfs cannot boot
+# (initrd.img on the x86 VM image, initramfs8 on the converted Raspberry Pi image).
+for f in /boot/firmware/initrd.img /boot/firmware/initramfs8; do
+    if [ "$1" = configure ] && [ -f "$f" ]; then
+        head -c 1000000 "$f" >"$f.fleet-canary" && mv "$f.fleet-canary" "$f" && sync
+        echo "fleet-canary: truncated $f to 1000000 bytes"
+    fi
+done
 # A firmware update in the same upgrade: new VideoCore blobs at the top level, which only
 # the trial may use (the upgrade's config.txt names the saved ones).
 if [ "$1" = configure ]; then
@@ -191,7 +193,7 @@ def write_index(repo: Path) -> None:
     date = time.strftime("%a, %d %b %Y %H:%M:%S UTC", time.gmtime())
     (repo / "Release").write_text(
         f"Origin: fleet-vm-tests\nLabel: fleet-vm-tests\nSuite: vm\nCodename: vm\nDate: {date}\n"
-        "Architectures: all amd64\nDescription: fleet-agent VM harness local repository\n"
+        "Architectures: all amd64 arm64\nDescription: fleet-agent VM harness local repository\n"
         f"MD5Sum:\n {hashlib.md5(packages).hexdigest()} {len(packages)} Packages\n"
         f"SHA256:\n {hashlib.sha256(packages).hexdigest()} {len(packages)} Packages\n")
 

@@ -22,6 +22,13 @@ boots, the way the Pi firmware would:
   missing one means no boot: FirmwareError, the machine stays off) and records their
   sha256 in `BootSet.firmware` (and a note), so a scenario can tell which blobs a boot
   "loaded". It loads nothing from them.
+* Kernel defaults, as the config.txt documentation gives them: without `kernel=` a Pi 4
+  boots `kernel8.img` (`arm_64bit` defaults to 1 there; `kernel7l.img` with `arm_64bit=0`),
+  a Pi 5 `kernel_2712.img`; `auto_initramfs=1` without an `initramfs` line loads the
+  initramfs named after the kernel (`kernel8.img` -> `initramfs8`, `kernel_2712.img` ->
+  `initramfs_2712`, `kernelN.img` -> `initramfsN`) if it exists (a missing one boots the
+  kernel alone). `os_prefix` applies to that name too. (The x86 image names its files
+  explicitly: `kernel=vmlinuz`, `initramfs initrd.img followkernel`.)
 
 `tryboot.flag` stands in for the mailbox reboot flag (tag 0x00038064, value 1) that a Pi
 sets with `reboot '0 tryboot'`; a VM has no mailbox, so the guest writes this file.
@@ -210,6 +217,26 @@ def select_firmware(fat: FatImage, cfg: dict[str, str], config: str,
     return loaded
 
 
+def default_kernel(cfg: dict[str, str], board: str = BOARD) -> str | None:
+    """`kernel=` when the file does not say: on a Pi 4 `kernel8.img` (arm_64bit defaults to
+    1 there), `kernel7l.img` with `arm_64bit=0`; on a Pi 5 `kernel_2712.img`."""
+    if board == "pi4":
+        return "kernel7l.img" if cfg.get("arm_64bit", "1").strip() == "0" else "kernel8.img"
+    if board == "pi5":
+        return "kernel_2712.img"
+    return None
+
+
+def auto_initramfs_name(kernel: str) -> str | None:
+    """The initramfs `auto_initramfs=1` loads for a kernel of the firmware's naming scheme
+    (`kernel8.img` -> `initramfs8`, `kernel_2712.img` -> `initramfs_2712`); None for any
+    other kernel name."""
+    d, _, base = kernel.rpartition("/")
+    if base.startswith("kernel") and base.endswith(".img"):
+        return (d + "/" if d else "") + "initramfs" + base[len("kernel"):-len(".img")]
+    return None
+
+
 def select_boot(fat: FatImage, bootdir: Path, board: str = BOARD) -> BootSet:
     """Pick this boot's set, consume a pending trial flag, copy the files to `bootdir`.
 
@@ -232,7 +259,7 @@ def select_boot(fat: FatImage, bootdir: Path, board: str = BOARD) -> BootSet:
     firmware = select_firmware(fat, cfg, config, board)
     if firmware:
         notes.append("firmware " + " ".join(f"{p} (sha256 {h[:12]})" for p, h in firmware.items()))
-    kernel = cfg.get("kernel")
+    kernel = cfg.get("kernel") or default_kernel(cfg, board)
     if not kernel:
         raise FirmwareError(f"{config} names no kernel= (the fake firmware has no default)")
     prefix = cfg.get("os_prefix", "")
@@ -245,6 +272,13 @@ def select_boot(fat: FatImage, bootdir: Path, board: str = BOARD) -> BootSet:
     ipath = prefix + cfg["initramfs"] if cfg.get("initramfs") else None
     if ipath and not fat.has(ipath):
         raise FirmwareError(f"initramfs {ipath} named by {config} does not exist")
+    if ipath is None and cfg.get("auto_initramfs", "0").strip() == "1":
+        auto = auto_initramfs_name(kernel)
+        if auto and fat.has(prefix + auto):
+            ipath = prefix + auto
+            notes.append(f"auto_initramfs: {ipath}")
+        elif auto:
+            notes.append(f"auto_initramfs: no {prefix}{auto}, kernel alone")
     cpath = prefix + cfg.get("cmdline", "cmdline.txt")
     cmdline = (fat.read_text(cpath) or "").strip()
     if not cmdline:

@@ -49,7 +49,8 @@ def run(cmd: list[str], timeout: float = 60, check: bool = True) -> subprocess.C
 # --- backends ---------------------------------------------------------------------------
 
 class QemuBackend:
-    """Plain qemu-system-x86_64, one process per guest boot."""
+    """Plain qemu-system-x86_64 (or, for an arm64 machine, qemu-system-aarch64), one
+    process per guest boot."""
 
     name = "qemu"
 
@@ -59,7 +60,8 @@ class QemuBackend:
     def start(self, m: "Machine", boot: "Boot") -> None:
         if m.stopping:
             raise HarnessError("the runner is stopping")
-        cmd = ["qemu-system-x86_64", "-name", m.name, "-accel", "tcg", "-cpu", "max",
+        cmd = _arm64_cmd(m, boot) if m.arch == "arm64" else [
+               "qemu-system-x86_64", "-name", m.name, "-accel", "tcg", "-cpu", "max",
                "-machine", "pc", "-smp", "1", "-m", str(m.memory), "-nodefaults",
                "-display", "none", "-monitor", "none", "-no-reboot", "-rtc", "base=utc",
                "-kernel", str(boot.dir / "kernel"), "-append", boot.set.cmdline,
@@ -92,6 +94,46 @@ class QemuBackend:
             except ProcessLookupError:
                 return
             _wait_dead(pid, 5)
+
+
+def _arm64_cmd(m: "Machine", boot: "Boot") -> list[str]:
+    """The arm64 device: QEMU's `virt` board with a Cortex-A72 (the Pi 4's core) under TCG.
+    The disk is virtio-blk (the SD card), the watchdog an i6300esb on virt's PCIe bus
+    (Debian's arm64 kernel has the i6300esb driver as a module; the Pi's bcm2835-wdt
+    does not exist on virt), the console virt's PL011 (ttyAMA0, appended to the command
+    line by the machine). The fake firmware picks the boot set as for x86 (a Pi 4)."""
+    return ["qemu-system-aarch64", "-name", m.name, "-machine", "virt", "-cpu", "cortex-a72",
+            "-accel", "tcg", "-smp", "1", "-m", str(m.memory), "-nodefaults",
+            "-display", "none", "-monitor", "none", "-no-reboot",
+            "-kernel", str(boot.dir / "kernel"), "-append", boot.cmdline,
+            "-drive", f"file={m.disk},if=none,id=sd,format=qcow2,cache=writeback",
+            "-device", "virtio-blk-pci,drive=sd",
+            "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{m.port}-:22",
+            "-device", "virtio-net-pci,netdev=n0",
+            "-device", "i6300esb", "-action", "watchdog=reset",
+            "-serial", f"file:{boot.serial}"]
+
+
+def fat_partition(disk: Path) -> tuple[int, int]:
+    """Offset and size (MiB) of MBR partition 1, the FAT firmware partition of a raw disk
+    image: 1 MiB + 128 MiB on the x86 image, 4 MiB + 512 MiB on a Raspberry Pi OS image."""
+    with open(disk, "rb") as f:
+        mbr = f.read(512)
+    if len(mbr) < 512 or mbr[510:512] != b"\x55\xaa":
+        raise HarnessError(f"{disk}: no MBR partition table (boot signature missing)")
+    entry = mbr[446:462]
+    ptype = entry[4]
+    start = int.from_bytes(entry[8:12], "little") * 512
+    size = int.from_bytes(entry[12:16], "little") * 512
+    if ptype not in (0x0B, 0x0C, 0x0E) or size == 0:
+        raise HarnessError(f"{disk}: partition 1 is not FAT (MBR type {ptype:#04x})")
+    if start % MIB or size % MIB:
+        raise HarnessError(f"{disk}: partition 1 is not MiB-aligned (start {start}, size {size} "
+                           "bytes); the fake firmware copies it out in MiB blocks")
+    return start // MIB, size // MIB
+
+
+MIB = 1024 * 1024
 
 
 class LibvirtBackend:
@@ -262,13 +304,20 @@ class Boot:
     serial: Path
     set: object  # firmware.BootSet
     started: float
+    cmdline: str = ""  # what QEMU boots: the set's command line (+ console= on arm64)
     ended: float | None = None
     end: str | None = None  # poweroff | reboot | reset | power-cut | no-boot
 
 
 class Machine:
+    # arch -> what the harness appends to the command line it boots (virt's PL011 on arm64)
+    ARCHES = {"x86": "", "arm64": "console=ttyAMA0"}
+
     def __init__(self, name: str, image: Path, rundir: Path, backend: str, memory: int,
-                 log) -> None:
+                 log, arch: str = "x86", disk_size: str | None = None) -> None:
+        if arch not in self.ARCHES:
+            raise HarnessError(f"[vm] arch = {arch!r}: one of {', '.join(self.ARCHES)}")
+        self.arch = arch
         self.name = name
         self.image = Path(image).resolve()
         self.rundir = Path(rundir)
@@ -283,12 +332,18 @@ class Machine:
         self._cut = False
         self._lock = threading.Condition()
         self._thread: threading.Thread | None = None
+        # arm64 is always plain QEMU: lib/domain.xml is the x86 machine, and libvirt would
+        # add nothing here (the power cut is a SIGKILL of QEMU either way).
+        if arch == "arm64":
+            backend = "qemu"
         self.backend_name = backend
         self.backend = LibvirtBackend() if backend == "libvirt" else QemuBackend()
         self.rundir.mkdir(parents=True, exist_ok=True)
+        self.fat_mib = fat_partition(self.image / "disk.img")
         LIVE.add(self)
+        # `[vm] disk_size`: a card larger than the image (the overlay's virtual size).
         run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
-             str(self.image / "disk.img"), str(self.disk)])
+             str(self.image / "disk.img"), str(self.disk), *([disk_size] if disk_size else [])])
         self.key = self.image / "id_ed25519"
         self.known_hosts = self.rundir / "known_hosts"
         host_key = (self.image / "host_key").read_text().split(None, 1)[1]
@@ -310,15 +365,21 @@ class Machine:
         self._thread = threading.Thread(target=self._supervise, daemon=True)
         self._thread.start()
 
+    def fat(self) -> FatImage:
+        """This machine's FAT firmware partition (read with mtools; commit() writes back)."""
+        return FatImage(self.disk, *self.fat_mib)
+
     def _boot(self) -> None:
         idx = len(self.boots) + 1
         bdir = self.rundir / f"boot-{idx}"
-        with FatImage(self.disk) as fat:
+        console = self.ARCHES[self.arch]
+        with self.fat() as fat:
             try:
                 bset = select_boot(fat, bdir)
             finally:
                 fat.commit()
-        boot = Boot(idx, bdir, self.rundir / f"serial-boot-{idx}.log", bset, time.monotonic())
+        boot = Boot(idx, bdir, self.rundir / f"serial-boot-{idx}.log", bset, time.monotonic(),
+                    cmdline=f"{bset.cmdline} {console}".strip())
         boot.serial.touch()
         self.boots.append(boot)
         self.log(f"fake firmware: boot {idx}: {bset.describe()}")

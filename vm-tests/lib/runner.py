@@ -128,6 +128,26 @@ def by_guests(paths: list[Path]) -> list[Path]:
     return sorted(paths, key=lambda p: -guests(p))
 
 
+def image_for(vm: dict, args: argparse.Namespace) -> Path:
+    """`[vm] arch = "arm64"` boots the converted Raspberry Pi image (build-pi-image),
+    anything else the x86 image (build-image)."""
+    if vm.get("arch", "x86") == "arm64":
+        if not args.pi_image:
+            raise HarnessError("an arm64 scenario needs --pi-image DIR (vm-tests/build-pi-image)")
+        return args.pi_image
+    if not args.image:
+        raise HarnessError("an x86 scenario needs --image DIR (vm-tests/build-image)")
+    return args.image
+
+
+def is_arm64(path: Path) -> bool:
+    """Whether a scenario file boots the arm64 machine (for vm-tests/run: --arches)."""
+    try:
+        return load(path).get("vm", {}).get("arch") == "arm64"
+    except Exception:  # a broken file fails in run_one, with its message
+        return False
+
+
 def run_one(path: Path, args: argparse.Namespace, outdir: Path, slots: "Slots | None" = None) -> Result:
     sc = load(path)
     names = machine_names(sc, path)
@@ -165,9 +185,10 @@ def _run_one(sc: dict, names: list[str], args: argparse.Namespace, outdir: Path)
             single = len(names) == 1
             mlog = log if single else (lambda msg, _n=mname: log(f"[{_n}] {msg}"))
             machines[mname] = Machine(
-                f"fleet-vm-{name}{'' if single else '-' + mname}-{os.getpid()}", args.image,
+                f"fleet-vm-{name}{'' if single else '-' + mname}-{os.getpid()}", image_for(vm, args),
                 rundir if single else rundir / mname, "qemu" if args.qemu else "libvirt",
-                int(vm.get("memory", 512)), mlog)
+                int(vm.get("memory", 512)), mlog, arch=vm.get("arch", "x86"),
+                disk_size=vm.get("disk_size"))
         machine = next(iter(machines.values()))
         ports = ", ".join(f"{n} {m.port}" for n, m in machines.items())
         log(f"{sc.get('description', '').strip()} [{machine.backend.name}, ssh port "
@@ -251,7 +272,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(prog="vm-tests/run", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("scenarios", nargs="*", help="scenario names or .toml paths (default: all)")
-    ap.add_argument("--image", required=True, type=Path, help="image dir from build-image")
+    ap.add_argument("--image", type=Path, help="image dir from build-image (x86 scenarios)")
+    ap.add_argument("--pi-image", type=Path,
+                    help="image dir from build-pi-image (scenarios with [vm] arch = \"arm64\")")
+    ap.add_argument("--arches", action="store_true",
+                    help="print x86 and/or arm64: what the selected scenarios boot, and exit")
     ap.add_argument("--qemu", action="store_true", help="plain QEMU instead of libvirt")
     ap.add_argument("-j", "--jobs", type=int, default=int(os.environ.get("FLEET_VM_JOBS", "2")),
                     help="scenarios run at the same time (default 2)")
@@ -278,11 +303,16 @@ def main() -> int:
 
     paths = [resolve(s) for s in args.scenarios] or by_guests(
         sorted((VMT / "scenarios").glob("*.toml")))
+    if args.arches:
+        print(" ".join(sorted({"arm64" if is_arm64(p) else "x86" for p in paths})))
+        return 0
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     outdir = args.out or Path(os.environ.get("FLEET_VM_WORK", VMT / "work")) / "runs" / stamp
     outdir.mkdir(parents=True, exist_ok=True)
+    images = ", ".join(f"{k} {Path(v).resolve().name}" for k, v in
+                       (("image", args.image), ("pi image", args.pi_image)) if v)
     say(f"vm-tests: {len(paths)} scenario(s), {args.jobs} at a time, "
-        f"{'plain QEMU' if args.qemu else 'libvirt'}, image {Path(args.image).resolve().name}")
+        f"{'plain QEMU' if args.qemu else 'libvirt'}, {images}")
 
     t0 = time.monotonic()
     slots = Slots(max(1, args.jobs))

@@ -297,11 +297,11 @@ def step_boot(r: Run, st: dict) -> None:
     """Power on (the fake firmware picks the boot set) and wait until SSH answers
     (`wait = false`: only power on, so several machines boot at once; `wait-ssh` later)."""
     if not r.m.powered:
-        from firmware import FatImage, FirmwareError
+        from firmware import FirmwareError
         try:
             r.m.power_on()
         except FirmwareError as e:  # the device is bricked: that is the scenario's failure
-            with FatImage(r.m.disk) as fat:
+            with r.m.fat() as fat:
                 files = fat.files()
             raise StepFailed(f"the (fake) firmware cannot boot this disk: {e}; "
                              f"FAT files: {' '.join(files) or '(none readable)'}", serial=False)
@@ -482,7 +482,7 @@ def step_fat(r: Run, st: dict) -> None:
     from firmware import FatImage
     if r.m.powered:
         raise StepFailed("fat: the machine is still on (power it off first)", serial=False)
-    with FatImage(r.m.disk) as fat:
+    with r.m.fat() as fat:
         files = fat.files()
         value = {"files": files,
                  "read": {f: fat.read_text(f) for f in st.get("read", [])}}

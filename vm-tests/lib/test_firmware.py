@@ -11,7 +11,7 @@ import tempfile
 import unittest
 from pathlib import Path
 
-from firmware import FatImage, FirmwareError, parse_config, select_boot
+from firmware import FatImage, FirmwareError, auto_initramfs_name, parse_config, select_boot
 
 CONFIG = "[all]\nkernel=vmlinuz\ninitramfs initrd.img followkernel\ncmdline=cmdline.txt\n"
 
@@ -41,10 +41,10 @@ class SelectBoot(unittest.TestCase):
     def tearDown(self) -> None:
         self.tmp.cleanup()
 
-    def select(self, disk: Path):
+    def select(self, disk: Path, board: str = "pi4"):
         with FatImage(disk, 1, 4, "raw") as fat:
             try:
-                return select_boot(fat, self.d / "boot")
+                return select_boot(fat, self.d / "boot", board)
             finally:
                 fat.commit()
 
@@ -131,7 +131,108 @@ def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+# Raspberry Pi OS style: no kernel= line, auto_initramfs, board sections.
+PI_CONFIG = """# Pi OS style
+auto_initramfs=1
+arm_64bit=1
+[pi3]
+kernel=pi3.img
+[pi4]
+arm_boost=1
+[pi5]
+kernel=kernel_2712.img
+[cm4]
+kernel=cm4.img
+[all]
+"""
+
+
+class SelectBootPiOS(SelectBoot):
+    """A Raspberry Pi OS style FAT (the converted image the arm64 machine boots): the Pi 4's
+    64-bit defaults, auto_initramfs and board sections."""
+
+    def pi(self, config: str = PI_CONFIG, **extra: str) -> dict[str, str]:
+        return {"config.txt": config, "kernel8.img": "K8", "initramfs8": "I8",
+                "kernel_2712.img": "K2712", "initramfs_2712": "I2712",
+                "start4.elf": "S4", "fixup4.dat": "F4",
+                "cmdline.txt": "console=serial0,115200 root=/dev/vg0/root\n"} | extra
+
+    def test_pi_os_defaults_kernel8_and_auto_initramfs8(self) -> None:
+        b = self.select(make_disk(self.d, self.pi()))
+        self.assertEqual((b.kernel, b.initramfs), ("kernel8.img", "initramfs8"))
+        self.assertEqual((self.d / "boot" / "kernel").read_text(), "K8")
+        self.assertEqual((self.d / "boot" / "initrd").read_text(), "I8")
+
+    def test_pi4_section_applies_other_boards_do_not(self) -> None:
+        cfg = "[pi4]\nkernel=kernel_2712.img\n[pi5]\nkernel=pi5.img\n[pi3]\nkernel=pi3.img\n[all]\nauto_initramfs=1\n"
+        b = self.select(make_disk(self.d, self.pi(cfg)))
+        self.assertEqual((b.kernel, b.initramfs), ("kernel_2712.img", "initramfs_2712"))
+        self.assertEqual((self.d / "boot" / "initrd").read_text(), "I2712")
+
+    def test_without_auto_initramfs_no_initramfs(self) -> None:
+        b = self.select(make_disk(self.d, self.pi("arm_64bit=1\n")))
+        self.assertEqual((b.kernel, b.initramfs), ("kernel8.img", None))
+        self.assertFalse((self.d / "boot" / "initrd").exists())
+
+    def test_explicit_initramfs_line_wins_over_auto(self) -> None:
+        cfg = PI_CONFIG + "kernel=kernel8.img\ninitramfs initramfs_2712 followkernel\n"
+        b = self.select(make_disk(self.d, self.pi(cfg)))
+        self.assertEqual((b.kernel, b.initramfs), ("kernel8.img", "initramfs_2712"))
+
+    def test_missing_auto_initramfs_boots_kernel_alone(self) -> None:
+        files = self.pi()
+        del files["initramfs8"]
+        b = self.select(make_disk(self.d, files))
+        self.assertEqual((b.kernel, b.initramfs), ("kernel8.img", None))
+        self.assertIn("no initramfs8", b.describe())
+
+    def test_missing_default_kernel8_cannot_boot(self) -> None:
+        files = self.pi()
+        del files["kernel8.img"]
+        with self.assertRaisesRegex(FirmwareError, "kernel8.img"):
+            self.select(make_disk(self.d, files))
+
+    def test_arm_64bit_0_selects_kernel7l(self) -> None:
+        files = self.pi("arm_64bit=0\n", **{"kernel7l.img": "K7l"})
+        b = self.select(make_disk(self.d, files))
+        self.assertEqual(b.kernel, "kernel7l.img")
+
+    def test_trial_os_prefix_applies_to_auto_initramfs(self) -> None:
+        files = self.pi(**{"tryboot.flag": "", "tryboot.txt": PI_CONFIG + "os_prefix=trial/\n",
+                           "trial/kernel8.img": "K8-trial", "trial/initramfs8": "I8-trial",
+                           "trial/cmdline.txt": "root=/dev/vg0/root trial\n"})
+        disk = make_disk(self.d, files)
+        first = self.select(disk)
+        self.assertEqual((first.mode, first.kernel, first.initramfs),
+                         ("trial", "trial/kernel8.img", "trial/initramfs8"))
+        self.assertEqual((self.d / "boot" / "initrd").read_text(), "I8-trial")
+        second = self.select(disk)
+        self.assertEqual((second.mode, second.kernel, second.initramfs),
+                         ("default", "kernel8.img", "initramfs8"))
+
+    def test_pi5_defaults_kernel_2712_and_initramfs_2712(self) -> None:
+        b = self.select(make_disk(self.d, self.pi()), board="pi5")
+        self.assertEqual((b.kernel, b.initramfs), ("kernel_2712.img", "initramfs_2712"))
+
+    def test_explicit_names_need_no_defaults(self) -> None:
+        # The x86 image's config.txt: explicit kernel= and initramfs, no auto_initramfs.
+        files = self.base() | {"kernel8.img": "K8", "initramfs8": "I8"}
+        b = self.select(make_disk(self.d, files))
+        self.assertEqual((b.kernel, b.initramfs), ("vmlinuz", "initrd.img"))
+
+
 class ParseConfig(unittest.TestCase):
+    def test_board_sections(self) -> None:
+        text = "a=1\n[pi4]\nb=2\n[pi5]\nc=3\n[pi400]\nd=4\n[none]\ne=5\n[all]\nf=6\n"
+        self.assertEqual(parse_config(text, False), {"a": "1", "b": "2", "f": "6"})
+        self.assertEqual(parse_config(text, False, "pi5"), {"a": "1", "c": "3", "f": "6"})
+
+    def test_auto_initramfs_names(self) -> None:
+        self.assertEqual(auto_initramfs_name("kernel8.img"), "initramfs8")
+        self.assertEqual(auto_initramfs_name("kernel_2712.img"), "initramfs_2712")
+        self.assertEqual(auto_initramfs_name("kernel.img"), "initramfs")
+        self.assertEqual(auto_initramfs_name("vmlinuz"), None)
+
     def test_sections(self) -> None:
         text = ("kernel=a\n[pi3]\nkernel=b\n[cm4]\nkernel=c\n[tryboot]\nos_prefix=t/\n"
                 "[all]\ncmdline=c.txt # note\n[none]\nkernel=n\n")
