@@ -312,7 +312,8 @@ def main() -> int:
     images = ", ".join(f"{k} {Path(v).resolve().name}" for k, v in
                        (("image", args.image), ("pi image", args.pi_image)) if v)
     say(f"vm-tests: {len(paths)} scenario(s), {args.jobs} at a time, "
-        f"{'plain QEMU' if args.qemu else 'libvirt'}, {images}")
+        f"{'plain QEMU' if args.qemu else 'libvirt'}{' (arm64: plain QEMU)' if args.pi_image else ''}, "
+        f"{images}")
 
     t0 = time.monotonic()
     slots = Slots(max(1, args.jobs))
