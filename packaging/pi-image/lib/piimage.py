@@ -153,7 +153,10 @@ def inspect(path, out_size=None, extra=0):
 
 def convert_cmdline(text):
     """One line: drop root=, rootfstype's partition, the Pi OS first-boot init and resize
-    hooks; root=/dev/vg0/root. Other words are kept in order."""
+    hooks; root=/dev/vg0/root. Other words are kept in order; `panic=10` is added when the
+    input has no `panic=`: a trial kernel that panics (say, on a broken initramfs) must
+    reboot, so that the firmware falls back to the default set and its initramfs rolls back;
+    without it the board waits forever, since nothing arms the watchdog before systemd."""
     words = text.split()
     if not words:
         raise Refused("cmdline.txt is empty")
@@ -167,6 +170,8 @@ def convert_cmdline(text):
             out[-1] = "rootfstype=ext4"
     if not any(w.startswith("rootfstype=") for w in out):
         out.append("rootfstype=ext4")
+    if not any(w.startswith("panic=") for w in out):
+        out.append("panic=10")
     out.insert(0, "root=/dev/vg0/root")
     line = " ".join(out)
     if "PARTUUID" in line:
