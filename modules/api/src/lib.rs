@@ -41,6 +41,7 @@ mod command;
 mod context;
 mod error;
 mod extensions;
+mod mem_store;
 
 pub use async_trait::async_trait;
 pub use capability::{BuildFn, Capability, Descriptor, Health, Needs, Probe};
@@ -55,4 +56,5 @@ pub use extensions::{
     AgentSelf, ContainerRuntime, ExtensionKind, Extensions, ExtensionsBuilder, LifecycleHook,
     RunOutcome, RunSpec, RuntimeError,
 };
+pub use mem_store::MemStore;
 pub use tokio_util::sync::CancellationToken;

@@ -2,7 +2,6 @@
 //! and the status of a manifest this build cannot serve.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,7 +10,7 @@ use fleet_contract::{Deployment, DeploymentStatus, Phase};
 use fleet_mod_containers::{Naming, Podman, PodmanRuntime, DESCRIPTOR};
 use fleet_module_api::{
     CancellationToken, ContainerRuntime, Context, DesiredDeployment, DesiredState,
-    ExtensionsBuilder, ModuleStore, Paths, RunSpec, StatusSink, StoreError, SystemClock,
+    ExtensionsBuilder, MemStore, Paths, RunSpec, StatusSink, SystemClock,
 };
 use fleet_testkit::{busybox_image, require, PodmanScope};
 
@@ -93,33 +92,6 @@ async fn run_to_completion_reports_exit_logs_and_timeout_and_shares_the_data_vol
         err.0.contains("pull localhost/fleet-test/none:0 failed"),
         "{err}"
     );
-}
-
-#[derive(Default)]
-struct MemStore(Mutex<BTreeMap<String, Vec<u8>>>);
-
-impl ModuleStore for MemStore {
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.0.lock().unwrap().get(key).cloned())
-    }
-    fn put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.0.lock().unwrap().insert(key.into(), value.to_vec());
-        Ok(())
-    }
-    fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.0.lock().unwrap().remove(key);
-        Ok(())
-    }
-    fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        Ok(self
-            .0
-            .lock()
-            .unwrap()
-            .keys()
-            .filter(|k| k.starts_with(prefix))
-            .cloned()
-            .collect())
-    }
 }
 
 #[derive(Default)]

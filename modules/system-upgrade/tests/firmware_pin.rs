@@ -4,9 +4,8 @@
 //! command copies `config.txt` as it stands while the command runs.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fleet_contract::{DeploymentStatus, SystemUpgrade};
@@ -16,32 +15,7 @@ use fleet_mod_system_upgrade::fake_units::FakeUnits;
 use fleet_mod_system_upgrade::record::Phase;
 use fleet_mod_system_upgrade::selector::VmSelector;
 use fleet_mod_system_upgrade::{Config, SelectorKind};
-use fleet_module_api::{CancellationToken, Clock, ModuleStore, StatusSink, StoreError};
-
-#[derive(Default)]
-struct MemStore(Mutex<BTreeMap<String, Vec<u8>>>);
-
-impl ModuleStore for MemStore {
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.0.lock().unwrap().get(key).cloned())
-    }
-    fn put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.0.lock().unwrap().insert(key.into(), value.to_vec());
-        Ok(())
-    }
-    fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.0.lock().unwrap().remove(key);
-        Ok(())
-    }
-    fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        let map = self.0.lock().unwrap();
-        Ok(map
-            .keys()
-            .filter(|k| k.starts_with(prefix))
-            .cloned()
-            .collect())
-    }
-}
+use fleet_module_api::{CancellationToken, Clock, MemStore, StatusSink};
 
 struct NoSink;
 

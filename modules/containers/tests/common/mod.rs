@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 #![allow(dead_code)] // each test binary uses part of the harness
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -12,9 +11,10 @@ use std::time::Duration;
 
 use fleet_contract::{Deployment, DeploymentStatus, Phase};
 use fleet_mod_containers::{Naming, DESCRIPTOR};
+pub use fleet_module_api::MemStore;
 use fleet_module_api::{
     CancellationToken, Context, DesiredDeployment, DesiredState, ExtensionsBuilder, ModuleError,
-    ModuleStore, Paths, StatusSink, StoreError, SystemClock,
+    Paths, StatusSink, SystemClock,
 };
 use fleet_testkit::{podman, PodmanScope};
 use tokio::sync::watch;
@@ -56,33 +56,6 @@ impl Write for LogWriter {
 
 pub fn log_text() -> String {
     String::from_utf8_lossy(&logs().lock().unwrap()).into_owned()
-}
-
-#[derive(Default)]
-pub struct MemStore(pub Mutex<BTreeMap<String, Vec<u8>>>);
-
-impl ModuleStore for MemStore {
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.0.lock().unwrap().get(key).cloned())
-    }
-    fn put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.0.lock().unwrap().insert(key.into(), value.to_vec());
-        Ok(())
-    }
-    fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.0.lock().unwrap().remove(key);
-        Ok(())
-    }
-    fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        Ok(self
-            .0
-            .lock()
-            .unwrap()
-            .keys()
-            .filter(|k| k.starts_with(prefix))
-            .cloned()
-            .collect())
-    }
 }
 
 #[derive(Default)]
