@@ -310,8 +310,11 @@ class Boot:
 
 
 class Machine:
-    # arch -> what the harness appends to the command line it boots (virt's PL011 on arm64)
-    ARCHES = {"x86": "", "arm64": "console=ttyAMA0"}
+    # arch -> what the harness appends to the command line it boots: on arm64 virt's PL011
+    # console, and the longer device timeout the x86 image has in vm-timeouts.conf (the
+    # converted Pi image is the user's, without VM settings: under TCG on a busy host udev
+    # took longer than systemd's default 90 s for /dev/vg0/agent-state, emergency mode).
+    ARCHES = {"x86": "", "arm64": "console=ttyAMA0 systemd.default_device_timeout_sec=300"}
 
     def __init__(self, name: str, image: Path, rundir: Path, backend: str, memory: int,
                  log, arch: str = "x86", disk_size: str | None = None) -> None:
