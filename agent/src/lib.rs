@@ -19,7 +19,7 @@ pub mod store;
 mod supervisor;
 
 pub use heartbeat::{Heartbeat, IgnoredReport, ModuleReport, MAX_IGNORED_LISTED};
-pub use runtime::{plane_for, Agent, AgentBuilder, AgentError, AgentHandle};
+pub use runtime::{plane_for, Agent, AgentBuilder, AgentError, AgentHandle, PROBE_TIMEOUTS};
 pub use supervisor::RestartPolicy;
 
 /// The agent's version, as reported in heartbeats and `fleet-agent version`:

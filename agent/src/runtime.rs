@@ -32,8 +32,15 @@ use crate::store::{OpenReport, Store, StoreError};
 use crate::supervisor::{supervise, RestartPolicy, Slot};
 use crate::{notify, VERSION};
 
-/// How long a module's probe may take before it counts as unavailable.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a module's probe may take, per attempt: a probe that does not answer is asked
+/// again with the next, longer budget, and counts as unavailable only after the last one.
+/// (A single 10 s budget stopped `system-upgrade` for a whole boot on a TCG guest at load 9,
+/// where its `lvs` took longer; a real "unavailable" answer is never retried.)
+pub const PROBE_TIMEOUTS: [Duration; 3] = [
+    Duration::from_secs(10),
+    Duration::from_secs(30),
+    Duration::from_secs(90),
+];
 /// While a module is not settled (probe pending, or available and not healthy), its health
 /// is also read this often, for modules that do not announce changes
 /// ([`fleet_module_api::StatusSink::health_changed`]); a settled agent keeps no such timer.
@@ -191,6 +198,7 @@ pub struct Agent {
     plane: Arc<dyn ControlPlane>,
     open_report: OpenReport,
     policy: RestartPolicy,
+    probe_timeouts: Vec<Duration>,
     shutdown: CancellationToken,
 }
 
@@ -202,6 +210,7 @@ impl Agent {
             extra: Vec::new(),
             compiled_in: true,
             policy: RestartPolicy::default(),
+            probe_timeouts: PROBE_TIMEOUTS.to_vec(),
         }
     }
 
@@ -219,7 +228,7 @@ impl Agent {
         for (slot, ctx) in &self.shared.slots {
             let probe = match slot.state().probe {
                 Some(p) => p,
-                None => probe_module(slot, ctx).await,
+                None => probe_module(slot, ctx, &self.probe_timeouts).await,
             };
             out.push((slot.name(), probe));
         }
@@ -252,12 +261,13 @@ impl Agent {
             }
             let (slot, ctx, shared, policy) =
                 (slot.clone(), ctx.clone(), shared.clone(), self.policy);
+            let timeouts = self.probe_timeouts.clone();
             let name = slot.name();
             module_tasks.push((
                 name,
                 tokio::spawn(async move {
                     let probe = tokio::select! {
-                        p = probe_module(&slot, &ctx) => p,
+                        p = probe_module(&slot, &ctx, &timeouts) => p,
                         () = ctx.shutdown.cancelled() => return,
                     };
                     let available = probe.is_available();
@@ -417,15 +427,35 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// Runs one module's probe with a timeout, logging the result.
-async fn probe_module(slot: &Slot, ctx: &Context) -> Probe {
-    let probe = match tokio::time::timeout(PROBE_TIMEOUT, slot.module.probe(ctx)).await {
-        Ok(p) => p,
-        Err(_) => Probe::unavailable(format!(
-            "probe did not answer within {} s",
-            PROBE_TIMEOUT.as_secs()
-        )),
-    };
+/// Runs one module's probe, asking again with the next budget of `timeouts` when it does
+/// not answer in time; logs the result.
+async fn probe_module(slot: &Slot, ctx: &Context, timeouts: &[Duration]) -> Probe {
+    let mut probe = Probe::unavailable("no probe attempt configured");
+    for (attempt, budget) in timeouts.iter().enumerate() {
+        match tokio::time::timeout(*budget, slot.module.probe(ctx)).await {
+            Ok(p) => {
+                probe = p;
+                break;
+            }
+            Err(_) => {
+                let next = timeouts.get(attempt + 1);
+                probe = Probe::unavailable(format!(
+                    "probe did not answer within {} s ({} attempt{})",
+                    budget.as_secs_f32(),
+                    attempt + 1,
+                    if attempt == 0 { "" } else { "s" }
+                ));
+                if let Some(next) = next {
+                    tracing::warn!(
+                        module = slot.name(),
+                        "probe did not answer within {} s; asking again with {} s",
+                        budget.as_secs_f32(),
+                        next.as_secs_f32()
+                    );
+                }
+            }
+        }
+    }
     match &probe {
         Probe::Available { detail } => {
             tracing::info!(module = slot.name(), %detail, "module available")

@@ -418,3 +418,94 @@ async fn an_idle_agent_does_not_rewrite_its_heartbeat_record() {
         serde_json::from_slice(&stored_heartbeat(&root).unwrap()).unwrap();
     assert!(last.stopped, "a clean stop is recorded: {last:?}");
 }
+
+/// Its first `slow_calls` probes hang (as `lvs` on a loaded TCG guest did); later ones answer.
+struct SlowProbe {
+    name: &'static str,
+    slow_calls: u32,
+    calls: AtomicU32,
+}
+
+#[async_trait]
+impl Capability for SlowProbe {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    async fn probe(&self, _ctx: &Context) -> Probe {
+        if self.calls.fetch_add(1, Ordering::SeqCst) < self.slow_calls {
+            std::future::pending::<()>().await;
+        }
+        Probe::available("answered on a later attempt")
+    }
+    async fn run(self: Arc<Self>, ctx: Context) -> Result<(), ModuleError> {
+        ctx.shutdown.cancelled().await;
+        Ok(())
+    }
+    fn health(&self) -> Health {
+        Health::Healthy
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_that_does_not_answer_is_asked_again_before_it_counts_as_unavailable() {
+    let root = TempRoot::new().unwrap();
+    let late = Arc::new(SlowProbe {
+        name: "late",
+        slow_calls: 2,
+        calls: AtomicU32::new(0),
+    });
+    let mute = Arc::new(SlowProbe {
+        name: "mute",
+        slow_calls: u32::MAX,
+        calls: AtomicU32::new(0),
+    });
+    let budgets = [
+        Duration::from_millis(100),
+        Duration::from_millis(200),
+        Duration::from_millis(300),
+    ];
+    let agent = Agent::builder(config(&root))
+        .without_compiled_in()
+        .module(late.clone())
+        .module(mute.clone())
+        .probe_timeouts(&budgets)
+        .build()
+        .unwrap();
+    let handle = agent.handle();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(agent.run(stop.clone()));
+    let report = |name: &str| {
+        handle
+            .heartbeat()
+            .modules
+            .into_iter()
+            .find(|m| m.name == name)
+            .unwrap()
+    };
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while report("late").health["state"] != "healthy"
+            || report("mute").probe["state"] != "unavailable"
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("late: {:?}; mute: {:?}", report("late"), report("mute")));
+    // Answered on its third attempt, within the last budget.
+    assert_eq!(late.calls.load(Ordering::SeqCst), 3);
+    assert_eq!(report("late").probe["state"], "available");
+    // Never answered: asked once per budget, then unavailable with the last budget named.
+    assert_eq!(mute.calls.load(Ordering::SeqCst), 3);
+    let m = report("mute");
+    assert_eq!(
+        m.probe["reason"], "probe did not answer within 0.3 s (3 attempts)",
+        "{m:?}"
+    );
+    assert_eq!(m.health["state"], "stopped", "{m:?}");
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}

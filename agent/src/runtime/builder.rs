@@ -33,6 +33,7 @@ pub struct AgentBuilder {
     pub(super) extra: Vec<Arc<dyn Capability>>,
     pub(super) compiled_in: bool,
     pub(super) policy: RestartPolicy,
+    pub(super) probe_timeouts: Vec<Duration>,
 }
 
 impl AgentBuilder {
@@ -51,6 +52,15 @@ impl AgentBuilder {
     /// Overrides the supervisor's restart policy.
     pub fn restart_policy(mut self, policy: RestartPolicy) -> Self {
         self.policy = policy;
+        self
+    }
+
+    /// Overrides the per-attempt probe budgets (default [`super::PROBE_TIMEOUTS`]); an empty
+    /// list keeps the default.
+    pub fn probe_timeouts(mut self, timeouts: &[Duration]) -> Self {
+        if !timeouts.is_empty() {
+            self.probe_timeouts = timeouts.to_vec();
+        }
         self
     }
 
@@ -233,6 +243,7 @@ impl AgentBuilder {
             plane,
             open_report,
             policy: self.policy,
+            probe_timeouts: self.probe_timeouts,
             shutdown,
         })
     }
