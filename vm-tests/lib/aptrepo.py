@@ -38,7 +38,7 @@ from pathlib import Path
 NAME = "fleet-canary"
 VERSION_FILE = "usr/share/fleet-canary/version"
 
-# Freeze userspace like vm-tests/scenarios/hang.toml (SCHED_FIFO 99 busy loop on the only
+# Freeze userspace like vm-tests/scenarios/power-cut-hang.toml (SCHED_FIFO 99 busy loop on the only
 # vCPU, RT throttling off), but early: in sysinit, before multi-user.target and so before
 # fleet-boot-good. It waits until systemd has armed the hardware watchdog first, or the
 # freeze would never be reset.
