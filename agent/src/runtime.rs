@@ -430,32 +430,30 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
 /// Runs one module's probe, asking again with the next budget of `timeouts` when it does
 /// not answer in time; logs the result.
 async fn probe_module(slot: &Slot, ctx: &Context, timeouts: &[Duration]) -> Probe {
-    let mut probe = Probe::unavailable("no probe attempt configured");
-    for (attempt, budget) in timeouts.iter().enumerate() {
-        match tokio::time::timeout(*budget, slot.module.probe(ctx)).await {
-            Ok(p) => {
-                probe = p;
-                break;
-            }
-            Err(_) => {
-                let next = timeouts.get(attempt + 1);
-                probe = Probe::unavailable(format!(
-                    "probe did not answer within {} s ({} attempt{})",
-                    budget.as_secs_f32(),
+    let mut budgets = timeouts.iter().enumerate().peekable();
+    let probe = loop {
+        let Some((attempt, budget)) = budgets.next() else {
+            break Probe::unavailable("no probe budget configured");
+        };
+        if let Ok(p) = tokio::time::timeout(*budget, slot.module.probe(ctx)).await {
+            break p;
+        }
+        let secs = budget.as_secs_f32();
+        match budgets.peek() {
+            Some((_, next)) => tracing::warn!(
+                module = slot.name(),
+                "probe did not answer within {secs} s; asking again with {} s",
+                next.as_secs_f32()
+            ),
+            None => {
+                break Probe::unavailable(format!(
+                    "probe did not answer within {secs} s ({} attempt{})",
                     attempt + 1,
                     if attempt == 0 { "" } else { "s" }
-                ));
-                if let Some(next) = next {
-                    tracing::warn!(
-                        module = slot.name(),
-                        "probe did not answer within {} s; asking again with {} s",
-                        budget.as_secs_f32(),
-                        next.as_secs_f32()
-                    );
-                }
+                ))
             }
         }
-    }
+    };
     match &probe {
         Probe::Available { detail } => {
             tracing::info!(module = slot.name(), %detail, "module available")
