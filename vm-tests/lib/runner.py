@@ -119,14 +119,13 @@ def resolve(arg: str) -> Path:
 
 def by_guests(paths: list[Path]) -> list[Path]:
     """Scenarios with more guests first: one that needs every slot then starts while all are
-    free, instead of idling a slot until the scenario beside it ends. Then the arm64 ones
-    (the longest: a TCG Cortex-A72 boots for minutes), so they do not make the tail."""
+    free, instead of idling a slot until the scenario beside it ends."""
     def guests(p: Path) -> int:
         try:
             return len(machine_names(load(p), p))
         except Exception:  # a broken file fails in run_one, with its message
             return 1
-    return sorted(paths, key=lambda p: (-guests(p), not is_arm64(p)))
+    return sorted(paths, key=lambda p: -guests(p))
 
 
 def image_for(vm: dict, args: argparse.Namespace) -> Path:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import socket
 import subprocess
 import threading
@@ -189,6 +190,12 @@ class Run:
         known.write_text("".join(m.known_hosts.read_text().rstrip("\n") + "\n"
                                  for m in machines.values()))
         self.subst["@KNOWN_HOSTS@"] = str(known)
+        # scp to the first guest with the same key, port and pinning:
+        # `@SCP@ FILE... root@127.0.0.1:/path`.
+        self.subst["@SCP@"] = shlex.join([
+            "scp", "-q", "-i", str(first.key), "-P", str(first.port), "-o", "BatchMode=yes",
+            "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={known}",
+            "-o", "StrictHostKeyChecking=yes"])
 
     def start_services(self) -> None:
         """`[services]` of the scenario: `apt = "<variant>"` (a local apt repository with
