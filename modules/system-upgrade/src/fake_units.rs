@@ -180,7 +180,12 @@ impl Units for FakeUnits {
             if let Ok(st) = child.wait() {
                 if let Some(sig) = st.signal() {
                     if !d.join("stopping").exists() && d.is_dir() {
-                        let _ = std::fs::write(d.join("exit"), format!("signal {sig}"));
+                        // Temp + rename, as the wrapper writes its exit code: `status` must
+                        // never read a created but still empty exit file.
+                        let tmp = d.join("exit.signal.tmp");
+                        if std::fs::write(&tmp, format!("signal {sig}")).is_ok() {
+                            let _ = std::fs::rename(&tmp, d.join("exit"));
+                        }
                     }
                 }
             }
