@@ -32,6 +32,7 @@ mod registry;
 mod restart_loop;
 mod root;
 mod run;
+mod sntp;
 mod sshd;
 mod wait;
 
@@ -47,6 +48,7 @@ pub use registry::Registry;
 pub use restart_loop::{ArgsFor, Start, SystemdRestartLoop, Unit};
 pub use root::{TempRoot, KEEP_TEMP_ENV};
 pub use run::{output_within, COMMAND_LIMIT};
+pub use sntp::{SntpBehavior, SntpServer};
 pub use sshd::{Sshd, SSHD};
 pub use wait::{find_on_path, free_port, require, wait_until, POLL_INTERVAL, REQUIRE_DAEMONS_ENV};
 
