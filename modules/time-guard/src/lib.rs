@@ -4,4 +4,6 @@
 //! these; see the issue it arrives with.
 
 pub mod client;
+pub mod config;
 pub mod sntp;
+pub mod verdict;

@@ -312,7 +312,8 @@ mod tests {
         let req = Request::new(99, at(1_700_000_000));
         let good = reply(&req, at(1_700_000_001));
         assert!(Reply::decode(&good, &req).is_ok());
-        let cases: Vec<(Box<dyn Fn(&mut Vec<u8>)>, &str)> = vec![
+        type Mangle = Box<dyn Fn(&mut Vec<u8>)>;
+        let cases: Vec<(Mangle, &str)> = vec![
             (Box::new(|p| p.truncate(47)), "length: 47 bytes"),
             (Box::new(|p| p.clear()), "length: 0 bytes"),
             (Box::new(|p| p[0] = (4 << 3) | 3), "mode: 3"),
