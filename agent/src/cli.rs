@@ -2,7 +2,9 @@
 //!
 //! Exit codes (a contract with systemd's `RestartPreventExitStatus=2`):
 //! 0 success; 1 runtime failure; 2 bad config or usage; 3 restart requested (self-upgrade
-//! cutover or a missed probation deadline: systemd's `Restart=always` starts the current link).
+//! cutover or a missed probation deadline: systemd's `Restart=always` starts the current link);
+//! 4 start refused: the time guard found the clock skewed past its limit (under systemd after
+//! a hold that starts the agent as soon as the clock is fixed; systemd restarts it).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,7 +22,8 @@ use crate::{logging, modules, status, VERSION};
 /// fleet-agent keeps this device converged with its desired state, observable, and safely
 /// upgradable.
 ///
-/// Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
+/// Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage, 3 restart
+/// requested (self-upgrade), 4 start refused (clock skewed past the time guard's limit).
 #[derive(Debug, Parser)]
 #[command(name = "fleet-agent", version = VERSION, propagate_version = true)]
 pub struct Cli {

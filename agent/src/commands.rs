@@ -1,6 +1,7 @@
 //! The command gate: every command from any control plane passes here before a module sees
 //! it. It fails closed — no trust configured, unknown key, bad signature, another device's
-//! id, expired, issued too far in the future, too long-lived, or a role too weak means
+//! id, a clock the time guard found skewed, expired, issued too far in the future, too
+//! long-lived, or a role too weak means
 //! denied — journals executed ids so a repeat returns the recorded reply, and audits every
 //! decision (store + audit stream).
 
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use fleet_contract::{CommandReply, DeviceId, Role, SignedCommand};
-use fleet_module_api::{Command, CommandError, Reply};
+use fleet_module_api::{Clock, Command, CommandError, Reply};
 use tokio::sync::broadcast;
 
 use crate::config::{CommandsConfig, TrustConfig};
@@ -76,7 +77,7 @@ impl CommandGate {
     }
 
     /// Decides on one signed command and, when allowed, runs it through `exec`.
-    pub async fn process<F, Fut>(&self, bytes: &[u8], now: u64, exec: F) -> CommandReply
+    pub async fn process<F, Fut>(&self, bytes: &[u8], clock: &dyn Clock, exec: F) -> CommandReply
     where
         F: FnOnce(Command) -> Fut,
         Fut: Future<Output = Result<Reply, CommandError>>,
@@ -142,6 +143,14 @@ impl CommandGate {
                 ),
             );
         }
+        // Expiry means nothing on a clock known to be wrong: refuse until it is fixed.
+        if let Some(why) = clock.status().untrusted_reason() {
+            return denied(
+                "clock-untrusted",
+                format!("{why}: the command's validity period cannot be checked; retry once the device's clock is fixed"),
+            );
+        }
+        let now = clock.unix_secs();
         if now > env.expires_at {
             return denied(
                 "denied",

@@ -76,6 +76,11 @@ pub struct Heartbeat {
     pub control_plane: String,
     /// True once the agent shut down cleanly (the last heartbeat it wrote).
     pub stopped: bool,
+    /// The clock as the time guard last measured it (`state` = unguarded | trusted |
+    /// skewed | unverified, with offset_ms, limit_ms, checked_at, kernel): `skewed` is the
+    /// health flag under which time-bound work (command expiry, secret fetch) is refused.
+    #[serde(default)]
+    pub clock: serde_json::Value,
     /// Every compiled-in (or test-added) module, in start order.
     pub modules: Vec<ModuleReport>,
     /// Module-specific detail documents.

@@ -6,6 +6,9 @@ use fleet_module_api::Descriptor;
 /// Every module compiled into this build, in start order.
 pub fn compiled_in() -> Vec<Descriptor> {
     vec![
+        // First: its start gate and clock measurement come before anything time-bound.
+        #[cfg(feature = "time-guard")]
+        fleet_mod_time_guard::DESCRIPTOR,
         #[cfg(feature = "watchdog")]
         fleet_mod_watchdog::DESCRIPTOR,
         #[cfg(feature = "containers")]

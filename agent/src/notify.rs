@@ -36,3 +36,10 @@ pub fn watchdog_interval() -> Option<Duration> {
     let mut usec = 0u64;
     sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec))
 }
+
+/// Asks systemd for `by` more start-up time (`EXTEND_TIMEOUT_USEC`), while a start gate holds
+/// the start before READY.
+pub fn extend_start_timeout(by: Duration) {
+    let usec = u32::try_from(by.as_micros()).unwrap_or(u32::MAX);
+    send(&[NotifyState::ExtendTimeoutUsec(usec)]);
+}

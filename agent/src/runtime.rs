@@ -3,6 +3,7 @@
 
 mod agent_self;
 mod builder;
+mod clock;
 mod desired;
 mod health;
 mod sink;
@@ -17,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use fleet_contract::{DeviceId, Phase};
 use fleet_module_api::{
-    CancellationToken, CheckIn, Command, CommandError, Context, DesiredState, Health, Probe, Reply,
-    SystemClock,
+    CancellationToken, CheckIn, Command, CommandError, Context, DesiredState, GuardedClock, Health,
+    Probe, Reply, SystemClock,
 };
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -63,14 +64,18 @@ pub enum AgentError {
     /// A module asked for a restart (self-upgrade cutover or missed deadline); exit code 3.
     #[error("restart requested: {0}")]
     Restart(String),
+    /// A start gate refused the start (the clock is skewed past the limit); exit code 4.
+    #[error("{0}")]
+    StartRefused(String),
 }
 
 impl AgentError {
-    /// The documented process exit code: 2 for config/usage, 1 otherwise.
+    /// The documented process exit code: 2 config/usage, 3 restart, 4 start refused, else 1.
     pub fn exit_code(&self) -> u8 {
         match self {
             AgentError::Config(_) => 2,
             AgentError::Restart(_) => 3,
+            AgentError::StartRefused(_) => 4,
             _ => 1,
         }
     }
@@ -86,6 +91,8 @@ fn unix_now() -> u64 {
 struct Shared {
     device: DeviceId,
     gate: CommandGate,
+    /// The kernel clock with the time guard's last measurement (every module's clock).
+    clock: Arc<GuardedClock>,
     audit_tx: broadcast::Sender<serde_json::Value>,
     /// Desired state as handed to modules (re-sent by `reconcile-now`).
     to_modules: watch::Sender<Arc<DesiredState>>,
@@ -176,11 +183,9 @@ impl AgentHandle {
         let shared = self.shared.clone();
         self.shared
             .gate
-            .process(
-                bytes,
-                unix_now(),
-                |cmd| async move { shared.command(cmd).await },
-            )
+            .process(bytes, &*self.shared.clock, |cmd| async move {
+                shared.command(cmd).await
+            })
             .await
     }
 
@@ -250,6 +255,10 @@ impl Agent {
             modules = shared.slots.len(),
             "fleet-agent starting"
         );
+        // A start gate (the time guard on a skewed clock) may hold the start or refuse it.
+        if !clock::pass_start_gates(&shared.slots, &stop).await? {
+            return Ok(());
+        }
 
         // Each module is probed and then run under the supervisor in its own task; READY
         // does not wait for probes (a module still probing shows `starting`, and the

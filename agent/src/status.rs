@@ -36,6 +36,10 @@ pub struct StatusReport {
     pub heartbeat_age_secs: Option<u64>,
     /// Control plane in use.
     pub control_plane: Option<String>,
+    /// The clock as the time guard last measured it (as in the heartbeat): `state` =
+    /// unguarded | trusted | skewed | unverified, `offset_ms`, `limit_ms`, `checked_at`,
+    /// `kernel`. `skewed`: time-bound work (command expiry, secret fetch) is refused.
+    pub clock: serde_json::Value,
     /// Every module: probe result, health, restarts.
     pub modules: Vec<ModuleReport>,
     /// Every deployment's status.
@@ -118,6 +122,7 @@ pub fn read(db: &Path, busy: Duration) -> Result<StatusReport, StoreError> {
         heartbeat_age_secs: hb.as_ref().map(|h| now.saturating_sub(h.at)),
         control_plane: hb.as_ref().map(|h| h.control_plane.clone()),
         details: hb.as_ref().map(|h| h.details.clone()).unwrap_or_default(),
+        clock: hb.as_ref().map(|h| h.clock.clone()).unwrap_or_default(),
         ignored_inputs: hb
             .as_ref()
             .map(|h| h.ignored_inputs.clone())
@@ -167,6 +172,9 @@ pub fn render(r: &StatusReport) -> String {
             "last heartbeat {age} s ago, plane {}",
             r.control_plane.as_deref().unwrap_or("?")
         );
+    }
+    if let Some(line) = clock_line(&r.clock) {
+        let _ = writeln!(out, "clock {line}");
     }
     let _ = writeln!(out, "\nMODULES");
     if r.modules.is_empty() {
@@ -242,6 +250,29 @@ pub fn render(r: &StatusReport) -> String {
         let _ = writeln!(out, "  recovered from a corrupt database, kept at {aside}");
     }
     out
+}
+
+/// `trusted (offset +0.2 s)`, `SKEWED: offset -300.4 s, limit 30 s (time-bound work refused)`,
+/// `unverified: <why>`; nothing without a time guard.
+fn clock_line(c: &serde_json::Value) -> Option<String> {
+    let secs = |k: &str| c[k].as_i64().map(|ms| ms as f64 / 1000.0);
+    let kernel = c["kernel"].as_str().unwrap_or("?");
+    match c["state"].as_str()? {
+        "trusted" => Some(format!(
+            "trusted (offset {:+.1} s; kernel: {kernel})",
+            secs("offset_ms")?
+        )),
+        "skewed" => Some(format!(
+            "SKEWED: offset {:+.1} s, limit {} s; time-bound work refused (kernel: {kernel})",
+            secs("offset_ms")?,
+            secs("limit_ms")?
+        )),
+        "unverified" => Some(format!(
+            "unverified: no time server answered ({}; kernel: {kernel})",
+            c["reason"].as_str().unwrap_or("?")
+        )),
+        _ => None,
+    }
 }
 
 fn field(v: &serde_json::Value, key: &str) -> String {

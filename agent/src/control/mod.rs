@@ -143,6 +143,7 @@ mod tests {
             agent_uptime_secs: 1,
             control_plane: "nats".into(),
             stopped: false,
+            clock: serde_json::Value::Null,
             modules: Vec::new(),
             details,
             ignored_inputs: crate::heartbeat::IgnoredReport::bounded(

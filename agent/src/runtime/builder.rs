@@ -7,14 +7,14 @@ use std::time::{Duration, Instant};
 
 use fleet_contract::{DeviceId, Phase};
 use fleet_module_api::{
-    CancellationToken, Capability, CheckIn, Context, ExtensionKind, ExtensionsBuilder, Health,
-    Paths, Probe, SystemClock,
+    CancellationToken, Capability, CheckIn, Context, ExtensionKind, ExtensionsBuilder,
+    GuardedClock, Health, Paths, Probe,
 };
 use tokio::sync::{broadcast, watch};
 
 use super::desired::initial_desired;
 use super::sink::RuntimeSink;
-use super::{agent_self, unix_now, Agent, AgentError, Shared};
+use super::{agent_self, clock, unix_now, Agent, AgentError, Shared};
 use crate::commands::CommandGate;
 use crate::config::Config;
 use crate::control::local::LocalPlane;
@@ -108,6 +108,12 @@ impl AgentBuilder {
         let store = Arc::new(store);
 
         let mut ext = ExtensionsBuilder::new();
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let clock = GuardedClock::new();
+        ext.provide::<dyn fleet_module_api::ClockAuthority>(Arc::new(clock::Authority {
+            clock: clock.clone(),
+            changed: changed.clone(),
+        }));
         let agent_self = Arc::new(agent_self::RuntimeSelf {
             shared: OnceLock::new(),
             nats: self.config.control.nats.clone(),
@@ -138,7 +144,6 @@ impl AgentBuilder {
                 .map(|s| (s.name.clone(), s))
                 .collect(),
         };
-        let changed = Arc::new(tokio::sync::Notify::new());
         let sink = Arc::new(RuntimeSink {
             store: store.clone(),
             details: Mutex::new(serde_json::Map::new()),
@@ -190,7 +195,7 @@ impl AgentBuilder {
                 store: Arc::new(ScopedStore::new(store.clone(), m.name())),
                 desired: desired_rx.clone(),
                 status: sink.clone(),
-                clock: Arc::new(SystemClock),
+                clock: clock.clone(),
                 paths: paths.clone(),
                 shutdown: shutdown.child_token(),
                 ext: ext.clone(),
@@ -211,6 +216,7 @@ impl AgentBuilder {
         let shared = Arc::new(Shared {
             device,
             gate,
+            clock,
             audit_tx,
             to_modules: desired_tx,
             store,
@@ -262,6 +268,6 @@ fn kind_name(k: ExtensionKind) -> &'static str {
     match k {
         ExtensionKind::ContainerRuntime => "a container runtime",
         ExtensionKind::LifecycleHook => "a lifecycle hook",
-        ExtensionKind::AgentSelf => "the agent runtime",
+        ExtensionKind::AgentSelf | ExtensionKind::ClockAuthority => "the agent runtime",
     }
 }

@@ -2,7 +2,7 @@
 //! to the store only when their content changed, and the systemd status line.
 
 use fleet_contract::Phase;
-use fleet_module_api::{Health, Probe};
+use fleet_module_api::{Clock, Health, Probe};
 
 use super::{unix_now, Shared};
 use crate::heartbeat::{Heartbeat, ModuleReport};
@@ -28,6 +28,7 @@ impl Shared {
             agent_uptime_secs: self.started.elapsed().as_secs(),
             control_plane: self.plane_name.to_owned(),
             stopped,
+            clock: serde_json::to_value(self.clock.status()).unwrap_or_default(),
             modules,
             ignored_inputs: self
                 .ignored
@@ -172,8 +173,12 @@ pub(super) fn status_line(hb: &Heartbeat, shared: &Shared) -> String {
         .statuses()
         .map(|s| s.len().to_string())
         .unwrap_or_else(|_| "?".into());
+    let clock = match shared.clock.status().untrusted_reason() {
+        Some(why) => format!(", {why}"),
+        None => String::new(),
+    };
     format!(
-        "{} of {} modules healthy, {deployments} deployment(s), plane {}",
+        "{} of {} modules healthy, {deployments} deployment(s), plane {}{clock}",
         healthy,
         hb.modules.len(),
         hb.control_plane

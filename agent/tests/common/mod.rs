@@ -13,14 +13,21 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_fleet-agent");
 ///
 /// Unless `extra` configures `[modules.containers]` itself, the containers module is turned
 /// off, so tests about manifests, the store or the control plane never start containers
-/// (the containers tests give each test its own podman namespace instead).
+/// (the containers tests give each test its own podman namespace instead). The time guard is
+/// turned off the same way (no outside NTP queries), unless `extra` configures it.
 pub fn write_config(root: &TempRoot, extra: &str) -> PathBuf {
     let containers_off = if extra.contains("[modules.containers]") {
         ""
     } else {
         "[modules.containers]\nenabled = false\n"
     };
-    let extra = format!("{extra}\n{containers_off}");
+    // Likewise the time guard (no servers = off), unless the test is about it.
+    let clock_off = if extra.contains("[modules.time-guard]") {
+        ""
+    } else {
+        "[modules.time-guard]\nservers = []\n"
+    };
+    let extra = format!("{extra}\n{containers_off}{clock_off}");
     root.write_config(&format!(
         "device_id = \"test-dev\"\nstate_dir = {:?}\nrun_dir = {:?}\nheartbeat_interval_secs = 1\n{extra}\n[control]\ndeployments_dir = {:?}\n",
         root.state(),

@@ -19,6 +19,8 @@ pub enum ExtensionKind {
     LifecycleHook,
     /// [`AgentSelf`], provided by the runtime itself (not by a module).
     AgentSelf,
+    /// [`crate::ClockAuthority`], provided by the runtime itself (not by a module).
+    ClockAuthority,
 }
 
 impl ExtensionKind {
@@ -27,6 +29,7 @@ impl ExtensionKind {
             ExtensionKind::ContainerRuntime => TypeId::of::<dyn ContainerRuntime>(),
             ExtensionKind::LifecycleHook => TypeId::of::<dyn LifecycleHook>(),
             ExtensionKind::AgentSelf => TypeId::of::<dyn AgentSelf>(),
+            ExtensionKind::ClockAuthority => TypeId::of::<dyn crate::ClockAuthority>(),
         }
     }
 }

@@ -45,7 +45,9 @@ mod mem_store;
 
 pub use async_trait::async_trait;
 pub use capability::{BuildFn, Capability, Descriptor, Health, Needs, Probe};
-pub use clock::{Clock, SystemClock};
+pub use clock::{
+    Clock, ClockAuthority, ClockStatus, GateVerdict, GuardedClock, StartGate, SystemClock,
+};
 pub use command::{Command, Reply};
 pub use context::{
     CheckIn, CheckInStream, Context, DesiredAgent, DesiredDeployment, DesiredState, DesiredStream,

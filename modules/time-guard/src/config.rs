@@ -38,6 +38,15 @@ pub struct Config {
     /// How long one round of queries may take, milliseconds.
     #[serde(default = "default_query_timeout")]
     pub query_timeout_ms: u64,
+    /// Seconds between checks while the clock is skewed or unverified (and while a refused
+    /// start holds): how soon a fixed clock is noticed.
+    #[serde(default = "default_retry")]
+    pub retry_secs: u64,
+    /// Under systemd, how long a refused start holds (not READY, re-checking every
+    /// `retry_secs`) before exiting with code 4; systemd's restart begins the next hold.
+    /// 0: exit at once. Run by hand the agent always exits at once.
+    #[serde(default = "default_hold")]
+    pub hold_secs: u64,
 }
 
 impl Default for Config {
@@ -48,6 +57,8 @@ impl Default for Config {
             on_skew: default_on_skew(),
             recheck_hours: default_recheck(),
             query_timeout_ms: default_query_timeout(),
+            retry_secs: default_retry(),
+            hold_secs: default_hold(),
         }
     }
 }
@@ -77,6 +88,15 @@ impl Config {
                 "query_timeout_ms: {} is not 100 to 60000",
                 c.query_timeout_ms
             )));
+        }
+        if !(1..=3600).contains(&c.retry_secs) {
+            return Err(bad(format!(
+                "retry_secs: {} is not 1 to 3600",
+                c.retry_secs
+            )));
+        }
+        if c.hold_secs > 3600 {
+            return Err(bad(format!("hold_secs: {} is more than 3600", c.hold_secs)));
         }
         if let Some(s) = c
             .servers
@@ -117,6 +137,12 @@ fn default_recheck() -> f64 {
 fn default_query_timeout() -> u64 {
     2000
 }
+fn default_retry() -> u64 {
+    30
+}
+fn default_hold() -> u64 {
+    600
+}
 
 #[cfg(test)]
 mod tests {
@@ -149,6 +175,8 @@ mod tests {
             ("query_timeout_ms = 5", "query_timeout_ms"),
             ("servers = [\"\"]", "servers"),
             ("on_skew = \"panic\"", "on_skew"),
+            ("retry_secs = 0", "retry_secs"),
+            ("hold_secs = 4000", "hold_secs"),
             ("limit = 3", "limit"),
         ] {
             let e = parse(s).unwrap_err().to_string();
