@@ -200,9 +200,10 @@ class Run:
     def start_services(self) -> None:
         """`[services]` of the scenario: `apt = "<variant>"` (a local apt repository with
         fleet-canary 2.0 of that variant; `apt_agent = "<version>"` adds this tree's
-        fleet-agent package at that version), `nats = true` (nats-server -js + fleetctl init).
-        Their guest-side URLs replace @APT_URL@ / @NATS_URL@ in every step's strings;
-        @NATS_HOST_URL@ is the host-side URL (for `host` steps)."""
+        fleet-agent package at that version), `nats = true` (nats-server -js + fleetctl init),
+        `ntp = true` (chronyd serving the host's clock, lib/ntp.py).
+        Their guest-side URLs replace @APT_URL@ / @NATS_URL@ / @NTP_ADDR@ in every step's
+        strings; @NATS_HOST_URL@ is the host-side URL (for `host` steps)."""
         svc = self.sc.get("services", {})
         if svc.get("apt"):
             from aptrepo import AptRepo
@@ -224,6 +225,13 @@ class Run:
             self.subst["@NATS_URL@"] = nats.guest_url
             self.subst["@NATS_HOST_URL@"] = nats.host_url
             self.log(f"nats-server -js at {nats.host_url} (guest {nats.guest_url}), fleetctl init done")
+        if svc.get("ntp"):
+            from ntp import NtpService
+            ntp = NtpService(self.rundir, WORK / "cache")
+            self.services["ntp"] = ntp
+            LIVE_SERVICES.add(ntp)
+            self.subst["@NTP_ADDR@"] = ntp.guest_addr
+            self.log(f"chronyd at 127.0.0.1:{ntp.port} (guest {ntp.guest_addr})")
         self.facts["services"] = {k: v.fact() for k, v in self.services.items()}
 
     def stop_services(self) -> None:
