@@ -7,7 +7,6 @@
 mod common;
 
 use std::process::ExitStatus;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
