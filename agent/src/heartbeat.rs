@@ -126,11 +126,26 @@ impl IgnoredReport {
 
 impl Heartbeat {
     /// True when `self` says the same as `other` apart from when it was taken (`at`,
-    /// `agent_uptime_secs`): then the stored record need not be rewritten.
+    /// `agent_uptime_secs`, the clock's `checked_at` and sub-second offset changes): then the
+    /// stored record need not be rewritten.
     pub(crate) fn same_content(&self, other: &Heartbeat) -> bool {
         let mut a = self.clone();
         a.at = other.at;
         a.agent_uptime_secs = other.agent_uptime_secs;
+        // A re-check that finds the clock as it was (same state, offset within a second) is
+        // not news: an offline device re-checking every minute must not rewrite the record.
+        if a.clock["state"] == other.clock["state"] {
+            let close = match (
+                a.clock["offset_ms"].as_i64(),
+                other.clock["offset_ms"].as_i64(),
+            ) {
+                (Some(x), Some(y)) => (x - y).abs() < 1000,
+                (x, y) => x == y,
+            };
+            if close {
+                a.clock = other.clock.clone();
+            }
+        }
         a == *other
     }
 
@@ -173,4 +188,45 @@ pub(crate) fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn beat(clock: serde_json::Value) -> Heartbeat {
+        Heartbeat {
+            device: "d".into(),
+            version: "1".into(),
+            pid: 1,
+            boot_id: "b".into(),
+            started_at: 1,
+            at: 2,
+            agent_uptime_secs: 1,
+            control_plane: "local".into(),
+            stopped: false,
+            clock,
+            modules: Vec::new(),
+            details: serde_json::Map::new(),
+            ignored_inputs: IgnoredReport::default(),
+            publish_failures: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_clock_recheck_that_finds_nothing_new_is_not_a_change() {
+        let c = |state: &str, offset: Option<i64>, at: u64| {
+            let mut v = serde_json::json!({ "state": state, "checked_at": at, "kernel": "k" });
+            if let Some(o) = offset {
+                v["offset_ms"] = o.into();
+            }
+            v
+        };
+        let old = beat(c("unverified", None, 10));
+        assert!(beat(c("unverified", None, 70)).same_content(&old));
+        let old = beat(c("skewed", Some(45_000), 10));
+        assert!(beat(c("skewed", Some(45_400), 40)).same_content(&old));
+        assert!(!beat(c("skewed", Some(46_500), 40)).same_content(&old));
+        assert!(!beat(c("trusted", Some(45_000), 40)).same_content(&old));
+    }
 }

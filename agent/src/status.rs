@@ -255,17 +255,24 @@ pub fn render(r: &StatusReport) -> String {
 /// `trusted (offset +0.2 s)`, `SKEWED: offset -300.4 s, limit 30 s (time-bound work refused)`,
 /// `unverified: <why>`; nothing without a time guard.
 fn clock_line(c: &serde_json::Value) -> Option<String> {
-    let secs = |k: &str| c[k].as_i64().map(|ms| ms as f64 / 1000.0);
+    // Tenths of a second by integer arithmetic (float formatting costs the binary ~15 KB).
+    let secs = |k: &str| {
+        c[k].as_i64().map(|ms| {
+            let tenths = (ms.unsigned_abs() + 50) / 100;
+            let sign = if ms < 0 { "-" } else { "+" };
+            format!("{sign}{}.{}", tenths / 10, tenths % 10)
+        })
+    };
     let kernel = c["kernel"].as_str().unwrap_or("?");
     match c["state"].as_str()? {
         "trusted" => Some(format!(
-            "trusted (offset {:+.1} s; kernel: {kernel})",
+            "trusted (offset {} s; kernel: {kernel})",
             secs("offset_ms")?
         )),
         "skewed" => Some(format!(
-            "SKEWED: offset {:+.1} s, limit {} s; time-bound work refused (kernel: {kernel})",
+            "SKEWED: offset {} s, limit {} s; time-bound work refused (kernel: {kernel})",
             secs("offset_ms")?,
-            secs("limit_ms")?
+            c["limit_ms"].as_i64()? / 1000
         )),
         "unverified" => Some(format!(
             "unverified: no time server answered ({}; kernel: {kernel})",

@@ -83,7 +83,10 @@ fn compiled_in_modules_report_probe_and_health() {
             .and_then(|m| m.iter().find(|m| m["name"] == "watchdog"))
             .is_some_and(|m| m["health"]["state"] == "healthy")
     });
-    let m = &st["modules"][0];
+    let m = st["modules"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["name"] == "watchdog"))
+        .unwrap();
     assert_eq!(m["probe"]["state"], "available", "{m}");
     assert!(
         m["probe"]["detail"]

@@ -90,8 +90,8 @@ impl ClockStatus {
                 ..
             } => Some(format!(
                 "clock not trusted: skew {}s exceeds {}s",
-                (offset_ms.unsigned_abs() as f64 / 1000.0).round(),
-                (*limit_ms as f64 / 1000.0).round()
+                offset_ms.unsigned_abs().saturating_add(500) / 1000,
+                limit_ms.unsigned_abs().saturating_add(500) / 1000
             )),
             _ => None,
         }

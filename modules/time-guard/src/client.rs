@@ -148,20 +148,17 @@ pub async fn query(server: &str, timeout: Duration) -> Result<Sample, QueryError
 
 /// Asks every server at once, each bounded by `timeout`.
 pub async fn query_all(servers: &[String], timeout: Duration) -> Round {
-    let mut set = tokio::task::JoinSet::new();
-    for (i, s) in servers.iter().enumerate() {
-        let s = s.clone();
-        set.spawn(async move { (i, s.clone(), query(&s, timeout).await) });
-    }
-    let mut results = Vec::new();
-    while let Some(r) = set.join_next().await {
-        if let Ok(r) = r {
-            results.push(r);
-        }
-    }
-    results.sort_by_key(|(i, _, _)| *i);
+    // Concurrently inside the caller's task (no task per server: smaller, and a round
+    // never outlives its caller).
+    let results = futures::future::join_all(
+        servers
+            .iter()
+            .map(|s| async move { (s, query(s, timeout).await) }),
+    )
+    .await;
     let mut round = Round::default();
-    for (_, server, r) in results {
+    for (server, r) in results {
+        let server = server.clone();
         match r {
             Ok(s) => round.samples.push((server, s)),
             Err(e) => round.failures.push(e),

@@ -26,9 +26,9 @@ pub struct Config {
     /// Several are asked at once; the median offset of those that answer wins.
     #[serde(default = "default_servers")]
     pub servers: Vec<String>,
-    /// Largest tolerated |offset|, seconds.
-    #[serde(default = "default_limit")]
-    pub limit_secs: f64,
+    /// Largest tolerated |offset|, whole seconds.
+    #[serde(default = "default_limit", deserialize_with = "whole_secs")]
+    pub limit_secs: u64,
     /// `refuse-start` (default) or `degrade`; read with [`Config::on_skew`].
     #[serde(default = "default_on_skew")]
     pub on_skew: String,
@@ -71,17 +71,17 @@ impl Config {
             module: NAME,
             message,
         };
-        if !(c.limit_secs.is_finite() && c.limit_secs >= 1.0) {
+        if !(1..=86_400).contains(&c.limit_secs) {
             return Err(bad(format!(
-                "limit_secs: {} is not a number of seconds >= 1",
+                "limit_secs: {} is not 1 to 86400 seconds",
                 c.limit_secs
             )));
         }
+        // (No float in the message: formatting one would cost the binary ~15 KB.)
         if !(c.recheck_hours.is_finite() && c.recheck_hours > 0.0 && c.recheck_hours <= 168.0) {
-            return Err(bad(format!(
-                "recheck_hours: {} is not > 0 and at most 168 (a week)",
-                c.recheck_hours
-            )));
+            return Err(bad(
+                "recheck_hours: must be more than 0 and at most 168 (a week)".to_owned(),
+            ));
         }
         if !(100..=60_000).contains(&c.query_timeout_ms) {
             return Err(bad(format!(
@@ -125,8 +125,15 @@ fn default_servers() -> Vec<String> {
     // The NTP pool's Debian zone, as systemd-timesyncd's Debian build uses.
     (0..4).map(|i| format!("{i}.debian.pool.ntp.org")).collect()
 }
-fn default_limit() -> f64 {
-    30.0
+/// `limit_secs` as a whole number, with the key in the message (a type error from a TOML
+/// value does not name its key by itself).
+fn whole_secs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    u64::deserialize(d)
+        .map_err(|e| serde::de::Error::custom(format!("limit_secs: {e} (whole seconds)")))
+}
+
+fn default_limit() -> u64 {
+    30
 }
 fn default_on_skew() -> String {
     "refuse-start".to_owned()
@@ -156,21 +163,22 @@ mod tests {
     #[test]
     fn defaults_and_overrides() {
         let d = Config::from_toml(None).unwrap();
-        assert_eq!(d.limit_secs, 30.0);
+        assert_eq!(d.limit_secs, 30);
         assert_eq!(d.on_skew(), Ok(OnSkew::RefuseStart));
         assert_eq!(d.servers.len(), 4);
         let c =
             parse("servers = [\"127.0.0.1:1123\"]\non_skew = \"degrade\"\nlimit_secs = 5").unwrap();
         assert_eq!(c.servers, ["127.0.0.1:1123"]);
         assert_eq!(c.on_skew(), Ok(OnSkew::Degrade));
-        assert_eq!(c.limit_secs, 5.0);
+        assert_eq!(c.limit_secs, 5);
     }
 
     #[test]
     fn bad_values_name_their_key() {
         for (s, want) in [
             ("limit_secs = 0", "limit_secs"),
-            ("limit_secs = nan", "limit_secs"),
+            ("limit_secs = 2.5", "limit_secs"),
+            ("recheck_hours = nan", "recheck_hours"),
             ("recheck_hours = 0", "recheck_hours"),
             ("query_timeout_ms = 5", "query_timeout_ms"),
             ("servers = [\"\"]", "servers"),

@@ -2,8 +2,8 @@
 //! clock is off (the median of those that answer) and, past the limit, refuses the start
 //! (the runtime's [`StartGate`], exit code 4) or, with `on_skew = "degrade"`, starts with
 //! the clock marked untrusted. While running it checks again every `recheck_hours`, right
-//! after the kernel reports a clock step, and every `retry_secs` while the clock is not
-//! trusted; each finding goes to the runtime's clock ([`ClockAuthority`]), which every
+//! after the kernel reports a clock step, every `retry_secs` while the clock is skewed, and
+//! from `retry_secs` backing off to 30 min while no server answers; each finding goes to the runtime's clock ([`ClockAuthority`]), which every
 //! module's `Context` reads and the heartbeat shows. It never sets the clock: that is
 //! systemd-timesyncd's or chrony's job.
 //!
@@ -26,6 +26,9 @@ use fleet_module_api::{
 
 use config::{Config, OnSkew, NAME};
 use verdict::Verdict;
+
+/// Longest wait between checks while no server answers.
+const UNVERIFIED_MAX_RETRY: Duration = Duration::from_secs(1800);
 
 /// How the agent finds and configures this module.
 pub const DESCRIPTOR: Descriptor = Descriptor { name: NAME, build };
@@ -69,7 +72,7 @@ impl Inner {
     async fn check(&self) -> (Verdict, ClockStatus) {
         let timeout = Duration::from_millis(self.cfg.query_timeout_ms);
         let round = client::query_all(&self.cfg.servers, timeout).await;
-        let verdict = Verdict::of(&round, self.cfg.limit_secs);
+        let verdict = Verdict::of(&round, self.cfg.limit_secs as f64);
         let checked_at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -111,20 +114,20 @@ impl Inner {
     }
 
     fn log_change(&self, running: bool, verdict: &Verdict, status: &ClockStatus) {
-        let offset = status.offset_ms().unwrap_or(0) as f64 / 1000.0;
+        let offset_ms = status.offset_ms().unwrap_or(0);
         match verdict {
             Verdict::Trusted { .. } if running => tracing::info!(
-                offset_secs = offset,
+                offset_ms,
                 "clock within the limit again: time-bound work allowed"
             ),
             Verdict::Trusted { .. } => {
-                tracing::info!(offset_secs = offset, "clock checked: within the limit")
+                tracing::info!(offset_ms, "clock checked: within the limit")
             }
             Verdict::Skewed { .. } => {
                 let why = verdict.refusal().unwrap_or_default();
                 if running || self.on_skew() == OnSkew::Degrade {
                     tracing::warn!(
-                        offset_secs = offset,
+                        offset_ms,
                         "{why}; time-bound work (command expiry, secret fetch) is refused until the clock is back within the limit"
                     );
                 }
@@ -215,12 +218,29 @@ impl Capability for TimeGuard {
             inner.check().await;
             ctx.status.health_changed(NAME);
         }
+        // While unverified (offline), the retry backs off to UNVERIFIED_MAX_RETRY: a clock
+        // step (an NTP daemon syncing once the network is back) still re-checks at once.
+        let mut unverified_retry = retry;
         loop {
-            let trusted = matches!(
-                *inner.last.lock().unwrap_or_else(|p| p.into_inner()),
-                Some(ClockStatus::Trusted { .. })
-            );
-            let wait = if trusted { recheck } else { retry.min(recheck) };
+            let state = inner
+                .last
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map_or("unguarded", ClockStatus::state);
+            let wait = match state {
+                "trusted" => recheck,
+                "unverified" => {
+                    let w = unverified_retry;
+                    unverified_retry = (w * 2).min(UNVERIFIED_MAX_RETRY.max(retry));
+                    w
+                }
+                _ => retry,
+            }
+            .min(recheck);
+            if state != "unverified" {
+                unverified_retry = retry;
+            }
             tokio::select! {
                 () = ctx.shutdown.cancelled() => return Ok(()),
                 () = tokio::time::sleep(wait) => {}

@@ -47,8 +47,8 @@ impl Verdict {
             } => Some(format!(
                 "clock skew {}s exceeds {}s: signature and token validation would fail; \
                  enable systemd-timesyncd or chrony",
-                offset_secs.abs().round(),
-                limit_secs.round()
+                offset_secs.abs().round() as u64,
+                limit_secs.round() as u64
             )),
             _ => None,
         }
