@@ -98,6 +98,9 @@ pub(crate) fn render_status(views: &std::collections::BTreeMap<String, DeviceVie
             .and_then(|i| i["version"].as_str())
             .unwrap_or("?");
         let _ = writeln!(out, "{dev}  fleet-agent {version}");
+        if let Some(line) = v.info.as_ref().and_then(|i| clock_line(&i["clock"])) {
+            let _ = writeln!(out, "  {line}");
+        }
         if let Some(su) = v.info.as_ref().map(|i| &i["details"]["self-upgrade"]) {
             if let Some(phase) = su["phase"].as_str() {
                 let _ = writeln!(
@@ -144,6 +147,20 @@ pub(crate) fn render_status(views: &std::collections::BTreeMap<String, DeviceVie
     out
 }
 
+/// The device's clock when it is not simply trusted: `clock SKEWED -300 s (limit 30 s):
+/// time-bound commands refused` or `clock unverified (no time server answered)`.
+pub(crate) fn clock_line(c: &serde_json::Value) -> Option<String> {
+    match c["state"].as_str()? {
+        "skewed" => Some(format!(
+            "clock SKEWED {:+} s (limit {} s): time-bound commands refused",
+            c["offset_ms"].as_i64()? / 1000,
+            c["limit_ms"].as_i64()? / 1000
+        )),
+        "unverified" => Some("clock unverified (no time server answered)".to_owned()),
+        _ => None,
+    }
+}
+
 /// One status line for the device's OS upgrade (`details["system-upgrade"]` of the
 /// heartbeat), e.g. `os-upgrade u-1 RolledBack (2 boots): deadline: not committed within 600 s`.
 pub(crate) fn os_upgrade_line(d: &serde_json::Value) -> Option<String> {
@@ -159,4 +176,28 @@ pub(crate) fn os_upgrade_line(d: &serde_json::Value) -> Option<String> {
         .or_else(|| d["message"].as_str())
         .unwrap_or("");
     Some(format!("os-upgrade {id} {phase}{boots}: {why}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clock_line;
+
+    #[test]
+    fn the_clock_shows_only_when_it_is_not_simply_trusted() {
+        let skewed =
+            serde_json::json!({ "state": "skewed", "offset_ms": -300_400, "limit_ms": 30_000 });
+        assert_eq!(
+            clock_line(&skewed).as_deref(),
+            Some("clock SKEWED -300 s (limit 30 s): time-bound commands refused")
+        );
+        let unverified = serde_json::json!({ "state": "unverified", "reason": "x" });
+        assert!(clock_line(&unverified)
+            .unwrap()
+            .starts_with("clock unverified"));
+        assert_eq!(
+            clock_line(&serde_json::json!({ "state": "trusted", "offset_ms": 3 })),
+            None
+        );
+        assert_eq!(clock_line(&serde_json::Value::Null), None);
+    }
 }
