@@ -19,10 +19,10 @@ so one guest can run several upgrades, each naming its version
 | `hang`      | as clean; a unit freezes early userspace (before multi-user) once the watchdog is armed |
 | `late-hang` | as soft-fail (no check-in, so no commit); a unit freezes userspace after fleet-boot-good marked the boot |
 
-Both hang variants shorten systemd's runtime watchdog to 10 s (`RuntimeWatchdogUSec` over
-D-Bus; early in sysinit, before dbus, through systemd's private socket) right before they
-freeze: the reset still comes only from the i6300esb, about 20 s sooner. The 30 s the image
-sets (clean-boot asserts it) covers boots under TCG load; a frozen guest needs no margin.
+`late-hang` shortens systemd's runtime watchdog to 10 s (`RuntimeWatchdogUSec` over D-Bus)
+right before it freezes: the reset still comes only from the i6300esb, about 20 s sooner.
+The 30 s the image sets (clean-boot asserts it) covers boots under TCG load; a frozen guest
+needs no margin. `hang` freezes in sysinit, before the system bus, and keeps 30 s.
 
 A scenario may also serve a newer fleet-agent (`[services] apt_agent = "0.1.1"`): the real
 package of this tree at that version (`bin/fleet-deb`, cached by source hash), so an
@@ -50,13 +50,12 @@ VERSION_FILE = "usr/share/fleet-canary/version"
 # vCPU, RT throttling off), but early: in sysinit, before multi-user.target and so before
 # fleet-boot-good. It waits until systemd has armed the hardware watchdog first, or the
 # freeze would never be reset.
-# systemd's runtime watchdog down to 10 s before a freeze (shell text inside the units'
-# ExecStart): the system bus when it runs, else systemd's private socket (early sysinit).
-# A failure leaves the image's 30 s: slower, same outcome.
-SHORT_WATCHDOG = ("for a in unix:path=/run/dbus/system_bus_socket unix:path=/run/systemd/private; do "
-                  "busctl --address=$a set-property org.freedesktop.systemd1 /org/freedesktop/systemd1 "
-                  "org.freedesktop.systemd1.Manager RuntimeWatchdogUSec t 10000000 2>/dev/null && break; "
-                  "done;")
+# systemd's runtime watchdog down to 10 s right before the late freeze (shell text inside
+# the unit's ExecStart), over the system bus. A failure leaves the image's 30 s: slower,
+# same outcome. The early (sysinit) freeze keeps 30 s: there is no system bus yet, and
+# busctl over systemd's private socket was tried and fails (it is no bus, no Hello).
+SHORT_WATCHDOG = ("busctl set-property org.freedesktop.systemd1 /org/freedesktop/systemd1 "
+                  "org.freedesktop.systemd1.Manager RuntimeWatchdogUSec t 10000000 2>/dev/null;")
 
 HANG_UNIT = """[Unit]
 Description=fleet-canary 2.0 (hang variant): freeze early userspace
@@ -69,11 +68,11 @@ Before=sysinit.target
 # is never reached, whatever the timing of the freeze.
 Type=oneshot
 TimeoutStartSec=infinity
-ExecStart=/bin/sh -c 'i=0; until grep -qs active /sys/class/watchdog/watchdog0/state || [ $i -ge 300 ]; do sleep 1; i=$((i+1)); done; %s echo "fleet-canary: freezing userspace (watchdog $(cat /sys/class/watchdog/watchdog0/state 2>/dev/null), timeout $(cat /sys/class/watchdog/watchdog0/timeout 2>/dev/null) s)" >/dev/ttyS0; sysctl -qw kernel.sched_rt_runtime_us=-1; exec chrt -f 99 sh -c "while :; do :; done"'
+ExecStart=/bin/sh -c 'i=0; until grep -qs active /sys/class/watchdog/watchdog0/state || [ $i -ge 300 ]; do sleep 1; i=$((i+1)); done; echo "fleet-canary: freezing userspace (watchdog $(cat /sys/class/watchdog/watchdog0/state 2>/dev/null), timeout $(cat /sys/class/watchdog/watchdog0/timeout 2>/dev/null) s)" >/dev/ttyS0; sysctl -qw kernel.sched_rt_runtime_us=-1; exec chrt -f 99 sh -c "while :; do :; done"'
 
 [Install]
 WantedBy=sysinit.target
-""" % SHORT_WATCHDOG
+"""
 
 # Freeze the same way, but late: after fleet-boot-good has marked the trial boot good (so
 # `bootcount` is back to 0 at every hang). Wanted by fleet-boot-good.service rather than
