@@ -6,7 +6,10 @@ networking shows the host's loopback to the guest as 10.0.2.2, so the guest's on
 source is `deb [trusted=yes] http://10.0.2.2:<port>/ ./`.
 
 The package is `fleet-canary`: 1.0 is in the image (build-image installs it), and each
-scenario's repository holds one 2.0 variant:
+scenario's repository holds one 2.0 variant (`[services] apt = "hang"`), or several
+candidate versions of different variants (`apt = { "2.0" = "hang", "2.1" = "late-hang" }`)
+so one guest can run several upgrades, each naming its version
+(`apt-get install -y fleet-canary=2.1`):
 
 | variant     | what 2.0 does to the new system                                              |
 |-------------|------------------------------------------------------------------------------|
@@ -15,6 +18,11 @@ scenario's repository holds one 2.0 variant:
 | `hard-fail` | as clean; postinst truncates /boot/firmware/initrd.img (x86) or initramfs8 (Pi image), as a broken kernel postinst would, and writes new start4.elf / fixup4.dat (as a raspi-firmware update would) |
 | `hang`      | as clean; a unit freezes early userspace (before multi-user) once the watchdog is armed |
 | `late-hang` | as soft-fail (no check-in, so no commit); a unit freezes userspace after fleet-boot-good marked the boot |
+
+`late-hang` shortens systemd's runtime watchdog to 10 s (`RuntimeWatchdogUSec` over D-Bus)
+right before it freezes: the reset still comes only from the i6300esb, about 20 s sooner.
+The 30 s the image sets (clean-boot asserts it) covers boots under TCG load; a frozen guest
+needs no margin. `hang` freezes in sysinit, before the system bus, and keeps 30 s.
 
 A scenario may also serve a newer fleet-agent (`[services] apt_agent = "0.1.1"`): the real
 package of this tree at that version (`bin/fleet-deb`, cached by source hash), so an
@@ -42,6 +50,13 @@ VERSION_FILE = "usr/share/fleet-canary/version"
 # vCPU, RT throttling off), but early: in sysinit, before multi-user.target and so before
 # fleet-boot-good. It waits until systemd has armed the hardware watchdog first, or the
 # freeze would never be reset.
+# systemd's runtime watchdog down to 10 s right before the late freeze (shell text inside
+# the unit's ExecStart), over the system bus. A failure leaves the image's 30 s: slower,
+# same outcome. The early (sysinit) freeze keeps 30 s: there is no system bus yet, and
+# busctl over systemd's private socket was tried and fails (it is no bus, no Hello).
+SHORT_WATCHDOG = ("busctl set-property org.freedesktop.systemd1 /org/freedesktop/systemd1 "
+                  "org.freedesktop.systemd1.Manager RuntimeWatchdogUSec t 10000000 2>/dev/null;")
+
 HANG_UNIT = """[Unit]
 Description=fleet-canary 2.0 (hang variant): freeze early userspace
 DefaultDependencies=no
@@ -53,7 +68,7 @@ Before=sysinit.target
 # is never reached, whatever the timing of the freeze.
 Type=oneshot
 TimeoutStartSec=infinity
-ExecStart=/bin/sh -c 'i=0; until grep -qs active /sys/class/watchdog/watchdog0/state || [ $i -ge 300 ]; do sleep 1; i=$((i+1)); done; echo "fleet-canary: freezing userspace (watchdog $(cat /sys/class/watchdog/watchdog0/state 2>/dev/null))" >/dev/ttyS0; sysctl -qw kernel.sched_rt_runtime_us=-1; exec chrt -f 99 sh -c "while :; do :; done"'
+ExecStart=/bin/sh -c 'i=0; until grep -qs active /sys/class/watchdog/watchdog0/state || [ $i -ge 300 ]; do sleep 1; i=$((i+1)); done; echo "fleet-canary: freezing userspace (watchdog $(cat /sys/class/watchdog/watchdog0/state 2>/dev/null), timeout $(cat /sys/class/watchdog/watchdog0/timeout 2>/dev/null) s)" >/dev/ttyS0; sysctl -qw kernel.sched_rt_runtime_us=-1; exec chrt -f 99 sh -c "while :; do :; done"'
 
 [Install]
 WantedBy=sysinit.target
@@ -70,11 +85,11 @@ After=fleet-boot-good.service
 
 [Service]
 Type=simple
-ExecStart=/bin/sh -c 'sleep 5; echo "fleet-canary: freezing userspace after the good-boot mark (watchdog $(cat /sys/class/watchdog/watchdog0/state 2>/dev/null))" >/dev/ttyS0; sysctl -qw kernel.sched_rt_runtime_us=-1; exec chrt -f 99 sh -c "while :; do :; done"'
+ExecStart=/bin/sh -c 'sleep 5; %s echo "fleet-canary: freezing userspace after the good-boot mark (watchdog $(cat /sys/class/watchdog/watchdog0/state 2>/dev/null), timeout $(cat /sys/class/watchdog/watchdog0/timeout 2>/dev/null) s)" >/dev/ttyS0; sysctl -qw kernel.sched_rt_runtime_us=-1; exec chrt -f 99 sh -c "while :; do :; done"'
 
 [Install]
 WantedBy=fleet-boot-good.service
-"""
+""" % SHORT_WATCHDOG
 
 SOFT_FAIL_POSTINST = r"""#!/bin/sh
 set -e
@@ -198,17 +213,29 @@ def write_index(repo: Path) -> None:
         f"SHA256:\n {hashlib.sha256(packages).hexdigest()} {len(packages)} Packages\n")
 
 
-class AptRepo:
-    """One scenario's repository, served by `python3 -m http.server` on a free loopback port."""
+def candidates(spec) -> dict[str, str]:
+    """`[services] apt`: a variant name (served as 2.0) or a table version -> variant."""
+    if isinstance(spec, str):
+        return {"2.0": spec}
+    if (isinstance(spec, dict) and spec
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in spec.items())):
+        return dict(spec)
+    raise ValueError(f"[services] apt must be a variant name or a table of version = variant "
+                     f"(e.g. {{ \"2.0\" = \"hang\", \"2.1\" = \"late-hang\" }}), got {spec!r}")
 
-    def __init__(self, directory: Path, variant: str, version: str = "2.0",
+
+class AptRepo:
+    """One scenario's repository, served by `python3 -m http.server` on a free loopback port.
+    `variants`: version -> variant, one fleet-canary .deb each (see `candidates`)."""
+
+    def __init__(self, directory: Path, variants: dict[str, str],
                  agent_version: str | None = None):
         self.dir = directory
-        self.variant = variant
-        self.version = version
+        self.variants = dict(variants)
         self.agent_version = agent_version
         self.dir.mkdir(parents=True, exist_ok=True)
-        build_deb(variant, version, self.dir)
+        for version, variant in self.variants.items():
+            build_deb(variant, version, self.dir)
         if agent_version:
             shutil.copy(fleet_agent_deb(agent_version), self.dir)
         write_index(self.dir)
@@ -231,13 +258,18 @@ class AptRepo:
             self.stop()
             raise RuntimeError(f"apt repository server did not listen on {self.port}")
 
+    def describe(self) -> str:
+        return ", ".join(f"{NAME} {v} {k}" for v, k in self.variants.items())
+
     @property
     def guest_url(self) -> str:
         return f"http://10.0.2.2:{self.port}/"
 
     def fact(self) -> dict:
-        return {"url": self.guest_url, "variant": self.variant, "version": self.version,
-                "agent_version": self.agent_version, "port": self.port}
+        first = next(iter(self.variants))
+        return {"url": self.guest_url, "variant": self.variants[first], "version": first,
+                "variants": self.variants, "agent_version": self.agent_version,
+                "port": self.port}
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -117,15 +117,50 @@ def resolve(arg: str) -> Path:
     raise SystemExit(f"run: unknown scenario {arg!r} (known: {known})")
 
 
-def by_guests(paths: list[Path]) -> list[Path]:
-    """Scenarios with more guests first: one that needs every slot then starts while all are
-    free, instead of idling a slot until the scenario beside it ends."""
+# Wall seconds per scenario in the last clean-clone `.ci/run` (-j 2, TCG), for the order
+# below; a scenario's figure is updated when it changes (README "Timings"). os-hang,
+# os-power-cut and os-hard-fail each took in a second scenario: the sum of the two runs'
+# steps in that CI, less the shared boot and set-up (and, for os-hang, 20 s per late-hang
+# watchdog reset), until a CI run measures them.
+EXPECTED_SECS = {
+    "provision": 264, "agent-corrupt": 155, "arm64-clean-boot": 218, "clean-boot": 278,
+    "os-clean": 291, "power-cut-hang": 270,
+    "os-hang": 750, "os-power-cut": 610, "os-hard-fail": 600,
+}
+UNKNOWN_SECS = 300  # a new scenario: about two boots and an upgrade under CI load
+
+
+def expected_secs(path: Path) -> float:
+    return EXPECTED_SECS.get(path.stem, UNKNOWN_SECS)
+
+
+def schedule(paths: list[Path]) -> list[Path]:
+    """The order scenarios are started in: those with more guests first (one that needs
+    every slot then starts while all are free, instead of idling a slot until the scenario
+    beside it ends), then longest first (greedy LPT: each free slot takes the longest
+    scenario left, so no long one starts last beside an idle slot)."""
     def guests(p: Path) -> int:
         try:
             return len(machine_names(load(p), p))
         except Exception:  # a broken file fails in run_one, with its message
             return 1
-    return sorted(paths, key=lambda p: -guests(p))
+    return sorted(paths, key=lambda p: (-guests(p), -expected_secs(p), p.stem))
+
+
+def simulate(paths: list[Path], slots: int) -> float:
+    """Expected wall time of `schedule(paths)` on `slots` slots (each scenario takes as many
+    slots as it has guests and starts when they are free, as run_one does)."""
+    free = [0.0] * max(1, slots)
+    for p in schedule(paths):
+        try:
+            k = min(len(machine_names(load(p), p)), len(free))
+        except Exception:  # noqa: BLE001
+            k = 1
+        free.sort()
+        start = free[k - 1]
+        for i in range(k):
+            free[i] = start + expected_secs(p)
+    return max(free)
 
 
 def image_for(vm: dict, args: argparse.Namespace) -> Path:
@@ -277,6 +312,9 @@ def main() -> int:
                     help="image dir from build-pi-image (scenarios with [vm] arch = \"arm64\")")
     ap.add_argument("--arches", action="store_true",
                     help="print x86 and/or arm64: what the selected scenarios boot, and exit")
+    ap.add_argument("--plan", action="store_true",
+                    help="print the start order with each scenario's expected seconds and the "
+                         "expected wall time, and exit (nothing is booted)")
     ap.add_argument("--qemu", action="store_true", help="plain QEMU instead of libvirt")
     ap.add_argument("-j", "--jobs", type=int, default=int(os.environ.get("FLEET_VM_JOBS", "2")),
                     help="scenarios run at the same time (default 2)")
@@ -301,10 +339,15 @@ def main() -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
 
-    paths = [resolve(s) for s in args.scenarios] or by_guests(
-        sorted((VMT / "scenarios").glob("*.toml")))
+    paths = schedule([resolve(s) for s in args.scenarios]
+                     or sorted((VMT / "scenarios").glob("*.toml")))
     if args.arches:
         print(" ".join(sorted({"arm64" if is_arm64(p) else "x86" for p in paths})))
+        return 0
+    if args.plan:
+        for p in paths:
+            print(f"{p.stem:<24} {expected_secs(p):5.0f} s")
+        print(f"expected wall time with -j {args.jobs}: {simulate(paths, args.jobs):.0f} s")
         return 0
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     outdir = args.out or Path(os.environ.get("FLEET_VM_WORK", VMT / "work")) / "runs" / stamp

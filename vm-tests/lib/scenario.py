@@ -199,16 +199,17 @@ class Run:
 
     def start_services(self) -> None:
         """`[services]` of the scenario: `apt = "<variant>"` (a local apt repository with
-        fleet-canary 2.0 of that variant; `apt_agent = "<version>"` adds this tree's
+        fleet-canary 2.0 of that variant; `apt = { "2.0" = "<variant>", "2.1" = ... }`: several
+        candidate versions; `apt_agent = "<version>"` adds this tree's
         fleet-agent package at that version), `nats = true` (nats-server -js + fleetctl init),
         `ntp = true` (chronyd serving the host's clock, lib/ntp.py).
         Their guest-side URLs replace @APT_URL@ / @NATS_URL@ / @NTP_ADDR@ in every step's
         strings; @NATS_HOST_URL@ is the host-side URL (for `host` steps)."""
         svc = self.sc.get("services", {})
         if svc.get("apt"):
-            from aptrepo import AptRepo
+            from aptrepo import AptRepo, candidates
             try:
-                repo = AptRepo(self.rundir / "apt-repo", svc["apt"],
+                repo = AptRepo(self.rundir / "apt-repo", candidates(svc["apt"]),
                                agent_version=svc.get("apt_agent"))
             except (RuntimeError, ValueError, subprocess.CalledProcessError) as e:
                 raise HarnessError(f"apt repository: {e}") from e
@@ -216,7 +217,7 @@ class Run:
             LIVE_SERVICES.add(repo)
             self.subst["@APT_URL@"] = repo.guest_url
             agent = f", fleet-agent {repo.agent_version}" if repo.agent_version else ""
-            self.log(f"apt repository (fleet-canary {repo.version}, {repo.variant}{agent}) at "
+            self.log(f"apt repository ({repo.describe()}{agent}) at "
                      f"127.0.0.1:{repo.port}, guest {repo.guest_url}")
         if svc.get("nats"):
             nats = NatsService(self.rundir)
