@@ -53,10 +53,15 @@ pub(super) fn start(shared: Weak<Shared>, timing: PingTiming) -> std::io::Result
 
 fn run(shared: &Weak<Shared>, stopped: &mpsc::Receiver<()>, timing: PingTiming) {
     let mut failing = false;
+    // Decide at once (a hardware watchdog the module just armed needs the verdict), then
+    // every period.
+    let mut first = true;
     loop {
-        match stopped.recv_timeout(timing.period) {
-            Err(RecvTimeoutError::Timeout) => {}
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+        if !std::mem::take(&mut first) {
+            match stopped.recv_timeout(timing.period) {
+                Err(RecvTimeoutError::Timeout) => {}
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+            }
         }
         let Some(shared) = shared.upgrade() else {
             return;
