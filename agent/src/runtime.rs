@@ -6,6 +6,7 @@ mod builder;
 mod clock;
 mod desired;
 mod health;
+mod ping;
 mod sink;
 
 pub use builder::{plane_for, AgentBuilder};
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 use fleet_contract::{DeviceId, Phase};
 use fleet_module_api::{
     CancellationToken, CheckIn, Command, CommandError, Context, DesiredState, GuardedClock, Health,
-    Probe, Reply, SystemClock,
+    Liveness, Probe, Progress, Reply, SystemClock,
 };
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -30,7 +31,7 @@ use crate::control::{ControlPlane, DesiredUpdate, PlaneIo, PublishFailures};
 use crate::heartbeat::{Heartbeat, IgnoredReport};
 use crate::router::Router;
 use crate::store::{OpenReport, Store, StoreError};
-use crate::supervisor::{supervise, RestartPolicy, Slot};
+use crate::supervisor::{supervise, RestartPolicy, Slot, ABORT_GRACE};
 use crate::{notify, VERSION};
 
 /// How long a module's probe may take, per attempt: a probe that does not answer is asked
@@ -46,6 +47,10 @@ pub const PROBE_TIMEOUTS: [Duration; 3] = [
 /// is also read this often, for modules that do not announce changes
 /// ([`fleet_module_api::StatusSink::health_changed`]); a settled agent keeps no such timer.
 const UNSETTLED_POLL: Duration = Duration::from_secs(2);
+/// How often the runtime loop proves itself alive (and the pinger decides) when systemd
+/// armed no service watchdog: the watchdog module may follow the verdict to pet a hardware
+/// watchdog. With one armed, half its interval.
+const UNARMED_CHECK: Duration = Duration::from_secs(10);
 /// How long shutdown waits for modules before abandoning them (systemd allows 15 s).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 
@@ -122,6 +127,10 @@ struct Shared {
     /// Fires once every module providing the container runtime has answered its probe
     /// (`deployments_blocked` is then final); desired state is applied only after.
     providers_probed: CancellationToken,
+    /// The runtime's verdict on the agent, kept by the pinger, read by modules.
+    liveness: Arc<Liveness>,
+    /// Ticked by the runtime loop each time it has asked every module's health.
+    loop_progress: Progress,
 }
 
 impl Shared {
@@ -204,6 +213,7 @@ pub struct Agent {
     open_report: OpenReport,
     policy: RestartPolicy,
     probe_timeouts: Vec<Duration>,
+    abort_grace: Duration,
     shutdown: CancellationToken,
 }
 
@@ -216,6 +226,7 @@ impl Agent {
             compiled_in: true,
             policy: RestartPolicy::default(),
             probe_timeouts: PROBE_TIMEOUTS.to_vec(),
+            abort_grace: ABORT_GRACE,
         }
     }
 
@@ -268,8 +279,13 @@ impl Agent {
             if slot.state().probe.is_some() {
                 continue; // unmet needs, already reported
             }
-            let (slot, ctx, shared, policy) =
-                (slot.clone(), ctx.clone(), shared.clone(), self.policy);
+            let (slot, ctx, shared, policy, grace) = (
+                slot.clone(),
+                ctx.clone(),
+                shared.clone(),
+                self.policy,
+                self.abort_grace,
+            );
             let timeouts = self.probe_timeouts.clone();
             let name = slot.name();
             module_tasks.push((
@@ -295,7 +311,7 @@ impl Agent {
                     shared.providers_answered();
                     drop(shared);
                     if available {
-                        supervise(slot, ctx, policy).await;
+                        supervise(slot, ctx, policy, grace).await;
                     }
                 }),
             ));
@@ -354,11 +370,26 @@ impl Agent {
             tracing::warn!(error = %e, "cannot prune command journal");
         }
 
-        // Timers: systemd's service watchdog (when it asks), a network plane's heartbeat,
-        // and a health poll only while a module is not settled. Everything else is an event
-        // (`changed`): a probe answered, a supervisor transition, a module's health, detail
-        // or deployment status. An idle agent on the local plane keeps no timer at all.
-        let watchdog = notify::watchdog_interval().map(|w| w / 2);
+        // Timers: the liveness check (half systemd's service watchdog interval, when it
+        // asks), a network plane's heartbeat, and a health poll only while a module is not
+        // settled. Everything else is an event (`changed`): a probe answered, a supervisor
+        // transition, a module's health, detail or deployment status. The pings themselves
+        // come from the pinger thread (ping.rs), which follows this loop's ticks.
+        let systemd_watchdog = notify::watchdog_interval();
+        let timing = ping::PingTiming {
+            period: systemd_watchdog.map_or(UNARMED_CHECK, |w| w / 2),
+            systemd: systemd_watchdog.is_some(),
+            abort_grace: self.abort_grace,
+        };
+        let watchdog = Some(timing.period);
+        shared.loop_progress.tick();
+        let pinger = match ping::start(Arc::downgrade(&shared), timing) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the watchdog pinger thread; systemd restarts the agent");
+                None
+            }
+        };
         let beat_every = self
             .plane
             .publishes_heartbeats()
@@ -383,11 +414,11 @@ impl Agent {
                     tracing::warn!(error = %e, "cannot prune command journal");
                 }
             }
-            // Computing health asks every module: the pet proves the whole loop is alive.
+            // Computing health asks every module: the tick proves the whole loop is alive.
             shared.refresh(false, beat);
+            shared.loop_progress.tick();
             if next_pet.is_some_and(|t| t <= now) {
                 next_pet = watchdog.map(|w| now + w);
-                notify::watchdog();
             }
             next_poll = match (shared.unsettled(), next_poll) {
                 (false, _) => None,
@@ -397,6 +428,7 @@ impl Agent {
         }
 
         tracing::info!("shutting down");
+        drop(pinger);
         notify::stopping();
         self.shutdown.cancel();
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;

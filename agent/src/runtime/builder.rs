@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use fleet_contract::{DeviceId, Phase};
 use fleet_module_api::{
     CancellationToken, Capability, CheckIn, Context, ExtensionKind, ExtensionsBuilder,
-    GuardedClock, Health, Paths, Probe,
+    GuardedClock, Health, Liveness, Paths, Probe, Progress,
 };
 use tokio::sync::{broadcast, watch};
 
@@ -34,6 +34,7 @@ pub struct AgentBuilder {
     pub(super) compiled_in: bool,
     pub(super) policy: RestartPolicy,
     pub(super) probe_timeouts: Vec<Duration>,
+    pub(super) abort_grace: Duration,
 }
 
 impl AgentBuilder {
@@ -61,6 +62,13 @@ impl AgentBuilder {
         if !timeouts.is_empty() {
             self.probe_timeouts = timeouts.to_vec();
         }
+        self
+    }
+
+    /// Overrides how long an aborted module's task may take to stop before it counts as
+    /// stuck (default [10 s]).
+    pub fn abort_grace(mut self, grace: Duration) -> Self {
+        self.abort_grace = grace;
         self
     }
 
@@ -165,6 +173,7 @@ impl AgentBuilder {
         };
 
         // Needs are checked before anything runs; unmet ones are reported, not discovered.
+        let liveness = Arc::new(Liveness::new());
         let mut claimed: BTreeMap<&'static str, &'static str> = BTreeMap::new();
         let mut slots = Vec::new();
         for m in modules {
@@ -200,6 +209,7 @@ impl AgentBuilder {
                 shutdown: shutdown.child_token(),
                 ext: ext.clone(),
                 checkin: checkin_rx.clone(),
+                progress: Progress::new(m.progress_budget(), liveness.clone()),
             };
             slots.push((slot, ctx));
         }
@@ -240,6 +250,8 @@ impl AgentBuilder {
             written: Mutex::new(None),
             status_sent: Mutex::new(String::new()),
             providers_probed: CancellationToken::new(),
+            loop_progress: Progress::new(Duration::MAX, liveness.clone()),
+            liveness,
         });
         let _ = agent_self.shared.set(Arc::downgrade(&shared));
         Ok(Agent {
@@ -250,6 +262,7 @@ impl AgentBuilder {
             open_report,
             policy: self.policy,
             probe_timeouts: self.probe_timeouts,
+            abort_grace: self.abort_grace,
             shutdown,
         })
     }

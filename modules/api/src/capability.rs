@@ -33,6 +33,14 @@ pub trait Capability: Send + Sync + 'static {
     /// (or a panic) makes the supervisor mark it unhealthy and restart it with backoff.
     async fn run(self: Arc<Self>, ctx: Context) -> Result<(), ModuleError>;
 
+    /// How long `run` may go without a [`crate::Progress::tick`] before the supervisor
+    /// restarts it (and, if its task cannot be stopped, the agent stops petting systemd's
+    /// service watchdog). Tick in every loop iteration and wrap long awaits in
+    /// [`crate::Progress::during`].
+    fn progress_budget(&self) -> std::time::Duration {
+        crate::DEFAULT_PROGRESS_BUDGET
+    }
+
     /// Command verbs this module serves; the router sends each verb to exactly one module.
     fn verbs(&self) -> &'static [&'static str] {
         &[]

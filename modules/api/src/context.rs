@@ -30,6 +30,8 @@ pub struct Context {
     /// Whether the agent has checked in (control plane reached, modules healthy); fed by the
     /// runtime. Upgrade modules commit only once it says so.
     pub checkin: CheckInStream,
+    /// Where the run loop shows progress ([`crate::Progress::tick`]) to the supervisor.
+    pub progress: crate::Progress,
 }
 
 /// The agent's check-in as the runtime last saw it.

@@ -42,6 +42,7 @@ mod context;
 mod error;
 mod extensions;
 mod mem_store;
+mod progress;
 
 pub use async_trait::async_trait;
 pub use capability::{BuildFn, Capability, Descriptor, Health, Needs, Probe};
@@ -59,4 +60,5 @@ pub use extensions::{
     RunOutcome, RunSpec, RuntimeError,
 };
 pub use mem_store::MemStore;
+pub use progress::{Liveness, Progress, DEFAULT_PROGRESS_BUDGET};
 pub use tokio_util::sync::CancellationToken;

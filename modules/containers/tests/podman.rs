@@ -146,6 +146,7 @@ async fn init_containers_without_the_init_module_fail_saying_so() {
         shutdown: shutdown.clone(),
         ext: ext.build(),
         checkin: tokio::sync::watch::channel(Default::default()).1,
+        progress: Default::default(),
     };
     let task = tokio::spawn(module.clone().run(ctx));
     let failed = tokio::time::timeout(Duration::from_secs(60), async {

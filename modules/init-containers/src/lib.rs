@@ -177,7 +177,8 @@ impl Capability for InitContainers {
     }
 
     async fn run(self: Arc<Self>, ctx: Context) -> Result<(), ModuleError> {
-        ctx.shutdown.cancelled().await;
+        // Nothing to loop over: the hook runs in the containers module's jobs.
+        ctx.progress.during(ctx.shutdown.cancelled()).await;
         Ok(())
     }
 

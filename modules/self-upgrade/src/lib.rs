@@ -447,12 +447,13 @@ impl Capability for SelfUpgrade {
         ctx.status.health_changed(NAME);
         if let Some(p) = probation {
             if p.to == version && layout.current_version().as_deref() == Some(version.as_str()) {
-                let stop = self
-                    .probation(&ctx, &layout, p)
+                let stop = ctx
+                    .progress
+                    .during(self.probation(&ctx, &layout, p))
                     .await
                     .map_err(|e| ModuleError::external("probation", e))?;
                 if stop {
-                    ctx.shutdown.cancelled().await;
+                    ctx.progress.during(ctx.shutdown.cancelled()).await;
                     return Ok(());
                 }
             } else {
@@ -462,6 +463,7 @@ impl Capability for SelfUpgrade {
         let mut desired = ctx.desired.clone();
         let mut desired_changed = true; // look at the current value once at start
         loop {
+            ctx.progress.tick();
             let from_desired = if desired_changed {
                 desired_changed = false;
                 let agent = desired.borrow_and_update().agent.clone();
@@ -484,16 +486,18 @@ impl Capability for SelfUpgrade {
                         Some(j) => Some(j),
                         None => return Ok(()),
                     },
+                    () = ctx.progress.pulse() => None,
                 },
             };
             let Some(req) = job else { continue };
             let v = req.version.clone();
-            match self.upgrade(&ctx, req).await {
+            // Download, verify, cutover: awaited, so waiting on it is progress.
+            match ctx.progress.during(self.upgrade(&ctx, req)).await {
                 Ok(Ended::CutOver) => {
                     if let Some(a) = ctx.ext.get::<dyn AgentSelf>() {
                         a.request_restart(format!("cutover to {v}"));
                     }
-                    ctx.shutdown.cancelled().await;
+                    ctx.progress.during(ctx.shutdown.cancelled()).await;
                     return Ok(());
                 }
                 Ok(Ended::Reverted) => {}

@@ -342,6 +342,7 @@ fn context_in(state_dir: &std::path::Path, details: Arc<Details>) -> Context {
         shutdown: fleet_module_api::CancellationToken::new(),
         ext: fleet_module_api::ExtensionsBuilder::new().build(),
         checkin: tokio::sync::watch::channel(Default::default()).1,
+        progress: Default::default(),
     }
 }
 

@@ -250,18 +250,21 @@ impl Capability for SystemUpgradeModule {
         // recover() returns the current one; the channel's copies are stale then.
         while starts.try_recv().is_ok() {}
         let mut probation = false;
-        match engine.recover().await {
+        // Every engine step below is awaited (child processes, waits on systemd units):
+        // waiting on it is progress.
+        let progress = &ctx.progress;
+        match progress.during(engine.recover()).await {
             Resume::Nothing => {}
             Resume::Probation => probation = true,
             Resume::Execute(rec) => {
                 self.set_health(&ctx, Health::Healthy);
-                engine.execute(*rec, &ctx.shutdown).await;
+                progress.during(engine.execute(*rec, &ctx.shutdown)).await;
             }
             Resume::Follow(rec) => {
                 // Healthy while following: a new agent version started by the upgrade's own
                 // package postinst must be able to check in.
                 self.set_health(&ctx, Health::Healthy);
-                engine.follow(*rec, &ctx.shutdown).await;
+                progress.during(engine.follow(*rec, &ctx.shutdown)).await;
             }
         }
         self.set_health(&ctx, Health::Healthy);
@@ -272,9 +275,10 @@ impl Capability for SystemUpgradeModule {
         let mut desired_dirty = true;
         let mut was_done = true;
         loop {
+            progress.tick();
             if probation {
                 let c = checkin.borrow_and_update().clone();
-                probation = !engine.try_commit(&c).await;
+                probation = !progress.during(engine.try_commit(&c)).await;
             }
             // An upgrade just ended: a desired request refused while it ran gets its turn.
             let done = engine.current().is_none_or(|c| c.phase.is_terminal());
@@ -284,7 +288,7 @@ impl Capability for SystemUpgradeModule {
                 desired_dirty = false;
                 let state = desired.borrow_and_update().clone();
                 if let Some(rec) = self.apply_desired(&engine, &state) {
-                    engine.execute(rec, &ctx.shutdown).await;
+                    progress.during(engine.execute(rec, &ctx.shutdown)).await;
                     continue;
                 }
             }
@@ -301,10 +305,11 @@ impl Capability for SystemUpgradeModule {
                         .current()
                         .is_some_and(|c| c.id == rec.id && c.phase == record::Phase::Checking);
                     if fresh {
-                        engine.execute(rec, &ctx.shutdown).await;
+                        progress.during(engine.execute(rec, &ctx.shutdown)).await;
                     }
                 }
                 () = tokio::time::sleep(PROBATION_TICK), if probation => {}
+                () = progress.pulse() => {}
             }
         }
     }

@@ -241,17 +241,27 @@ impl Capability for TimeGuard {
             if state != "unverified" {
                 unverified_retry = retry;
             }
-            tokio::select! {
-                () = ctx.shutdown.cancelled() => return Ok(()),
-                () = tokio::time::sleep(wait) => {}
-                r = stepped(&mut steps) => match r {
-                    Ok(()) => tracing::info!("kernel clock stepped: checking it again"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "clock step watch failed; checking on the timer only");
-                        steps = None;
-                    }
-                },
+            let due = tokio::time::Instant::now() + wait;
+            // Waiting is the job between checks: tick on every pulse, check only when due.
+            loop {
+                ctx.progress.tick();
+                tokio::select! {
+                    () = ctx.shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep_until(due) => break,
+                    () = ctx.progress.pulse() => {}
+                    r = stepped(&mut steps) => match r {
+                        Ok(()) => {
+                            tracing::info!("kernel clock stepped: checking it again");
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "clock step watch failed; checking on the timer only");
+                            steps = None;
+                        }
+                    },
+                }
             }
+            ctx.progress.tick();
             inner.check().await;
         }
     }

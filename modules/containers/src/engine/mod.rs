@@ -171,8 +171,11 @@ impl Engine {
         let mut next_full = Instant::now() + resync;
         'passes: loop {
             let mut last: Arc<DesiredState> = desired.borrow_and_update().clone();
+            // A pass awaits podman (listings, pulls are jobs of their own): progress.
             let wake = self
-                .pass(last.clone(), &mut jobs, &mut running, &sem, &exits, full)
+                .ctx
+                .progress
+                .during(self.pass(last.clone(), &mut jobs, &mut running, &sem, &exits, full))
                 .await;
             if full {
                 next_full = Instant::now() + resync;
@@ -181,6 +184,7 @@ impl Engine {
             let until = wake.map_or(next_full, |w| (Instant::now() + w).min(next_full));
             let mut completed: Option<Instant> = None;
             loop {
+                self.ctx.progress.tick();
                 let deadline = completed.map_or(until, |c| (c + COMPLETIONS).min(until));
                 tokio::select! {
                     () = self.ctx.shutdown.cancelled() => break 'passes,
@@ -225,6 +229,7 @@ impl Engine {
                         full = deadline >= next_full;
                         break;
                     }
+                    () = self.ctx.progress.pulse() => {}
                 }
             }
             while let Some(done) = jobs.try_join_next_with_id() {

@@ -132,6 +132,7 @@ pub fn start(section: &toml::Value, store: Arc<MemStore>, state: DesiredState) -
         shutdown: shutdown.clone(),
         ext: ext.build(),
         checkin: watch::channel(Default::default()).1,
+        progress: Default::default(),
     };
     let task = tokio::spawn(module.clone().run(ctx));
     Run {
