@@ -43,6 +43,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import stop_child
+
 NAME = "fleet-canary"
 VERSION_FILE = "usr/share/fleet-canary/version"
 
@@ -272,13 +274,7 @@ class AptRepo:
                 "port": self.port}
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
+        stop_child(self.proc, self.log)
 
 
 def main(argv: list[str]) -> int:

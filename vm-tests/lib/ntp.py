@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import HarnessError, free_port
+from machine import HarnessError, free_port, stop_child
 
 NTP_UNIX = 2_208_988_800
 
@@ -107,10 +107,4 @@ class NtpService:
                 "served_minus_host_secs": round(self.skew_at_start, 3)}
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
+        stop_child(self.proc, self.log)

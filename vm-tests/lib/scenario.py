@@ -20,7 +20,7 @@ import time
 import tomllib
 from pathlib import Path
 
-from machine import HarnessError, Machine, free_port
+from machine import HarnessError, Machine, free_port, stop_child
 
 HERE = Path(__file__).resolve().parent
 ASSERT = HERE.parent / "bin" / "fleet-assert"
@@ -119,13 +119,7 @@ class NatsService:
         return {"url": self.guest_url, "host_url": self.host_url, "port": self.port}
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
+        stop_child(self.proc, self.log)
 
 
 def load(path: Path) -> dict:
