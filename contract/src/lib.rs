@@ -25,10 +25,13 @@ pub use command::{
 pub use device::{DeviceId, DeviceIdError};
 pub use image::{ImageReference, MAX_IMAGE_NAME_BYTES, MAX_IMAGE_TAG_BYTES};
 pub use manifest::{
-    decode_toml, located_error, ContainerSpec, DecodeError, Deployment, InitContainer, Lifecycle,
-    RestartPolicy, API_VERSION, MAX_MANIFEST_BYTES, MAX_REVISION, MAX_SAFE_INTEGER,
+    canonical_capability, decode_toml, located_error, BindMount, ContainerSpec, DecodeError,
+    Deployment, DeviceMapping, ExecProbe, HttpProbe, InitContainer, Lifecycle, LogOptions,
+    NetworkMode, PortMapping, Probe, ProbeCheck, Protocol, PullPolicy, Resources, RestartPolicy,
+    TcpProbe, TmpfsMount, VolumeMount, API_VERSION, CAPABILITIES, MAX_LIST_ENTRIES,
+    MAX_MANIFEST_BYTES, MAX_REVISION, MAX_SAFE_INTEGER,
 };
-pub use status::{DeploymentStatus, Phase};
+pub use status::{DeploymentStatus, Phase, ProbeStatus};
 pub use system::{
     validate_upgrade_id, SystemUpgrade, DEADLINE_RANGE, DEFAULT_UPGRADE_COMMAND, MAX_BOOTS_RANGE,
     MAX_SYSTEM_UPGRADE_BYTES,

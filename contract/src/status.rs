@@ -13,8 +13,11 @@ pub enum Phase {
     Initializing,
     /// Creating and starting the main container.
     Starting,
-    /// The main container runs the desired revision.
+    /// The main container runs the desired revision (and its probes, if any, pass).
     Running,
+    /// The container runs but a health probe failed past its threshold; `probe` says which
+    /// and how. The container is restarted by its restart policy.
+    Unhealthy,
     /// Replacing the previous revision.
     Upgrading,
     /// Could not reach the desired revision; `message` says why.
@@ -32,6 +35,7 @@ impl Phase {
             Phase::Initializing => "Initializing",
             Phase::Starting => "Starting",
             Phase::Running => "Running",
+            Phase::Unhealthy => "Unhealthy",
             Phase::Upgrading => "Upgrading",
             Phase::Failed => "Failed",
             Phase::Removing => "Removing",
@@ -60,6 +64,29 @@ pub struct DeploymentStatus {
     /// Digest of the running image, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_digest: Option<String>,
+    /// Why the container last stopped, beyond its exit code: `oom-killed` when the kernel
+    /// killed it for its memory limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_reason: Option<String>,
+    /// The deployment's health probe result: the failing probe, else the last one checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeStatus>,
     /// Unix seconds of the last change.
     pub updated_at: u64,
+}
+
+/// The last result of a deployment's health probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeStatus {
+    /// The probe's name (its kind when unnamed).
+    pub name: String,
+    /// Did the last check pass?
+    pub passing: bool,
+    /// What the last check saw, e.g. `HTTP 503` or `connection refused`.
+    pub result: String,
+    /// Failed checks in a row.
+    pub consecutive_failures: u32,
+    /// Unix seconds of the last check.
+    pub checked_at: u64,
 }

@@ -86,6 +86,7 @@ fn manifest(revision: u64) -> Vec<u8> {
             command: vec!["sleep".into(), "infinity".into()],
             env: [("REVISION".to_owned(), revision.to_string())].into(),
             restart: RestartPolicy::Always,
+            ..ContainerSpec::default()
         },
         lifecycle: Lifecycle::default(),
         init: Vec::new(),

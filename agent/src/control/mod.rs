@@ -189,6 +189,8 @@ mod tests {
             restarts: 0,
             last_exit_code: None,
             image_digest: None,
+            exit_reason: None,
+            probe: None,
             updated_at: 1,
         };
         let body = status_within(&st, 4096);

@@ -155,6 +155,8 @@ pub(super) async fn apply_desired(
                     restarts: 0,
                     last_exit_code: None,
                     image_digest: None,
+                    exit_reason: None,
+                    probe: None,
                     updated_at: now,
                 }),
                 DesiredDeployment::Valid(dep) if blocked.is_some() => {
@@ -167,6 +169,8 @@ pub(super) async fn apply_desired(
                         restarts: 0,
                         last_exit_code: None,
                         image_digest: None,
+                        exit_reason: None,
+                        probe: None,
                         updated_at: now,
                     })
                 }

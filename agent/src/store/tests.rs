@@ -110,6 +110,8 @@ fn desired_cache_and_status_round_trip() {
         restarts: 1,
         last_exit_code: Some(0),
         image_digest: None,
+        exit_reason: None,
+        probe: None,
         updated_at: 5,
     };
     s.put_status(&st).unwrap();

@@ -1,24 +1,32 @@
 //! Deployment manifests: one deployment (a container plus its init containers) per document.
 
+mod check;
+mod container;
 mod decode;
-
-use std::collections::BTreeMap;
+mod probe;
 
 use serde::{Deserialize, Serialize};
 
 use crate::device::{validate_name, NameError};
 use crate::image::ImageReference;
 use crate::quote;
-use crate::text::{argv_problem, MAX_ARG_BYTES};
+use crate::text::argv_problem;
 
+pub use check::{canonical_capability, CAPABILITIES, MAX_LIST_ENTRIES};
+pub use container::{
+    BindMount, ContainerSpec, DeviceMapping, LogOptions, NetworkMode, PortMapping, Protocol,
+    PullPolicy, Resources, RestartPolicy, TmpfsMount, VolumeMount,
+};
 pub(crate) use decode::{decode_json, json_document, toml_document, toml_document_bytes, Document};
 pub use decode::{decode_toml, located_error, DecodeError};
+pub use probe::{ExecProbe, HttpProbe, Probe, ProbeCheck, TcpProbe};
 
 /// The `apiVersion` every manifest must carry.
 pub const API_VERSION: &str = "fleet/v1";
 
 /// One deployment: what must run on the device under one name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Deployment {
     /// Schema version; must equal [`API_VERSION`].
@@ -38,38 +46,9 @@ pub struct Deployment {
     pub init: Vec<InitContainer>,
 }
 
-/// The main container of a deployment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ContainerSpec {
-    /// Image reference, e.g. `registry.local:5000/app:1.2`.
-    pub image: String,
-    /// Command and arguments; the image's default when empty.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub command: Vec<String>,
-    /// Environment variables.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub env: BTreeMap<String, String>,
-    /// Restart policy when the container exits.
-    #[serde(default)]
-    pub restart: RestartPolicy,
-}
-
-/// When an exited container is started again.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RestartPolicy {
-    /// Always restart (with crash-loop backoff).
-    #[default]
-    Always,
-    /// Restart only after a non-zero exit.
-    OnFailure,
-    /// Never restart; the deployment reports the exit.
-    Never,
-}
-
 /// Stop behaviour on upgrade and removal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Lifecycle {
     /// Signal sent first, e.g. `SIGTERM`.
@@ -98,6 +77,7 @@ fn default_grace() -> u32 {
 
 /// An init container: runs to completion before the main container on every fresh creation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct InitContainer {
     /// Name, unique within the deployment.
@@ -166,9 +146,7 @@ impl Deployment {
                 ),
             ));
         }
-        check_image("container.image", &self.container.image)?;
-        check_argv("container.command", &self.container.command)?;
-        check_env(&self.container.env)?;
+        check::check_container(&self.container)?;
         if !is_signal_name(&self.lifecycle.stop_signal) {
             return Err((
                 "lifecycle.stopSignal".into(),
@@ -228,7 +206,7 @@ pub(crate) fn check_api_version(v: &str) -> Result<(), (String, String)> {
     Ok(())
 }
 
-fn check_name(field: &str, name: &str) -> Result<(), (String, String)> {
+pub(super) fn check_name(field: &str, name: &str) -> Result<(), (String, String)> {
     validate_name(name).map_err(|e| {
         let why = match e {
             NameError::Empty => "must not be empty".to_owned(),
@@ -242,7 +220,7 @@ fn check_name(field: &str, name: &str) -> Result<(), (String, String)> {
     })
 }
 
-fn check_image(field: &str, image: &str) -> Result<(), (String, String)> {
+pub(super) fn check_image(field: &str, image: &str) -> Result<(), (String, String)> {
     ImageReference::parse(image).map(drop).map_err(|why| {
         let message = if image.is_empty() {
             why
@@ -254,35 +232,10 @@ fn check_image(field: &str, image: &str) -> Result<(), (String, String)> {
 }
 
 /// Every element of a command becomes one argv element of the container's process.
-fn check_argv(field: &str, argv: &[String]) -> Result<(), (String, String)> {
+pub(super) fn check_argv(field: &str, argv: &[String]) -> Result<(), (String, String)> {
     for (i, arg) in argv.iter().enumerate() {
         if let Some(why) = argv_problem(arg) {
             return Err((format!("{field}[{i}]"), why));
-        }
-    }
-    Ok(())
-}
-
-fn check_env(env: &BTreeMap<String, String>) -> Result<(), (String, String)> {
-    for (key, value) in env {
-        // `KEY=VALUE` is one environment entry; the value is never quoted (it may be secret).
-        if let Some(why) = argv_problem(value).or_else(|| {
-            (key.len() + 1 + value.len() > MAX_ARG_BYTES)
-                .then(|| format!("KEY=VALUE is more than {MAX_ARG_BYTES} bytes"))
-        }) {
-            return Err((format!("container.env.{key}"), format!("the value {why}")));
-        }
-    }
-    for key in env.keys() {
-        let ok = !key.is_empty()
-            && !key.starts_with(|c: char| c.is_ascii_digit())
-            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !ok {
-            return Err((
-                format!("container.env.{key}"),
-                "environment variable names use A-Z, a-z, 0-9 and '_' and do not start with a digit"
-                    .into(),
-            ));
         }
     }
     Ok(())

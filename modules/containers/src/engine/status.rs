@@ -112,6 +112,8 @@ impl Engine {
             restarts,
             last_exit_code,
             image_digest,
+            exit_reason: None,
+            probe: None,
             updated_at: self.ctx.clock.unix_secs(),
         });
         let mut published = self.published.lock().unwrap_or_else(|p| p.into_inner());
