@@ -19,7 +19,7 @@ pub(crate) fn decode_network_deployment(
     bytes: &[u8],
 ) -> DesiredDeployment {
     match Deployment::from_json_slice(bytes) {
-        Ok(d) if d.name == name => DesiredDeployment::Valid(d),
+        Ok(d) if d.name == name => DesiredDeployment::Valid(Box::new(d)),
         Ok(d) => DesiredDeployment::Invalid {
             source_name: source.to_owned(),
             error: DecodeError {

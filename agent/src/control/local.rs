@@ -353,7 +353,7 @@ fn scan_dir(dir: &Path) -> Result<DesiredUpdate, ControlError> {
         let (name, entry, revision) = match decoded {
             Ok(d) => (
                 d.name.clone(),
-                DesiredDeployment::Valid(d.clone()),
+                DesiredDeployment::Valid(Box::new(d.clone())),
                 Some(d.revision),
             ),
             Err(error) => (

@@ -74,7 +74,7 @@ fn decode_cached(rec: &DesiredRecord) -> DesiredDeployment {
         Deployment::from_json_slice(&rec.body)
     };
     match decoded {
-        Ok(d) => DesiredDeployment::Valid(d),
+        Ok(d) => DesiredDeployment::Valid(Box::new(d)),
         Err(error) => DesiredDeployment::Invalid {
             source_name: rec.source.clone(),
             error: error.with_source(&rec.source),

@@ -146,7 +146,7 @@ pub enum DesiredAgent {
 #[derive(Debug, Clone, PartialEq)]
 pub enum DesiredDeployment {
     /// A decoded, validated manifest.
-    Valid(Deployment),
+    Valid(Box<Deployment>),
     /// The document was rejected; only this deployment is affected.
     Invalid {
         /// Where the document came from (file path or KV key).

@@ -128,7 +128,7 @@ async fn init_containers_without_the_init_module_fail_saying_so() {
     let mut state = DesiredState::default();
     state
         .deployments
-        .insert("web".into(), DesiredDeployment::Valid(d));
+        .insert("web".into(), DesiredDeployment::Valid(Box::new(d)));
     let (_tx, rx) = tokio::sync::watch::channel(Arc::new(state));
     let sink = Arc::new(Sink::default());
     let shutdown = CancellationToken::new();

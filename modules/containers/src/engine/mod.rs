@@ -324,7 +324,7 @@ impl Engine {
                 || tracks.contains_key(name)
                 || running.values().any(|r| r == name);
             match d {
-                DesiredDeployment::Valid(dep) if !known => added.push(dep.clone()),
+                DesiredDeployment::Valid(dep) if !known => added.push((**dep).clone()),
                 _ => return Change::Other,
             }
         }

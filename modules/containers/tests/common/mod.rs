@@ -207,8 +207,10 @@ pub fn state(complete: bool, deps: &[&Deployment]) -> DesiredState {
         ..DesiredState::default()
     };
     for d in deps {
-        s.deployments
-            .insert(d.name.clone(), DesiredDeployment::Valid((*d).clone()));
+        s.deployments.insert(
+            d.name.clone(),
+            DesiredDeployment::Valid(Box::new((*d).clone())),
+        );
     }
     s
 }
