@@ -60,6 +60,13 @@ impl Naming {
         format!("{}{deployment}-data", self.prefix())
     }
 
+    /// A named volume of `deployment` (`container.volumes[].name`): `fleet-<deployment>.<name>`.
+    /// The `.` appears in no deployment or instance name, so no named volume can take the
+    /// name of another deployment's data volume.
+    pub fn named_volume(&self, deployment: &str, name: &str) -> String {
+        format!("{}{deployment}.{name}", self.prefix())
+    }
+
     /// `key=value` selecting everything this instance owns.
     pub fn selector(&self) -> String {
         format!("{LABEL_INSTANCE}={}", self.instance)
