@@ -123,11 +123,10 @@ def resolve(arg: str) -> Path:
 # steps in that CI, less the shared boot and set-up (and, for os-hang, 20 s per late-hang
 # watchdog reset), until a CI run measures them.
 EXPECTED_SECS = {
-    # agent-corrupt and power-cut-hang: the last CI's 155 and 270 plus the clock-skew and
-    # agent-watchdog checks issue 16 put into their boots (estimated).
-    "provision": 264, "agent-corrupt": 240, "arm64-clean-boot": 218, "clean-boot": 278,
-    "os-clean": 291, "power-cut-hang": 350,
-    "os-hang": 750, "os-power-cut": 610, "os-hard-fail": 600,
+    # The clean-clone `.ci/run` at be066d0 (2026-12-02, issue 16's tree, 9/9 passed).
+    "provision": 351, "agent-corrupt": 144, "arm64-clean-boot": 221, "clean-boot": 226,
+    "os-clean": 362, "power-cut-hang": 406,
+    "os-hang": 824, "os-power-cut": 709, "os-hard-fail": 648,
 }
 UNKNOWN_SECS = 300  # a new scenario: about two boots and an upgrade under CI load
 
