@@ -20,8 +20,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use fleet_module_api::{
-    async_trait, Capability, ClockAuthority, ClockStatus, ConfigError, Context, Descriptor,
+    async_trait, Capability, Clock, ClockAuthority, ClockStatus, ConfigError, Context, Descriptor,
     ExtensionKind, ExtensionsBuilder, GateVerdict, Health, ModuleError, Needs, Probe, StartGate,
+    SystemClock,
 };
 
 use config::{Config, OnSkew, NAME};
@@ -73,9 +74,8 @@ impl Inner {
         let timeout = Duration::from_millis(self.cfg.query_timeout_ms);
         let round = client::query_all(&self.cfg.servers, timeout).await;
         let verdict = Verdict::of(&round, self.cfg.limit_secs as f64);
-        let checked_at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        // The kernel clock being judged (the runtime's guarded clock reads the same).
+        let checked_at = SystemClock.unix_secs();
         let kernel = kernel::sync_state();
         let ms = |s: f64| (s * 1000.0).round() as i64;
         let status = match &verdict {
