@@ -31,7 +31,8 @@ use crate::error::Error;
 pub use containers::{create_args, run_args};
 #[cfg(test)]
 use images::check_auth_file;
-pub use types::{CreateSpec, PsEntry};
+pub use images::pinned_digest;
+pub use types::{CreateSpec, HostOptions, PsEntry};
 
 /// Longest stderr line kept in an error (characters; the whole message is capped again).
 const STDERR_LINE: usize = 400;
@@ -66,6 +67,8 @@ pub(crate) struct Call {
     /// Values that must not appear in a message (env values, container arguments).
     secrets: Vec<String>,
     limit: Duration,
+    /// Working directory of podman (and so of a conmon it starts); the agent's when `None`.
+    cwd: Option<PathBuf>,
 }
 
 impl Call {
@@ -78,6 +81,7 @@ impl Call {
             rest: Vec::new(),
             secrets: Vec::new(),
             limit: QUICK,
+            cwd: None,
         }
     }
 
@@ -118,6 +122,12 @@ impl Call {
     /// Values redacted from podman's stderr.
     pub(crate) fn secrets<I: IntoIterator<Item = String>>(mut self, secrets: I) -> Self {
         self.secrets.extend(secrets);
+        self
+    }
+
+    /// Runs podman in `dir` (see [`CreateSpec::conmon_dir`]).
+    pub(crate) fn cwd(mut self, dir: Option<&Path>) -> Self {
+        self.cwd = dir.map(Path::to_owned);
         self
     }
 
@@ -269,8 +279,11 @@ impl Podman {
             what: call.what.clone(),
             source,
         };
-        let mut child = self
-            .command(&argv)
+        let mut cmd = self.command(&argv);
+        if let Some(dir) = &call.cwd {
+            cmd.current_dir(dir);
+        }
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -357,7 +370,7 @@ fn truncate(s: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::podman::containers::create_call;
+    use crate::podman::containers::{create_call, run_call};
 
     /// Under systemd a podman child that inherits NOTIFY_SOCKET answers for the service
     /// (MAINPID, READY) or proxies it into the container and `run --detach` waits for a READY
@@ -420,6 +433,198 @@ mod tests {
             volumes: vec![("fleet-web-data".into(), "/data".into())],
             stop_signal: "SIGINT".into(),
             stop_timeout: 7,
+            ..CreateSpec::default()
+        }
+    }
+
+    fn manifest(extra: &str) -> fleet_contract::Deployment {
+        fleet_contract::Deployment::from_toml_str(&format!(
+            "apiVersion = \"fleet/v1\"\nname = \"web\"\nrevision = 1\n\
+             [container]\nimage = \"img:1\"\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    /// The options between the fixed ones and `--`, for `extra` in `[container]`.
+    fn host_args(extra: &str) -> Vec<String> {
+        let d = manifest(extra);
+        let mut s = spec();
+        s.host = HostOptions::of(&d.container, |v| format!("fleet-web.{v}"));
+        s.env.clear();
+        s.labels.clear();
+        s.volumes.clear();
+        let a = create_args(&s).unwrap();
+        let end = a.iter().position(|a| a == "--").unwrap();
+        a[5..end].to_vec()
+    }
+
+    #[test]
+    fn every_spec_field_is_one_flag_value_argument() {
+        let a = host_args(
+            r#"network = "none"
+workingDir = "/work"
+user = "1000"
+group = "audio"
+readOnlyRootFilesystem = true
+privileged = true
+capAdd = ["net_admin", "CAP_SYS_TIME"]
+capDrop = ["ALL"]
+resources = { memoryMib = 32, cpuMillis = 1500, pids = 64 }
+volumes = [{ name = "db", mountPath = "/var/db" }, { name = "cfg", mountPath = "/etc/app", readOnly = true }]
+binds = [{ hostPath = "/srv/fleet/web", mountPath = "/srv", readOnly = true }, { hostPath = "/srv/fleet/tmp", mountPath = "/scratch" }]
+devices = [{ hostPath = "/dev/i2c-1" }, { hostPath = "/dev/ttyUSB0", containerPath = "/dev/modem" }, { hostPath = "/dev/gpiomem", permissions = "rw" }, { hostPath = "/dev/video0", containerPath = "/dev/cam", permissions = "r" }]
+tmpfs = [{ mountPath = "/run/app" }, { mountPath = "/cache", sizeMib = 16 }]
+"#,
+        );
+        assert_eq!(
+            a,
+            [
+                "--network=none",
+                "--volume=fleet-web.db:/var/db",
+                "--volume=fleet-web.cfg:/etc/app:ro",
+                "--volume=/srv/fleet/web:/srv:ro",
+                "--volume=/srv/fleet/tmp:/scratch",
+                "--device=/dev/i2c-1",
+                "--device=/dev/ttyUSB0:/dev/modem",
+                "--device=/dev/gpiomem:/dev/gpiomem:rw",
+                "--device=/dev/video0:/dev/cam:r",
+                "--tmpfs=/run/app",
+                "--tmpfs=/cache:size=16m",
+                "--privileged",
+                "--read-only",
+                "--cap-add=NET_ADMIN",
+                "--cap-add=SYS_TIME",
+                "--cap-drop=ALL",
+                "--user=1000:audio",
+                "--workdir=/work",
+                "--memory=32m",
+                "--memory-swap=32m",
+                "--cpus=1.500",
+                "--pids-limit=64",
+            ]
+        );
+        let a = host_args(
+            r#"ports = [{ hostPort = 8080, containerPort = 80 }, { hostIp = "127.0.0.1", hostPort = 5353, containerPort = 53, protocol = "udp" }, { hostIp = "::1", hostPort = 8443, containerPort = 443 }]
+resources = { cpuMillis = 250 }
+user = "app"
+"#,
+        );
+        assert_eq!(
+            a,
+            [
+                "--publish=8080:80/tcp",
+                "--publish=127.0.0.1:5353:53/udp",
+                "--publish=[::1]:8443:443/tcp",
+                "--user=app",
+                "--cpus=0.250",
+            ]
+        );
+        assert_eq!(host_args("network = \"host\""), ["--network=host"]);
+        assert!(
+            host_args("network = \"bridge\"").is_empty(),
+            "podman's default"
+        );
+    }
+
+    #[test]
+    fn the_log_cap_labels_and_the_conmon_directory_are_set() {
+        let d = manifest("labels = { \"app.tier\" = \"front\" }");
+        let mut s = spec();
+        s.log_max_mib = Some(10);
+        s.labels.extend(d.container.labels.clone());
+        s.conmon_dir = Some("/run/fleet-agent/containers/conmon/fleet-web".into());
+        let call = run_call(&s).unwrap();
+        let a = call.argv().unwrap();
+        assert!(
+            a.windows(2)
+                .any(|w| w == ["--log-driver=k8s-file", "--log-opt=max-size=10485760"]),
+            "{a:?}"
+        );
+        assert!(a.contains(&"--label=app.tier=front".to_owned()), "{a:?}");
+        assert!(
+            a.contains(&"--label=fleet.deployment=web".to_owned()),
+            "{a:?}"
+        );
+        assert_eq!(
+            call.cwd.as_deref(),
+            Some(Path::new("/run/fleet-agent/containers/conmon/fleet-web"))
+        );
+        // No cap asked: podman's default driver, no option.
+        assert!(!create_args(&spec())
+            .unwrap()
+            .iter()
+            .any(|a| a.starts_with("--log")));
+    }
+
+    #[test]
+    fn host_values_podman_would_split_or_misread_are_refused_naming_the_field() {
+        let d = manifest("");
+        let base = || {
+            let mut s = spec();
+            s.host = HostOptions::of(&d.container, |v| v.to_owned());
+            s
+        };
+        let bind = |host: &str, at: &str| fleet_contract::BindMount {
+            host_path: host.into(),
+            mount_path: at.into(),
+            read_only: false,
+        };
+        type Change<'a> = Box<dyn Fn(&mut CreateSpec) + 'a>;
+        let cases: Vec<(Change, &str)> = vec![
+            (
+                Box::new(|s| s.host.binds.push(bind("/srv/a:/etc", "/x"))),
+                "container.binds[0].hostPath",
+            ),
+            (
+                Box::new(|s| s.host.binds.push(bind("/srv/a", "/x\0"))),
+                "container.binds[0].mountPath",
+            ),
+            (
+                Box::new(|s| s.host.binds.push(bind("etc", "/x"))),
+                "container.binds[0].hostPath",
+            ),
+            (
+                Box::new(|s| {
+                    s.host.tmpfs.push(fleet_contract::TmpfsMount {
+                        mount_path: "/t,size=9g".into(),
+                        size_mib: None,
+                    })
+                }),
+                "container.tmpfs[0].mountPath",
+            ),
+            (
+                Box::new(|s| {
+                    s.host.devices.push(fleet_contract::DeviceMapping {
+                        host_path: "/dev/null".into(),
+                        container_path: Some("/dev/x:rwm".into()),
+                        permissions: None,
+                    })
+                }),
+                "container.devices[0].containerPath",
+            ),
+            (
+                Box::new(|s| s.host.user = Some("0:0".into())),
+                "container.user",
+            ),
+            (
+                Box::new(|s| s.host.cap_add.push("NET_ADMIN\0".into())),
+                "container.capAdd[0]",
+            ),
+            (
+                Box::new(|s| s.host.volumes.push(("v:/etc".into(), "/x".into(), false))),
+                "container.volumes[0].name",
+            ),
+            (
+                Box::new(|s| s.host.working_dir = Some("/w\0".into())),
+                "container.workingDir",
+            ),
+        ];
+        for (change, field) in cases {
+            let mut s = base();
+            change(&mut s);
+            let err = create_args(&s).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("{field} ")), "{field}: {err}");
+            assert!(err.ends_with("podman was not run"), "{err}");
         }
     }
 
