@@ -225,4 +225,44 @@ mod tests {
         assert!(build(Some(&v)).is_ok());
         assert!(build(None).is_ok());
     }
+
+    #[test]
+    fn policy_and_logs_sections_parse_and_bad_values_name_their_key() {
+        let v: toml::Value = toml::from_str(
+            "[policy]
+bind_roots = [\"/srv/fleet\"]
+devices = [\"/dev/i2c-*\"]
+             capabilities = [\"NET_ADMIN\"]
+low_ports = true
+[logs]
+max_size_mib = 5
+",
+        )
+        .unwrap();
+        assert!(build(Some(&v)).is_ok());
+        for (src, key) in [
+            (
+                "[policy]
+bind_root = []
+",
+                "bind_root",
+            ),
+            (
+                "[policy]
+capabilities = [\"FLY\"]
+",
+                "policy.capabilities[0]",
+            ),
+            (
+                "[logs]
+max_size_mib = 0
+",
+                "logs.max_size_mib",
+            ),
+        ] {
+            let v: toml::Value = toml::from_str(src).unwrap();
+            let err = build(Some(&v)).err().unwrap().to_string();
+            assert!(err.contains(key), "{src}: {err}");
+        }
+    }
 }
