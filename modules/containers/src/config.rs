@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::policy::{Logs, Policy};
+
 /// `[modules.containers]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,6 +54,14 @@ pub struct Config {
     /// Where the deployment's data volume is mounted in its main and init containers.
     #[serde(default = "default_data_mount")]
     pub data_mount: String,
+    /// `[modules.containers.policy]`: what a manifest may ask of the host beyond an
+    /// ordinary container (privileged mode, host network, low ports, bind mounts, devices,
+    /// capabilities). Nothing by default.
+    #[serde(default)]
+    pub policy: Policy,
+    /// `[modules.containers.logs]`: every container's log size cap.
+    #[serde(default)]
+    pub logs: Logs,
 }
 
 impl Default for Config {
@@ -69,6 +79,8 @@ impl Default for Config {
             backoff_max_secs: default_backoff_max(),
             healthy_after_secs: default_healthy_after(),
             data_mount: default_data_mount(),
+            policy: Policy::default(),
+            logs: Logs::default(),
         }
     }
 }
@@ -108,6 +120,8 @@ impl Config {
                 self.data_mount
             ));
         }
+        self.policy.validate()?;
+        self.logs.validate()?;
         for (k, v) in &self.labels {
             if k.is_empty() || k.starts_with("fleet.") && !k.starts_with("fleet.test.") {
                 return Err(format!(

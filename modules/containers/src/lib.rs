@@ -60,10 +60,23 @@
 //! - **Data volume.** Each deployment gets a podman volume `fleet-<name>-data` mounted at
 //!   `data_mount` (`/data`) in its main and init containers; it lives as long as the
 //!   deployment and is removed with it.
-//! - **Pulls** happen when an image is not present locally (use immutable tags or digests),
-//!   with credentials from `auth_file` (root-only, containers-auth.json) until the secrets
-//!   module resolves references; a pull failure is `Failed` with the image and the
-//!   registry's error, retried with backoff.
+//! - **Pulls** happen when an image is not present locally (`pullPolicy = "if-not-present"`)
+//!   or before every creation of the container (`"always"`: a moving tag is followed; a
+//!   restart of the same container pulls nothing), with credentials from `auth_file`
+//!   (root-only, containers-auth.json) until the secrets module resolves references; a pull
+//!   failure is `Failed` with the image and the registry's error, retried with backoff. An
+//!   image pinned by digest reports that digest as `imageDigest`.
+//! - **The device's policy** (`[modules.containers.policy]`, see [`Policy`]): privileged
+//!   mode, host network, host ports below 1024, bind mounts (under `bind_roots`), devices
+//!   (by pattern) and added capabilities are refused unless allowed; a refused manifest is
+//!   `Failed` naming the manifest field and the config key before anything of it runs (no
+//!   pull, no container), and is checked again only at the resync or when the manifest
+//!   changes. The old revision, if any, keeps running.
+//! - **Logs cannot fill the card.** Every container (init containers too) logs to a
+//!   `k8s-file` capped at `[modules.containers.logs] max_size_mib` (a manifest may ask up to
+//!   `ceiling_mib`); conmon truncates it before a write would pass the cap.
+//! - **OOM kills** are reported: `exitReason = "oom-killed"` and the message says it (see
+//!   `engine/oom.rs` for why the engine reads conmon's marker itself on podman 4.3).
 //!
 //! # Runtime access: CLI, not the REST API
 //!
@@ -91,6 +104,7 @@ mod config;
 mod engine;
 mod error;
 mod podman;
+mod policy;
 mod reconcile;
 mod runtime;
 
@@ -103,7 +117,8 @@ use fleet_module_api::{
 
 pub use config::Config;
 pub use error::Error;
-pub use podman::{create_args, run_args, CreateSpec, Podman, PsEntry};
+pub use podman::{create_args, run_args, CreateSpec, HostOptions, Podman, PsEntry};
+pub use policy::{Logs, Policy, Refusal};
 pub use reconcile::{spec_hash, Naming};
 pub use runtime::PodmanRuntime;
 
@@ -140,6 +155,7 @@ impl Containers {
             ),
             naming: Naming::new(&config.instance, config.labels.clone()),
             data_mount: config.data_mount.clone(),
+            log_max_mib: config.logs.max_size_mib,
         });
         Self {
             config,
@@ -208,5 +224,45 @@ mod tests {
                 .unwrap();
         assert!(build(Some(&v)).is_ok());
         assert!(build(None).is_ok());
+    }
+
+    #[test]
+    fn policy_and_logs_sections_parse_and_bad_values_name_their_key() {
+        let v: toml::Value = toml::from_str(
+            "[policy]
+bind_roots = [\"/srv/fleet\"]
+devices = [\"/dev/i2c-*\"]
+             capabilities = [\"NET_ADMIN\"]
+low_ports = true
+[logs]
+max_size_mib = 5
+",
+        )
+        .unwrap();
+        assert!(build(Some(&v)).is_ok());
+        for (src, key) in [
+            (
+                "[policy]
+bind_root = []
+",
+                "bind_root",
+            ),
+            (
+                "[policy]
+capabilities = [\"FLY\"]
+",
+                "policy.capabilities[0]",
+            ),
+            (
+                "[logs]
+max_size_mib = 0
+",
+                "logs.max_size_mib",
+            ),
+        ] {
+            let v: toml::Value = toml::from_str(src).unwrap();
+            let err = build(Some(&v)).err().unwrap().to_string();
+            assert!(err.contains(key), "{src}: {err}");
+        }
     }
 }

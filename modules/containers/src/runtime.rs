@@ -22,6 +22,8 @@ pub struct PodmanRuntime {
     pub naming: Naming,
     /// Where the deployment's data volume is mounted.
     pub data_mount: String,
+    /// Log cap of the one-shot (init) containers, MiB (`[modules.containers.logs]`).
+    pub log_max_mib: u32,
 }
 
 impl PodmanRuntime {
@@ -118,6 +120,8 @@ impl PodmanRuntime {
             volumes,
             stop_signal: "SIGKILL".into(),
             stop_timeout: 0,
+            log_max_mib: Some(self.log_max_mib),
+            ..CreateSpec::default()
         };
         self.create(&create).await?;
         let result = async {

@@ -36,6 +36,7 @@ async fn an_image_that_looks_like_a_flag_is_refused_before_podman_runs() {
         volumes: Vec::new(),
         stop_signal: "SIGKILL".into(),
         stop_timeout: 0,
+        ..CreateSpec::default()
     };
     let err = p.create(&spec).await.unwrap_err().to_string();
     assert!(err.starts_with("container.image \"--privileged\""), "{err}");
@@ -49,6 +50,7 @@ async fn an_image_that_looks_like_a_flag_is_refused_before_podman_runs() {
         podman: p.clone(),
         naming: naming(&scope),
         data_mount: "/data".into(),
+        log_max_mib: 10,
     };
     let err = rt
         .run_to_completion(&RunSpec {

@@ -22,6 +22,7 @@ fn runtime(scope: &PodmanScope) -> PodmanRuntime {
             [("fleet.test.scope".to_owned(), scope.id().to_owned())].into(),
         ),
         data_mount: "/data".into(),
+        log_max_mib: 10,
     }
 }
 

@@ -3,12 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_contract::{Deployment, Phase};
+use fleet_contract::{Deployment, Phase, PullPolicy};
 use fleet_module_api::LifecycleHook;
 use tokio::time::Instant;
 
 use super::{Engine, Failure, Job, APPLIED_PREFIX, IMAGE_FRESH, INIT_HOOK, RESTARTS_PREFIX};
-use crate::podman::CreateSpec;
+use crate::podman::{CreateSpec, HostOptions};
+use crate::policy;
 use crate::reconcile::{next_backoff, spec_hash};
 
 impl Engine {
@@ -19,6 +20,13 @@ impl Engine {
                 hash,
                 old,
             } => {
+                // The device's policy first: a manifest asking for more runs nothing.
+                let c = &self.cfg;
+                if let Err(refusal) = policy::check(&deployment, &c.policy, &c.logs, &c.data_mount)
+                {
+                    self.refuse(&deployment, &hash, &refusal);
+                    return;
+                }
                 let result = self.apply(&deployment, old.as_deref()).await;
                 match result {
                     Ok(()) => {
@@ -26,6 +34,7 @@ impl Engine {
                             t.failure = None;
                             t.restart_due = None;
                             t.last_exit = None;
+                            t.exit_reason = None;
                             t.crash_backoff = Duration::ZERO;
                         });
                         self.publish(
@@ -50,7 +59,11 @@ impl Engine {
             } => match self
                 .rt
                 .podman
-                .start(&container, &secrets(&deployment))
+                .start_in(
+                    &container,
+                    &secrets(&deployment),
+                    self.fresh_conmon_dir(&container).as_deref(),
+                )
                 .await
             {
                 Ok(()) => {
@@ -157,6 +170,29 @@ impl Engine {
         );
     }
 
+    /// Records a policy refusal: status Failed naming the field and the config key. Checked
+    /// again only at the full resync: the refusal changes with the manifest (a new spec
+    /// hash drops the failure at once) or the config (read at agent start), and the
+    /// resync catches what lies between (a bind root's symlink changed on the device). A
+    /// fast retry would only repeat the same message.
+    fn refuse(&self, d: &Deployment, hash: &str, refusal: &policy::Refusal) {
+        let wait = Duration::from_secs(self.cfg.resync_secs);
+        self.track(&d.name, |t| {
+            t.failure = Some(Failure {
+                hash: hash.to_owned(),
+                retry_at: Instant::now() + wait,
+                backoff: wait,
+            });
+        });
+        tracing::warn!(deployment = %d.name, revision = d.revision, %refusal,
+            "refused by the device's policy; nothing of it runs");
+        self.publish(
+            d,
+            Phase::Failed,
+            format!("refused by the device's policy: {refusal}"),
+        );
+    }
+
     /// Brings `d` up: pull, stop and remove `old`, init, create, start.
     async fn apply(&self, d: &Deployment, old: Option<&str>) -> Result<(), String> {
         let hooks: Vec<Arc<dyn LifecycleHook>> = self.ctx.ext.all::<dyn LifecycleHook>();
@@ -171,7 +207,8 @@ impl Engine {
         // its image is pulled only if `podman run` does not find it, and its digest looked
         // up by the pass after the job (cached per image). Otherwise pull everything first,
         // while the old revision still runs.
-        let lazy = old.is_none() && d.init.is_empty();
+        let always = d.container.pull_policy == PullPolicy::Always;
+        let lazy = old.is_none() && d.init.is_empty() && !always;
         let mut images = if lazy {
             Vec::new()
         } else {
@@ -186,12 +223,13 @@ impl Engine {
         }
         let mut digest = None;
         for image in images {
-            let got = self
-                .ensure_image(image, || {
-                    self.publish(d, Phase::Pulling, format!("pulling {image}"));
-                })
-                .await
-                .map_err(|e| e.to_string())?;
+            let pulling = || self.publish(d, Phase::Pulling, format!("pulling {image}"));
+            let got = if always && image == d.container.image {
+                self.pull_image(image, pulling).await
+            } else {
+                self.ensure_image(image, pulling).await
+            }
+            .map_err(|e| e.to_string())?;
             if image == d.container.image {
                 digest = Some(got);
             }
@@ -272,16 +310,7 @@ impl Engine {
         let name = self.rt.naming.container(&d.name);
         self.not_stopping()?;
         self.publish(d, Phase::Starting, format!("creating and starting {name}"));
-        let spec = CreateSpec {
-            name: name.clone(),
-            image: d.container.image.clone(),
-            command: d.container.command.clone(),
-            env: d.container.env.clone(),
-            labels: self.rt.naming.main_labels(d, &spec_hash(d)),
-            volumes: vec![volume],
-            stop_signal: d.lifecycle.stop_signal.clone(),
-            stop_timeout: d.lifecycle.grace_period_secs,
-        };
+        let spec = self.main_spec(d, volume);
         // Recorded first: the init containers ran, and a container may exist from here on
         // (the run may be cut after podman created it), so a removal stops it with this
         // manifest's lifecycle and runs its after_stop hooks.
@@ -311,6 +340,43 @@ impl Engine {
             return Err(e.to_string());
         }
         Ok(())
+    }
+
+    /// What `podman run` creates for `d`'s main container, with the data volume `volume`.
+    fn main_spec(&self, d: &Deployment, volume: (String, String)) -> CreateSpec {
+        let name = self.rt.naming.container(&d.name);
+        // The manifest's labels beside the agent's own (the `fleet.` prefix is refused in
+        // manifests; ours win anyway).
+        let mut labels = d.container.labels.clone();
+        labels.extend(self.rt.naming.main_labels(d, &spec_hash(d)));
+        CreateSpec {
+            image: d.container.image.clone(),
+            command: d.container.command.clone(),
+            env: d.container.env.clone(),
+            labels,
+            volumes: vec![volume],
+            stop_signal: d.lifecycle.stop_signal.clone(),
+            stop_timeout: d.lifecycle.grace_period_secs,
+            host: HostOptions::of(&d.container, |v| self.rt.naming.named_volume(&d.name, v)),
+            log_max_mib: Some(self.cfg.logs.cap_of(&d.container)),
+            conmon_dir: self.fresh_conmon_dir(&name),
+            name,
+        }
+    }
+
+    /// Pulls `image` whether or not it is present (`pullPolicy = "always"`: a moving tag is
+    /// followed at every creation); returns its repo digest.
+    async fn pull_image(
+        &self,
+        image: &str,
+        on_pull: impl FnOnce(),
+    ) -> Result<Option<String>, crate::Error> {
+        on_pull();
+        self.rt.podman.pull(image).await?;
+        let digest = self.rt.podman.image_digest(image).await?;
+        self.images()
+            .insert(image.to_owned(), (Instant::now(), digest.clone()));
+        Ok(digest)
     }
 
     /// [`crate::PodmanRuntime::ensure_image`], skipped for an image found present within
@@ -369,6 +435,7 @@ impl Engine {
                 tracing::warn!(container = %c, error = %e, "cannot remove; retrying on the next pass");
                 return;
             }
+            self.forget_conmon_dir(c);
         }
         // A storage-only container an interrupted create left under the deployment's name.
         let canonical = self.rt.naming.container(name);

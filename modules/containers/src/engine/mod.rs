@@ -6,6 +6,7 @@
 
 mod exits;
 mod jobs;
+mod oom;
 mod pass;
 mod status;
 
@@ -54,6 +55,8 @@ const INIT_HOOK: &str = "init-containers";
 struct Track {
     restarts: u32,
     last_exit: Option<i32>,
+    /// Why the last exit happened beyond its code (`oom-killed`); set with `last_exit`.
+    exit_reason: Option<String>,
     /// The image's repo digest; `None` until looked up (`Some(None)`: it has none).
     digest: Option<Option<String>>,
     crash_backoff: Duration,

@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::{exits, Engine, Job, APPLIED_PREFIX, PODMAN_RETRY, RESTARTS_PREFIX, SETTLE};
+use super::{exits, oom, Engine, Job, APPLIED_PREFIX, PODMAN_RETRY, RESTARTS_PREFIX, SETTLE};
 use crate::podman::PsEntry;
 use crate::reconcile::{
     self, spec_hash, Action, Observed, Want, LABEL_DEPLOYMENT, LABEL_MANAGED_BY, LABEL_ROLE,
@@ -113,12 +113,22 @@ impl Engine {
                     let Some(d) = manifests.get(name.as_str()) else {
                         continue;
                     };
-                    self.track(&name, |t| t.last_exit = Some(exit_code));
+                    let container = self.rt.naming.container(&name);
+                    let reason = self.exit_reason(&container, exit_code).await;
+                    let exit = oom::exit_text(
+                        exit_code,
+                        reason.as_deref(),
+                        d.container.resources.memory_mib,
+                    );
+                    self.track(&name, |t| {
+                        t.last_exit = Some(exit_code);
+                        t.exit_reason = reason;
+                    });
                     self.publish(
                         d,
                         Phase::Failed,
                         format!(
-                            "exited with code {exit_code}; restart policy {:?} keeps it stopped",
+                            "exited with {exit}; restart policy {:?} keeps it stopped",
                             d.container.restart
                         ),
                     );
@@ -149,6 +159,13 @@ impl Engine {
                             }),
                         }
                     } else {
+                        let reason = self.exit_reason(&container, exit_code).await;
+                        let exit = oom::exit_text(
+                            exit_code,
+                            reason.as_deref(),
+                            d.container.resources.memory_mib,
+                        );
+                        self.track(&name, |t| t.exit_reason = reason);
                         let due = self.restart_due(&name, exit_code, ran_secs, now);
                         if due > now {
                             let (restarts, wait) = {
@@ -160,7 +177,7 @@ impl Engine {
                                 d,
                                 Phase::Failed,
                                 format!(
-                                    "exited with code {exit_code} after {ran_secs} s; restart {} in {} s (crash-loop backoff)",
+                                    "exited with {exit} after {ran_secs} s; restart {} in {} s (crash-loop backoff)",
                                     restarts + 1,
                                     wait.as_secs_f32().ceil()
                                 ),

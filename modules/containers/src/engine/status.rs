@@ -59,7 +59,9 @@ impl Engine {
                 .find(|p| p.label(LABEL_DEPLOYMENT) == Some(d.name.as_str()))
                 .map(|p| p.image_id.clone())
                 .unwrap_or_else(|| d.container.image.clone());
+            let pinned = crate::podman::pinned_digest(&d.container.image);
             let digest = match self.fresh_image(&image_id) {
+                _ if pinned.is_some() => Ok(pinned),
                 Some(digest) => Ok(digest),
                 None => self
                     .rt
@@ -99,10 +101,15 @@ impl Engine {
         if !still_valid && phase != Phase::Removing {
             return;
         }
-        let (restarts, last_exit_code, image_digest) = {
+        let (restarts, last_exit_code, image_digest, exit_reason) = {
             let mut tracks = self.tracks();
             let t = self.entry(&mut tracks, &d.name);
-            (t.restarts, t.last_exit, t.digest.clone().flatten())
+            (
+                t.restarts,
+                t.last_exit,
+                t.digest.clone().flatten(),
+                t.exit_reason.clone(),
+            )
         };
         self.ctx.status.deployment(DeploymentStatus {
             name: d.name.clone(),
@@ -112,7 +119,7 @@ impl Engine {
             restarts,
             last_exit_code,
             image_digest,
-            exit_reason: None,
+            exit_reason,
             probe: None,
             updated_at: self.ctx.clock.unix_secs(),
         });

@@ -1,11 +1,12 @@
 //! Container calls: list, run, create, start, stop, rm, wait, logs; and the storage-level
 //! calls that repair a container a killed podman left half-made.
 
+use std::path::Path;
 use std::time::Duration;
 
-use fleet_contract::quote;
+use fleet_contract::{quote, NetworkMode};
 
-use super::{check_name, Call, CreateSpec, Podman, PsEntry, QUICK};
+use super::{check_name, Call, CreateSpec, HostOptions, Podman, PsEntry, QUICK};
 use crate::error::Error;
 
 impl Podman {
@@ -39,9 +40,21 @@ impl Podman {
     /// Starts a created or exited container; `secrets` (its env values and arguments) are
     /// redacted from podman's error, which may quote the command it could not run.
     pub async fn start(&self, name: &str, secrets: &[String]) -> Result<(), Error> {
+        self.start_in(name, secrets, None).await
+    }
+
+    /// [`Podman::start`] with podman (and the container's new conmon) working in `dir` (see
+    /// [`CreateSpec::conmon_dir`]).
+    pub async fn start_in(
+        &self,
+        name: &str,
+        secrets: &[String],
+        dir: Option<&Path>,
+    ) -> Result<(), Error> {
         let call = Call::new(&["start"])
             .name("container", name)
-            .secrets(secrets.iter().cloned());
+            .secrets(secrets.iter().cloned())
+            .cwd(dir);
         self.run(&call).await.map(drop)
     }
 
@@ -108,6 +121,15 @@ impl Podman {
             .opts(["--format", "{{.State.Status}}"])
             .name("container", name);
         Ok(Some(self.run(&call).await?.trim().to_owned()))
+    }
+
+    /// Did the kernel OOM-kill the container's last run, as podman recorded it? (podman
+    /// 4.3 mostly does not: see `engine::oom`.)
+    pub async fn oom_killed(&self, name: &str) -> Result<bool, Error> {
+        let call = Call::new(&["container", "inspect"])
+            .opts(["--format", "{{.State.OOMKilled}}"])
+            .name("container", name);
+        Ok(self.run(&call).await?.trim() == "true")
     }
 
     /// Waits for a container to exit; `Ok(None)` when `limit` passes first.
@@ -194,6 +216,15 @@ fn container_call(verb: &str, flags: &[&str], spec: &CreateSpec) -> Result<Call,
         // The agent restarts containers itself (with backoff); podman must not.
         "--restart=no".into(),
     ];
+    if let Some(mib) = spec.log_max_mib {
+        // k8s-file, not journald: a per-container cap that conmon enforces by truncating the
+        // file before a write would pass it (measured in the README, "Containers": never
+        // over the cap; ~0.1 s of conmon CPU per 100 MB over discarding the output, against
+        // ~75 s of conmon plus journald CPU and 416 MB of journal for journald, which has
+        // no per-container cap and lets one chatty container evict the system's own logs).
+        opts.push("--log-driver=k8s-file".into());
+        opts.push(format!("--log-opt=max-size={}", u64::from(mib) * MIB));
+    }
     opts.extend(spec.labels.iter().map(|(k, v)| format!("--label={k}={v}")));
     opts.extend(spec.env.iter().map(|(k, v)| format!("--env={k}={v}")));
     opts.extend(
@@ -201,13 +232,153 @@ fn container_call(verb: &str, flags: &[&str], spec: &CreateSpec) -> Result<Call,
             .iter()
             .map(|(vol, at)| format!("--volume={vol}:{at}")),
     );
+    host_options(&spec.host, &mut opts)?;
     Ok(Call::new(&[verb])
         .opts(flags.iter().copied())
         .target(&spec.name)
         .opts(opts)
         .name("container.image", &spec.image)
         .rest(&spec.command)
-        .secrets(spec.env.values().cloned()))
+        .secrets(spec.env.values().cloned())
+        .cwd(spec.conmon_dir.as_deref()))
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// The podman options of `h`, appended to `opts`. Refused before podman runs, naming the
+/// manifest field: a NUL byte anywhere, and a `:` or `,` in a path (podman's separators
+/// in `--volume`, `--device` and `--tmpfs`), which would make podman read another mount.
+fn host_options(h: &HostOptions, opts: &mut Vec<String>) -> Result<(), Error> {
+    let refused = |field: String, reason: String| Error::Refused { field, reason };
+    let text = |field: &dyn Fn() -> String, v: &str| {
+        if v.contains('\0') {
+            return Err(refused(field(), "contains a NUL byte".into()));
+        }
+        Ok(())
+    };
+    let path = |field: &dyn Fn() -> String, v: &str| {
+        text(field, v)?;
+        if v.contains([':', ',']) {
+            return Err(refused(
+                field(),
+                format!("{} holds ':' or ',', which podman would split", quote(v)),
+            ));
+        }
+        Ok(())
+    };
+    match h.network {
+        NetworkMode::Bridge => {}
+        other => opts.push(format!("--network={}", other.as_str())),
+    }
+    for (i, p) in h.ports.iter().enumerate() {
+        let host = match &p.host_ip {
+            Some(ip) => {
+                text(&|| format!("container.ports[{i}].hostIp"), ip)?;
+                if ip.contains(':') {
+                    format!("[{ip}]:")
+                } else {
+                    format!("{ip}:")
+                }
+            }
+            None => String::new(),
+        };
+        opts.push(format!(
+            "--publish={host}{}:{}/{}",
+            p.host_port,
+            p.container_port,
+            p.protocol.as_str()
+        ));
+    }
+    let ro = |read_only: bool| if read_only { ":ro" } else { "" };
+    for (i, (volume, at, read_only)) in h.volumes.iter().enumerate() {
+        path(&|| format!("container.volumes[{i}].name"), volume)?;
+        path(&|| format!("container.volumes[{i}].mountPath"), at)?;
+        opts.push(format!("--volume={volume}:{at}{}", ro(*read_only)));
+    }
+    for (i, b) in h.binds.iter().enumerate() {
+        path(&|| format!("container.binds[{i}].hostPath"), &b.host_path)?;
+        path(&|| format!("container.binds[{i}].mountPath"), &b.mount_path)?;
+        if !b.host_path.starts_with('/') {
+            // podman would take it for a named volume.
+            return Err(refused(
+                format!("container.binds[{i}].hostPath"),
+                format!("{} is not an absolute path", quote(&b.host_path)),
+            ));
+        }
+        opts.push(format!(
+            "--volume={}:{}{}",
+            b.host_path,
+            b.mount_path,
+            ro(b.read_only)
+        ));
+    }
+    for (i, d) in h.devices.iter().enumerate() {
+        path(&|| format!("container.devices[{i}].hostPath"), &d.host_path)?;
+        let mut arg = format!("--device={}", d.host_path);
+        let inside = d.container_path.as_deref();
+        if let Some(p) = inside {
+            path(&|| format!("container.devices[{i}].containerPath"), p)?;
+        }
+        if inside.is_some() || d.permissions.is_some() {
+            arg.push(':');
+            arg.push_str(inside.unwrap_or(&d.host_path));
+        }
+        if let Some(perm) = &d.permissions {
+            path(&|| format!("container.devices[{i}].permissions"), perm)?;
+            arg.push(':');
+            arg.push_str(perm);
+        }
+        opts.push(arg);
+    }
+    for (i, t) in h.tmpfs.iter().enumerate() {
+        path(&|| format!("container.tmpfs[{i}].mountPath"), &t.mount_path)?;
+        opts.push(match t.size_mib {
+            Some(mib) => format!("--tmpfs={}:size={mib}m", t.mount_path),
+            None => format!("--tmpfs={}", t.mount_path),
+        });
+    }
+    if h.privileged {
+        opts.push("--privileged".into());
+    }
+    if h.read_only_root {
+        opts.push("--read-only".into());
+    }
+    for (field, flag, caps) in [
+        ("container.capAdd", "--cap-add", &h.cap_add),
+        ("container.capDrop", "--cap-drop", &h.cap_drop),
+    ] {
+        for (i, cap) in caps.iter().enumerate() {
+            text(&|| format!("{field}[{i}]"), cap)?;
+            opts.push(format!("{flag}={cap}"));
+        }
+    }
+    if let Some(user) = &h.user {
+        path(&|| "container.user".into(), user)?;
+        match &h.group {
+            Some(group) => {
+                path(&|| "container.group".into(), group)?;
+                opts.push(format!("--user={user}:{group}"));
+            }
+            None => opts.push(format!("--user={user}")),
+        }
+    }
+    if let Some(dir) = &h.working_dir {
+        text(&|| "container.workingDir".into(), dir)?;
+        opts.push(format!("--workdir={dir}"));
+    }
+    let r = &h.resources;
+    if let Some(mib) = r.memory_mib {
+        // Swap equal to memory: no swap on top, so the limit is what the kernel enforces.
+        opts.push(format!("--memory={mib}m"));
+        opts.push(format!("--memory-swap={mib}m"));
+    }
+    if let Some(m) = r.cpu_millis {
+        opts.push(format!("--cpus={}.{:03}", m / 1000, m % 1000));
+    }
+    if let Some(n) = r.pids {
+        opts.push(format!("--pids-limit={n}"));
+    }
+    Ok(())
 }
 
 /// `podman create` arguments for `spec` (pure, unit-tested): options, `--`, image, command.

@@ -35,19 +35,35 @@ impl Podman {
         }
     }
 
-    /// The repo digest of a local image (`sha256:...`), if it has one.
+    /// The repo digest of a local image (`sha256:...`), if it has one; an error when the
+    /// image is not present. For a reference pinned by digest, that digest: podman found
+    /// the image by it. Its `.Digest` is the digest of the manifest the image was first
+    /// stored from, which differs for an image that was in local storage before it was
+    /// pulled (seen here: imported, pushed, then pulled by the registry's digest, `.Digest`
+    /// kept the import's; `RepoDigests` held both).
     pub async fn image_digest(&self, image: &str) -> Result<Option<String>, Error> {
         let call = Call::new(&["image", "inspect"])
             .opts(["--format", "json"])
             .name("container.image", image);
         let out = self.run(&call).await?;
         let images: Vec<ImageInspect> = self.decode(&call, &out)?;
+        if let Some(pinned) = pinned_digest(image) {
+            return Ok(Some(pinned));
+        }
         Ok(images
             .into_iter()
             .next()
             .map(|i| i.digest)
             .filter(|d| !d.is_empty()))
     }
+}
+
+/// The digest `image` is pinned by (`repo@sha256:...`), if it is.
+pub fn pinned_digest(image: &str) -> Option<String> {
+    fleet_contract::ImageReference::parse(image)
+        .ok()?
+        .digest
+        .map(str::to_owned)
 }
 
 /// Refuses credentials that are not root-only (they are registry passwords).
@@ -68,4 +84,21 @@ pub(super) fn check_auth_file(path: &Path) -> Result<(), Error> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pinned_digest;
+
+    #[test]
+    fn a_pinned_reference_gives_its_digest() {
+        let d = format!("sha256:{}", "ab".repeat(32));
+        assert_eq!(
+            pinned_digest(&format!("127.0.0.1:5000/app@{d}")),
+            Some(d.clone())
+        );
+        assert_eq!(pinned_digest(&format!("r.local/app:1@{d}")), Some(d));
+        assert_eq!(pinned_digest("r.local:5000/app:1"), None);
+        assert_eq!(pinned_digest("-bad"), None);
+    }
 }

@@ -31,7 +31,8 @@ use crate::error::Error;
 pub use containers::{create_args, run_args};
 #[cfg(test)]
 use images::check_auth_file;
-pub use types::{CreateSpec, PsEntry};
+pub use images::pinned_digest;
+pub use types::{CreateSpec, HostOptions, PsEntry};
 
 /// Longest stderr line kept in an error (characters; the whole message is capped again).
 const STDERR_LINE: usize = 400;
@@ -66,6 +67,8 @@ pub(crate) struct Call {
     /// Values that must not appear in a message (env values, container arguments).
     secrets: Vec<String>,
     limit: Duration,
+    /// Working directory of podman (and so of a conmon it starts); the agent's when `None`.
+    cwd: Option<PathBuf>,
 }
 
 impl Call {
@@ -78,6 +81,7 @@ impl Call {
             rest: Vec::new(),
             secrets: Vec::new(),
             limit: QUICK,
+            cwd: None,
         }
     }
 
@@ -118,6 +122,12 @@ impl Call {
     /// Values redacted from podman's stderr.
     pub(crate) fn secrets<I: IntoIterator<Item = String>>(mut self, secrets: I) -> Self {
         self.secrets.extend(secrets);
+        self
+    }
+
+    /// Runs podman in `dir` (see [`CreateSpec::conmon_dir`]).
+    pub(crate) fn cwd(mut self, dir: Option<&Path>) -> Self {
+        self.cwd = dir.map(Path::to_owned);
         self
     }
 
@@ -269,8 +279,11 @@ impl Podman {
             what: call.what.clone(),
             source,
         };
-        let mut child = self
-            .command(&argv)
+        let mut cmd = self.command(&argv);
+        if let Some(dir) = &call.cwd {
+            cmd.current_dir(dir);
+        }
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -355,179 +368,4 @@ fn truncate(s: &str, max: usize) -> &str {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::podman::containers::create_call;
-
-    /// Under systemd a podman child that inherits NOTIFY_SOCKET answers for the service
-    /// (MAINPID, READY) or proxies it into the container and `run --detach` waits for a READY
-    /// that never comes (seen here: a run holding its container's lock for 120 s).
-    #[test]
-    fn podman_children_do_not_inherit_the_services_notify_socket() {
-        let podman = Podman::new(Path::new("podman"), None, None);
-        let cmd = podman.command(&["ps".to_owned()]);
-        let removed = cmd
-            .as_std()
-            .get_envs()
-            .any(|(k, v)| k == "NOTIFY_SOCKET" && v.is_none());
-        assert!(
-            removed,
-            "NOTIFY_SOCKET must be removed from podman's environment"
-        );
-    }
-
-    #[test]
-    fn decodes_ps_json_of_podman_4_3() {
-        let out = r#"[{"AutoRemove":false,"Command":["sleep","100"],"CreatedAt":"now",
-            "Exited":false,"ExitedAt":-62135596800,"ExitCode":0,"Id":"032d","Image":"i",
-            "ImageID":"3949","IsInfra":false,"Labels":{"fleet.deployment":"web"},"Mounts":[],
-            "Names":["fleet-web"],"Namespaces":{},"Networks":["podman"],"Pid":20476,"Pod":"",
-            "PodName":"","Ports":null,"Size":null,"StartedAt":1795465238,"State":"running",
-            "Status":"Up","Created":1795465238}]"#;
-        let ps: Vec<PsEntry> = serde_json::from_str(out).unwrap();
-        assert_eq!(ps[0].name(), "fleet-web");
-        assert_eq!(ps[0].state, "running");
-        assert_eq!(ps[0].label("fleet.deployment"), Some("web"));
-        assert_eq!(ps[0].exited_at, -62_135_596_800);
-        assert_eq!(ps[0].pid, 20476);
-        // Labels may be null.
-        let ps: Vec<PsEntry> =
-            serde_json::from_str(r#"[{"Id":"x","Names":["n"],"Labels":null}]"#).unwrap();
-        assert_eq!(ps[0].label("a"), None);
-    }
-
-    #[test]
-    fn a_bad_listing_is_named_by_position_not_content() {
-        let p = Podman::new(Path::new("podman"), None, None);
-        let call = Call::new(&["ps"]);
-        let err = p
-            .decode::<Vec<PsEntry>>(&call, "not json")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("podman ps"), "{err}");
-        // Position and length only: a listing carries labels and may carry anything.
-        assert!(!err.contains("not json"), "{err}");
-        assert!(err.contains("of 8 bytes"), "{err}");
-    }
-
-    fn spec() -> CreateSpec {
-        CreateSpec {
-            name: "fleet-web".into(),
-            image: "img:1".into(),
-            command: vec!["sh".into(), "-c".into(), "echo hi".into()],
-            env: [("A".to_owned(), "b c".to_owned())].into(),
-            labels: [("fleet.deployment".to_owned(), "web".to_owned())].into(),
-            volumes: vec![("fleet-web-data".into(), "/data".into())],
-            stop_signal: "SIGINT".into(),
-            stop_timeout: 7,
-        }
-    }
-
-    #[test]
-    fn create_args_end_options_with_a_double_dash_before_the_image() {
-        let a = create_args(&spec()).unwrap().join(" ");
-        assert_eq!(
-            a,
-            "create --name=fleet-web --stop-signal=SIGINT --stop-timeout=7 --restart=no \
-             --label=fleet.deployment=web --env=A=b c --volume=fleet-web-data:/data -- img:1 sh -c echo hi"
-        );
-        let r = run_args(&spec()).unwrap().join(" ");
-        assert_eq!(
-            r,
-            "run --detach --pull=never --name=fleet-web --stop-signal=SIGINT --stop-timeout=7 \
-             --restart=no --label=fleet.deployment=web --env=A=b c --volume=fleet-web-data:/data \
-             -- img:1 sh -c echo hi"
-        );
-        // A command that starts with '-' is the container's, after the image: fine.
-        let mut s = spec();
-        s.command = vec!["--privileged".into()];
-        let a = create_args(&s).unwrap();
-        assert_eq!(a[a.len() - 3..], ["--", "img:1", "--privileged"]);
-    }
-
-    #[test]
-    fn values_podman_would_misread_are_refused_naming_the_field() {
-        for image in ["--privileged", "-h", ""] {
-            let mut s = spec();
-            s.image = image.into();
-            let err = create_args(&s).unwrap_err().to_string();
-            assert!(err.starts_with("container.image "), "{err}");
-        }
-        let mut s = spec();
-        s.env.insert("TOKEN".into(), "s3cr3t\0".into());
-        let err = create_args(&s).unwrap_err().to_string();
-        assert!(err.contains("container.env.\"TOKEN\""), "{err}");
-        assert!(!err.contains("s3cr3t"), "{err}");
-        let mut s = spec();
-        s.command = vec!["sh".into(), "a\0b".into()];
-        let err = create_args(&s).unwrap_err().to_string();
-        assert!(err.contains("container.command[1]"), "{err}");
-        let call = Call::new(&["start"]).name("container", "-h");
-        assert!(call
-            .argv()
-            .unwrap_err()
-            .to_string()
-            .starts_with("container "));
-        assert_eq!(
-            Call::new(&["rm"])
-                .opts(["--force"])
-                .name("container", "x")
-                .argv()
-                .unwrap(),
-            ["rm", "--force", "--", "x"]
-        );
-    }
-
-    #[test]
-    fn a_long_or_odd_target_is_quoted_short() {
-        let long = "r/".repeat(300);
-        let what = Call::new(&["pull"]).name("container.image", &long).what;
-        assert!(what.len() < 120, "{what}");
-        assert!(what.contains("(600 bytes)"), "{what}");
-        assert_eq!(
-            Call::new(&["start"]).name("container", "fleet-web").what,
-            "podman start fleet-web"
-        );
-        assert_eq!(short("a\nb"), "\"a\\nb\"");
-    }
-
-    #[test]
-    fn stderr_is_one_redacted_capped_line() {
-        let call = create_call(&spec()).unwrap().secrets(["s3cr3t".to_owned()]);
-        let stderr = "time=\"x\" level=warning msg=\"w\"\nError: bad value A=b c in s3cr3t-ish: echo hi\nmore";
-        assert_eq!(
-            call.error_line(stderr),
-            "Error: bad value A=<redacted> in <redacted>-ish: <redacted>"
-        );
-        assert_eq!(call.error_line("only line\n"), "only line");
-        let long = format!("Error: {}", "x".repeat(5000));
-        assert!(call.error_line(&long).len() <= STDERR_LINE);
-        assert_eq!(
-            redact("abcabc", &["abc".into(), "abcabc".into(), String::new()]),
-            "<redacted>"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_missing_binary_is_named() {
-        let p = Podman::new(Path::new("/nonexistent/podman"), None, None);
-        let err = p.version().await.unwrap_err().to_string();
-        assert!(err.contains("cannot run `podman version`"), "{err}");
-    }
-
-    #[test]
-    fn auth_file_must_be_root_only() {
-        let dir = std::env::temp_dir().join(format!("fleet-auth-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let f = dir.join("auth.json");
-        std::fs::write(&f, "{}").unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let err = check_auth_file(&f).unwrap_err().to_string();
-        assert!(
-            err.contains("chmod 600") || err.contains("not root"),
-            "{err}"
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
+mod tests;

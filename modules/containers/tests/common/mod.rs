@@ -5,7 +5,7 @@
 #![allow(dead_code)] // each test binary uses part of the harness
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -111,6 +111,17 @@ pub fn quiet_section(scope: &PodmanScope, extra: &str) -> toml::Value {
 }
 
 pub fn start(section: &toml::Value, store: Arc<MemStore>, state: DesiredState) -> Run {
+    start_in(section, store, state, Path::new("/nonexistent"))
+}
+
+/// As [`start`], with the agent's runtime directory at `run_dir` (the module keeps its
+/// conmon working directories there, which OOM reporting needs).
+pub fn start_in(
+    section: &toml::Value,
+    store: Arc<MemStore>,
+    state: DesiredState,
+    run_dir: &Path,
+) -> Run {
     logs();
     let module = (DESCRIPTOR.build)(Some(section)).unwrap();
     let mut ext = ExtensionsBuilder::new();
@@ -127,7 +138,7 @@ pub fn start(section: &toml::Value, store: Arc<MemStore>, state: DesiredState) -
         paths: Paths {
             config_dir: PathBuf::from("/nonexistent"),
             state_dir: PathBuf::from("/nonexistent"),
-            run_dir: PathBuf::from("/nonexistent"),
+            run_dir: run_dir.to_owned(),
         },
         shutdown: shutdown.clone(),
         ext: ext.build(),
