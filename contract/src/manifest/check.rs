@@ -130,7 +130,7 @@ pub(super) fn check_container(c: &ContainerSpec) -> Checked {
     check_labels(&c.labels)?;
     let r = &c.resources;
     check_range("container.resources.memoryMib", r.memory_mib, 6, 1_048_576)?;
-    check_range("container.resources.cpuMillis", r.cpu_millis, 1, 1_024_000)?;
+    check_range("container.resources.cpuMillis", r.cpu_millis, 10, 1_024_000)?;
     check_range("container.resources.pids", r.pids, 1, 4_194_304)?;
     check_range("container.logs.maxSizeMib", c.logs.max_size_mib, 1, 1024)?;
     check_probes(c)?;

@@ -243,7 +243,8 @@ pub struct Resources {
     /// Memory limit in MiB (6..=1048576); past it the kernel OOM-kills the container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mib: Option<u32>,
-    /// CPU limit in thousandths of a CPU (1..=1024000): 500 is half a core.
+    /// CPU limit in thousandths of a CPU (10..=1024000; podman refuses less than 0.01 CPU):
+    /// 500 is half a core.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_millis: Option<u32>,
     /// Most processes and threads at once (1..=4194304).
