@@ -91,14 +91,16 @@ mod config;
 mod engine;
 mod error;
 mod podman;
+mod purge;
 mod reconcile;
 mod runtime;
+mod volumes;
 
 use std::sync::{Arc, Mutex};
 
 use fleet_module_api::{
-    async_trait, Capability, ConfigError, ContainerRuntime, Context, Descriptor, ExtensionsBuilder,
-    Health, ModuleError, Probe,
+    async_trait, Capability, Command, CommandError, ConfigError, ContainerRuntime, Context,
+    Descriptor, ExtensionsBuilder, Health, ModuleError, Probe, Reply,
 };
 
 pub use config::Config;
@@ -106,6 +108,7 @@ pub use error::Error;
 pub use podman::{create_args, run_args, CreateSpec, Podman, PsEntry};
 pub use reconcile::{spec_hash, Naming};
 pub use runtime::PodmanRuntime;
+pub use volumes::LABEL_VOLUME;
 
 /// The module's name, cargo feature and config section.
 pub const NAME: &str = "containers";
@@ -127,6 +130,8 @@ pub struct Containers {
     config: Config,
     runtime: Arc<PodmanRuntime>,
     health: Arc<Mutex<Health>>,
+    /// The status detail (held deployments, retained volumes), shared with the `purge` verb.
+    detail: Arc<volumes::Detail>,
 }
 
 impl Containers {
@@ -145,6 +150,7 @@ impl Containers {
             config,
             runtime,
             health: Arc::new(Mutex::new(Health::Starting)),
+            detail: Arc::default(),
         }
     }
 }
@@ -178,9 +184,23 @@ impl Capability for Containers {
             self.config.clone(),
             ctx,
             self.health.clone(),
+            self.detail.clone(),
         ));
         engine.run().await;
         Ok(())
+    }
+
+    fn verbs(&self) -> &'static [&'static str] {
+        &[purge::VERB]
+    }
+
+    async fn handle(&self, cmd: Command, ctx: &Context) -> Result<Reply, CommandError> {
+        match cmd.verb.as_str() {
+            purge::VERB => {
+                purge::purge(&self.runtime, &self.detail, ctx, &cmd.args, &cmd.actor).await
+            }
+            _ => Err(CommandError::Unsupported { verb: cmd.verb }),
+        }
     }
 
     fn health(&self) -> Health {

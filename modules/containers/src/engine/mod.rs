@@ -8,6 +8,7 @@ mod exits;
 mod jobs;
 mod pass;
 mod status;
+mod volumes;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,7 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::reconcile::{restart_delay, spec_hash};
 use crate::runtime::SharedRuntime;
+use crate::volumes::Detail;
 
 /// Store key of the deployments this module has published a status for.
 const PUBLISHED_KEY: &str = "published";
@@ -83,6 +85,8 @@ pub struct Engine {
     /// Deployments with a container in the last listing.
     listed: Mutex<BTreeSet<String>>,
     health: Arc<Mutex<Health>>,
+    /// The module's status detail (held deployments, retained named volumes).
+    detail: Arc<Detail>,
 }
 
 /// A unit of work for one deployment.
@@ -117,8 +121,15 @@ enum Change {
 }
 
 impl Engine {
-    /// An engine working through `rt`, reporting via `ctx`, with health written to `health`.
-    pub fn new(rt: SharedRuntime, cfg: Config, ctx: Context, health: Arc<Mutex<Health>>) -> Self {
+    /// An engine working through `rt`, reporting via `ctx`, with health written to `health`
+    /// and its status detail to `detail`.
+    pub fn new(
+        rt: SharedRuntime,
+        cfg: Config,
+        ctx: Context,
+        health: Arc<Mutex<Health>>,
+        detail: Arc<Detail>,
+    ) -> Self {
         let published = ctx
             .store
             .get(PUBLISHED_KEY)
@@ -136,6 +147,7 @@ impl Engine {
             images: Mutex::new(HashMap::new()),
             listed: Mutex::new(BTreeSet::new()),
             health,
+            detail,
         }
     }
 

@@ -32,6 +32,7 @@ pub use containers::{create_args, run_args};
 #[cfg(test)]
 use images::check_auth_file;
 pub use types::{CreateSpec, PsEntry};
+pub use volumes::VolumeEntry;
 
 /// Longest stderr line kept in an error (characters; the whole message is capped again).
 const STDERR_LINE: usize = 400;
