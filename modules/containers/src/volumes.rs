@@ -42,6 +42,24 @@ impl PodmanRuntime {
         Ok(())
     }
 
+    /// `(volume, mount point)` of the deployment's named volumes for [`crate::CreateSpec`]
+    /// (`:ro` appended for a read-only one). A bridge on branch t17-vol only, so that its
+    /// tests run a container with the volumes mounted: the mapping of `container.volumes`
+    /// onto the run's argv belongs to the podman argv mapping, which replaces this.
+    pub fn named_mounts(&self, d: &Deployment) -> Vec<(String, String)> {
+        d.container
+            .volumes
+            .iter()
+            .map(|v| {
+                let ro = if v.read_only { ":ro" } else { "" };
+                (
+                    self.naming.named_volume(&d.name, &v.name),
+                    format!("{}{ro}", v.mount_path),
+                )
+            })
+            .collect()
+    }
+
     /// This instance's named volumes, by deployment: one `volume ls`.
     pub async fn named_volumes(&self) -> Result<ByDeployment, Error> {
         let listed = self.podman.volumes(&self.naming.selector()).await?;

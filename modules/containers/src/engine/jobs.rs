@@ -279,7 +279,10 @@ impl Engine {
             command: d.container.command.clone(),
             env: d.container.env.clone(),
             labels: self.rt.naming.main_labels(d, &spec_hash(d)),
-            volumes: vec![volume],
+            // Bridge (t17-vol): replaced by the podman argv mapping of `container.volumes`.
+            volumes: std::iter::once(volume)
+                .chain(self.rt.named_mounts(d))
+                .collect(),
             stop_signal: d.lifecycle.stop_signal.clone(),
             stop_timeout: d.lifecycle.grace_period_secs,
         };
