@@ -32,8 +32,8 @@
 //!   crash-loop backoff (`backoff_initial_secs` doubling to `backoff_max_secs`, reset after a
 //!   run of `healthy_after_secs`) shown in the status message and restart count.
 //! - **Few podman calls.** A new deployment costs the pass's `podman ps`, one `image
-//!   inspect` per image and minute (present? digest?), one `volume create` and one `podman
-//!   run --detach` (create and start). Volumes are listed only by the full passes and while
+//!   inspect` per image and minute (present? digest?), one `volume create` (and one per
+//!   named volume) and one `podman run --detach` (create and start). Volumes are listed only by the full passes and while
 //!   a deployment this engine ran may have left one behind.
 //! - **Never removed for an absence.** A deployment's containers and volume are removed only
 //!   when `DesiredState::removal_received` says its deletion was received: the control
@@ -60,6 +60,11 @@
 //! - **Data volume.** Each deployment gets a podman volume `fleet-<name>-data` mounted at
 //!   `data_mount` (`/data`) in its main and init containers; it lives as long as the
 //!   deployment and is removed with it.
+//! - **Named volumes** (`container.volumes`): `fleet-<name>.<volume>`, created labelled
+//!   (`fleet.volume`) before the container runs, kept across upgrades and the deployment's
+//!   deletion, listed once it is deleted in the status detail (`retained`: deployment,
+//!   volume), and removed only by the `purge` verb (admin; see `purge.rs`), which refuses
+//!   while the deployment is desired or any of its containers exists.
 //! - **Pulls** happen when an image is not present locally (use immutable tags or digests),
 //!   with credentials from `auth_file` (root-only, containers-auth.json) until the secrets
 //!   module resolves references; a pull failure is `Failed` with the image and the

@@ -215,7 +215,10 @@ async fn a_named_volume_keeps_its_data_across_upgrade_and_deletion_until_purged(
     podman(&["rm", "--", &container]).unwrap();
 
     // Purged: gone, reported gone; purging again removes nothing and succeeds.
-    assert_eq!(removed(purge(&module, &ctx, "app").await), [volume.clone()]);
+    assert_eq!(
+        removed(purge(&module, &ctx, "app").await),
+        vec![volume.clone()]
+    );
     assert!(!volume_exists(&volume));
     assert_eq!(last_detail(&sink)["retained"], serde_json::json!([]));
     assert_eq!(
