@@ -1,8 +1,8 @@
-//! `fleetctl delete --purge` end to end: a real `nats-server -js`, the agent in process with
-//! the real containers module over real podman, and the `fleetctl` binary. A deployment's
-//! named volume survives `delete` (listed as retained in the heartbeat's detail), the
-//! signed `purge` is refused while the deployment is desired and to a non-admin key, and
-//! `delete --purge` removes it, idempotently.
+//! `fleetctl delete --purge` end to end, over NATS (`nats-server -js`) and MQTT 5
+//! (`mosquitto`): the agent in process with the real containers module over real podman,
+//! and the `fleetctl` binary. A deployment's named volume survives `delete` (listed as
+//! retained in the heartbeat's detail), the signed `purge` is refused while the deployment
+//! is desired and to a non-admin key, and `delete --purge` removes it, idempotently.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::path::{Path, PathBuf};
@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use fleet_agent::config::Config;
 use fleet_agent::Agent;
 use fleet_module_api::CancellationToken;
-use fleet_testkit::{busybox_image, podman, require, NatsServer, PodmanScope, TempRoot};
+use fleet_testkit::{
+    busybox_image, podman, require, Mosquitto, NatsServer, PodmanScope, TempRoot,
+};
 
 const CTL: &str = env!("CARGO_BIN_EXE_fleetctl");
 const DEV: &str = "dev-p";
@@ -81,13 +83,10 @@ async fn wait_view(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delete_keeps_named_volumes_and_delete_purge_removes_them() {
+async fn nats_delete_keeps_named_volumes_and_delete_purge_removes_them() {
     if !require("nats-server") || !require("podman") {
         return;
     }
-    let t0 = Instant::now();
-    let image = busybox_image("testkit").unwrap();
-    let scope = PodmanScope::new("purge").unwrap();
     let nats = NatsServer::start_jetstream().unwrap();
     let url = nats.url();
     let conn = vec!["--nats".to_owned(), url.clone()];
@@ -95,13 +94,36 @@ async fn delete_keeps_named_volumes_and_delete_purge_removes_them() {
     init.push("init".into());
     let out = ctl(init).await;
     assert!(out.status.success(), "{}", text(&out));
+    let plane = format!("plane = \"nats\"\n[control.nats]\nservers = [\"{url}\"]\n");
+    scenario(conn, &plane).await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_delete_keeps_named_volumes_and_delete_purge_removes_them() {
+    if !require("mosquitto") || !require("podman") {
+        return;
+    }
+    let mq = Mosquitto::start().unwrap();
+    let conn = vec!["--mqtt".to_owned(), format!("127.0.0.1:{}", mq.port())];
+    let plane = format!(
+        "plane = \"mqtt\"\n[control.mqtt]\nhost = \"127.0.0.1\"\nport = {}\n",
+        mq.port()
+    );
+    scenario(conn, &plane).await;
+}
+
+/// The scenario over either plane: `conn` are fleetctl's connection arguments, `plane`
+/// the agent's `[control]` body.
+async fn scenario(conn: Vec<String>, plane: &str) {
+    let t0 = Instant::now();
+    let image = busybox_image("testkit").unwrap();
+    let scope = PodmanScope::new("purge").unwrap();
     let root = TempRoot::new().unwrap();
     let (admin, admin_pub) = keygen(root.path(), "admin.key").await;
     let (operator, operator_pub) = keygen(root.path(), "operator.key").await;
     let path = root.write_config(&format!(
         "device_id = \"{DEV}\"\nstate_dir = {:?}\nrun_dir = {:?}\nheartbeat_interval_secs = 1\n\
-         [control]\nplane = \"nats\"\n[control.nats]\nservers = [\"{url}\"]\n\
+         [control]\n{plane}\
          [[trust.operators]]\nname = \"admin\"\npublic_key = \"{admin_pub}\"\nrole = \"admin\"\n\
          [[trust.operators]]\nname = \"op\"\npublic_key = \"{operator_pub}\"\nrole = \"operator\"\n",
         root.state(),
@@ -252,7 +274,8 @@ async fn delete_keeps_named_volumes_and_delete_purge_removes_them() {
         .unwrap()
         .unwrap();
     eprintln!(
-        "delete --purge took {:.1} s; whole test {:.1} s",
+        "{}: delete --purge took {:.1} s; whole scenario {:.1} s",
+        conn[0],
         took.as_secs_f64(),
         t0.elapsed().as_secs_f64()
     );

@@ -5,16 +5,13 @@
 //!
 //! Refused (`unavailable`, retrying may help) while the deployment is still desired ("delete
 //! it first"), while its deletion is not confirmed (the desired state was rebuilt from the
-//! cache: an absence is not a deletion), and while any of its containers still exists (the
-//! removal is in flight). A volume some other container uses is not removed (`podman volume
+//! cache: an absence is not a deletion), and while its container still exists (the removal
+//! is in flight). A volume some other container uses is not removed (`podman volume
 //! rm` without `-f`): the reply fails naming it and what was removed before.
-
-use std::collections::BTreeSet;
 
 use fleet_module_api::{CommandError, Context, Reply};
 use serde_json::{json, Value};
 
-use crate::reconcile::{LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGER};
 use crate::runtime::PodmanRuntime;
 use crate::volumes::{named_in, Detail};
 
@@ -33,23 +30,11 @@ pub async fn purge(
     let _volumes = detail.volumes.lock().await;
     deleted(ctx, &name)?;
     let podman = |e: crate::Error| CommandError::Unavailable(format!("podman: {e}"));
-    let listed = rt
-        .podman
-        .list(&rt.naming.selector())
-        .await
-        .map_err(podman)?;
-    let containers: Vec<&str> = listed
-        .iter()
-        .filter(|p| {
-            p.label(LABEL_MANAGED_BY) == Some(MANAGER)
-                && p.label(LABEL_DEPLOYMENT) == Some(name.as_str())
-        })
-        .map(|p| p.name())
-        .collect();
-    if !containers.is_empty() {
+    // Its main container (what a removal stops and removes) still exists: in flight.
+    let container = rt.naming.container(&name);
+    if rt.podman.exists(&container).await.map_err(podman)? {
         return Err(CommandError::Unavailable(format!(
-            "deployment {name} is still being removed ({} still exist); try again",
-            containers.join(", ")
+            "deployment {name} is still being removed ({container} still exists); try again"
         )));
     }
     let volumes = rt
@@ -57,18 +42,17 @@ pub async fn purge(
         .volumes(&rt.naming.selector())
         .await
         .map_err(podman)?;
-    let mut left: BTreeSet<String> = named_in(&rt.naming, &volumes)
-        .remove(&name)
-        .unwrap_or_default();
+    let mut left = named_in(&rt.naming, &volumes);
+    left.retain(|(d, _)| *d == name);
     let mut removed = Vec::new();
-    for volume in left.clone() {
+    while let Some((_, volume)) = left.first().cloned() {
         // Desired again meanwhile: stop here, the engine creates or uses them.
         if let Err(e) = deleted(ctx, &name) {
-            detail.retain(ctx, &name, BTreeSet::new());
+            detail.retain(ctx, &name, &[]);
             return Err(e);
         }
         if let Err(e) = rt.podman.volume_rm_unused(&volume).await {
-            detail.retain(ctx, &name, left);
+            detail.retain(ctx, &name, &left);
             return Err(CommandError::Failed(format!(
                 "cannot remove volume {volume}: {e}{}",
                 if removed.is_empty() {
@@ -78,10 +62,10 @@ pub async fn purge(
                 }
             )));
         }
-        left.remove(&volume);
+        left.remove(0);
         removed.push(volume);
     }
-    detail.retain(ctx, &name, BTreeSet::new());
+    detail.retain(ctx, &name, &[]);
     tracing::info!(deployment = %name, %actor, removed = ?removed, "purged named volumes");
     Ok(Reply::json(
         json!({ "deployment": name, "removed": removed }),

@@ -8,7 +8,6 @@
 //! | data volume `fleet-<d>-data` | kept | removed | — |
 //! | named volume `fleet-<d>.<name>` | kept | kept (`retained`) | removed |
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use fleet_contract::Deployment;
@@ -24,8 +23,9 @@ use crate::runtime::PodmanRuntime;
 /// volumes carry it (the data volume does not).
 pub const LABEL_VOLUME: &str = "fleet.volume";
 
-/// Named volumes by deployment (podman volume names).
-pub type ByDeployment = BTreeMap<String, BTreeSet<String>>;
+/// Named volumes as `(deployment, podman volume name)`, sorted. A plain list: a device has
+/// a handful, and the agent's size budget prefers it to a map of sets.
+pub type Named = Vec<(String, String)>;
 
 impl PodmanRuntime {
     /// Creates the deployment's named volumes that are missing, labelled (managed-by,
@@ -60,8 +60,8 @@ impl PodmanRuntime {
             .collect()
     }
 
-    /// This instance's named volumes, by deployment: one `volume ls`.
-    pub async fn named_volumes(&self) -> Result<ByDeployment, Error> {
+    /// This instance's named volumes: one `volume ls`.
+    pub async fn named_volumes(&self) -> Result<Named, Error> {
         let listed = self.podman.volumes(&self.naming.selector()).await?;
         Ok(named_in(&self.naming, &listed))
     }
@@ -70,8 +70,8 @@ impl PodmanRuntime {
 /// The named volumes among `listed` (this instance's volumes): ours (managed-by), labelled
 /// with a deployment and a volume name, and named exactly as [`Naming::named_volume`] names
 /// them — a volume that merely carries the labels is not one of ours to remove.
-pub(crate) fn named_in(naming: &Naming, listed: &[VolumeEntry]) -> ByDeployment {
-    let mut out = ByDeployment::new();
+pub(crate) fn named_in(naming: &Naming, listed: &[VolumeEntry]) -> Named {
+    let mut out = Named::new();
     for v in listed {
         if v.label(LABEL_MANAGED_BY) != Some(MANAGER) {
             continue;
@@ -80,10 +80,18 @@ pub(crate) fn named_in(naming: &Naming, listed: &[VolumeEntry]) -> ByDeployment 
             continue;
         };
         if v.name == naming.named_volume(d, name) {
-            out.entry(d.to_owned()).or_default().insert(v.name.clone());
+            insert_sorted(&mut out, (d.to_owned(), v.name.clone()));
         }
     }
     out
+}
+
+/// Inserts `entry` into the sorted `list` unless it is there (no sort instantiated: the
+/// agent's size budget).
+fn insert_sorted(list: &mut Named, entry: (String, String)) {
+    if let Err(i) = list.binary_search(&entry) {
+        list.insert(i, entry);
+    }
 }
 
 /// The module's status detail, shared by the engine and the `purge` verb: the deployments
@@ -101,7 +109,7 @@ pub struct Detail {
 #[derive(Debug, Default)]
 struct DetailState {
     held: Vec<Value>,
-    retained: ByDeployment,
+    retained: Named,
 }
 
 impl Detail {
@@ -110,18 +118,18 @@ impl Detail {
         self.update(ctx, |s| s.held = held);
     }
 
-    /// Replaces every retained entry (from a full listing).
-    pub fn set_retained(&self, ctx: &Context, retained: ByDeployment) {
+    /// Replaces every retained entry (from a full listing, as [`named_in`] sorts it).
+    pub fn set_retained(&self, ctx: &Context, retained: Named) {
         self.update(ctx, |s| s.retained = retained);
     }
 
-    /// Sets the retained volumes of one deployment (none: it has none, or is desired again).
-    pub fn retain(&self, ctx: &Context, deployment: &str, volumes: BTreeSet<String>) {
+    /// Sets the retained volumes of one deployment from `named` (its entries there; none:
+    /// it has none, or is desired again).
+    pub fn retain(&self, ctx: &Context, deployment: &str, named: &[(String, String)]) {
         self.update(ctx, |s| {
-            if volumes.is_empty() {
-                s.retained.remove(deployment);
-            } else {
-                s.retained.insert(deployment.to_owned(), volumes);
+            s.retained.retain(|(d, _)| d != deployment);
+            for e in named.iter().filter(|(d, _)| d == deployment) {
+                insert_sorted(&mut s.retained, e.clone());
             }
         });
     }
@@ -139,24 +147,14 @@ impl Detail {
         if s.held == held && s.retained == retained {
             return;
         }
-        for (d, vols) in &s.retained {
-            let new: Vec<&String> = vols
-                .iter()
-                .filter(|v| !retained.get(d).is_some_and(|old| old.contains(*v)))
-                .collect();
-            if !new.is_empty() {
-                tracing::info!(deployment = %d, volumes = ?new,
-                    "named volumes kept after their deployment's removal; the purge verb removes them");
+        let mut entries = Vec::with_capacity(s.retained.len());
+        for (d, v) in &s.retained {
+            if !retained.iter().any(|(od, ov)| od == d && ov == v) {
+                tracing::info!(deployment = %d, volume = %v,
+                    "named volume kept after its deployment's removal; the purge verb removes it");
             }
+            entries.push(json!({ "deployment": d, "volume": v }));
         }
-        let entries: Vec<Value> = s
-            .retained
-            .iter()
-            .flat_map(|(d, vols)| {
-                vols.iter()
-                    .map(move |v| json!({ "deployment": d, "volume": v }))
-            })
-            .collect();
         ctx.status
             .detail(crate::NAME, json!({ "held": s.held, "retained": entries }));
     }
@@ -165,6 +163,8 @@ impl Detail {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::collections::BTreeMap;
 
     fn entry(name: &str, labels: &[(&str, &str)]) -> VolumeEntry {
         VolumeEntry {
@@ -209,7 +209,7 @@ mod tests {
             ),
         ];
         let got = named_in(&naming, &listed);
-        let want: ByDeployment = [("web".to_owned(), [web_cache, web_db].into())].into();
+        let want = [("web".to_owned(), web_cache), ("web".to_owned(), web_db)];
         assert_eq!(got, want);
     }
 }

@@ -2,7 +2,7 @@
 //! the container, never removed here, and recorded as `retained` in the status detail once
 //! their deployment is removed (by the removal itself, and from every volume listing).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use fleet_contract::Deployment;
 
@@ -19,7 +19,7 @@ impl Engine {
             .ensure_named_volumes(d)
             .await
             .map_err(|e| format!("named volume: {e}"))?;
-        self.detail.retain(&self.ctx, &d.name, BTreeSet::new());
+        self.detail.retain(&self.ctx, &d.name, &[]);
         Ok(())
     }
 
@@ -28,10 +28,7 @@ impl Engine {
     pub(super) async fn record_retained(&self, name: &str) {
         let _volumes = self.detail.volumes.lock().await;
         match self.rt.named_volumes().await {
-            Ok(mut all) => {
-                let kept = all.remove(name).unwrap_or_default();
-                self.detail.retain(&self.ctx, name, kept);
-            }
+            Ok(all) => self.detail.retain(&self.ctx, name, &all),
             Err(e) => {
                 tracing::warn!(deployment = %name, error = %e, "cannot list the named volumes kept");
             }
@@ -47,7 +44,7 @@ impl Engine {
         observed: &[Observed],
     ) {
         let mut retained = named_in(&self.rt.naming, listed);
-        retained.retain(|d, _| {
+        retained.retain(|(d, _)| {
             !desired.contains_key(d) && !observed.iter().any(|o| &o.deployment == d)
         });
         self.detail.set_retained(&self.ctx, retained);
