@@ -33,8 +33,9 @@
 //!   run of `healthy_after_secs`) shown in the status message and restart count.
 //! - **Few podman calls.** A new deployment costs the pass's `podman ps`, one `image
 //!   inspect` per image and minute (present? digest?), one `volume create` (and one per
-//!   named volume) and one `podman run --detach` (create and start). Volumes are listed only by the full passes and while
-//!   a deployment this engine ran may have left one behind.
+//!   named volume) and one `podman run --detach` (create and start). Volumes are listed
+//!   only by the full passes, while a deployment this engine ran may have left one behind,
+//!   and once per removal (the named volumes it keeps).
 //! - **Never removed for an absence.** A deployment's containers and volume are removed only
 //!   when `DesiredState::removal_received` says its deletion was received: the control
 //!   plane's complete set lacks it, or the cache recorded its deletion. A deployment merely
@@ -64,7 +65,7 @@
 //!   (`fleet.volume`) before the container runs, kept across upgrades and the deployment's
 //!   deletion, listed once it is deleted in the status detail (`retained`: deployment,
 //!   volume), and removed only by the `purge` verb (admin; see `purge.rs`), which refuses
-//!   while the deployment is desired or any of its containers exists.
+//!   while the deployment is desired or its container exists.
 //! - **Pulls** happen when an image is not present locally (use immutable tags or digests),
 //!   with credentials from `auth_file` (root-only, containers-auth.json) until the secrets
 //!   module resolves references; a pull failure is `Failed` with the image and the
@@ -113,7 +114,6 @@ pub use error::Error;
 pub use podman::{create_args, run_args, CreateSpec, Podman, PsEntry};
 pub use reconcile::{spec_hash, Naming};
 pub use runtime::PodmanRuntime;
-pub use volumes::LABEL_VOLUME;
 
 /// The module's name, cargo feature and config section.
 pub const NAME: &str = "containers";

@@ -214,6 +214,33 @@ async fn a_named_volume_keeps_its_data_across_upgrade_and_deletion_until_purged(
     assert!(volume_exists(&volume));
     podman(&["rm", "--", &container]).unwrap();
 
+    // Some other container uses the volume: not removed (no `-f`), the reply names it.
+    let user = format!("{container}-user");
+    podman(&[
+        "create",
+        "--name",
+        &user,
+        &format!("--label=fleet.test.scope={}", scope.id()),
+        &format!("--volume={volume}:/v"),
+        "--",
+        &image,
+        "true",
+    ])
+    .unwrap();
+    match purge(&module, &ctx, "app").await {
+        Err(CommandError::Failed(m)) => {
+            assert!(m.contains(&volume) && m.contains("being used"), "{m}")
+        }
+        other => panic!("expected a failure naming the volume in use, got {other:?}"),
+    }
+    assert!(volume_exists(&volume));
+    assert_eq!(
+        last_detail(&sink)["retained"][0]["volume"],
+        volume.as_str(),
+        "still retained"
+    );
+    podman(&["rm", "--", &user]).unwrap();
+
     // Purged: gone, reported gone; purging again removes nothing and succeeds.
     assert_eq!(
         removed(purge(&module, &ctx, "app").await),
