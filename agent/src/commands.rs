@@ -26,11 +26,12 @@ struct Trusted {
 }
 
 /// The minimum role a verb needs. Unknown (module) verbs need `operator`; verbs that change
-/// software or run code need `admin`.
+/// software, run code or destroy data need `admin`.
 pub fn required_role(verb: &str) -> Role {
     match verb {
         "ping" | "status" => Role::Viewer,
-        "exec" | "agent-upgrade" | "system-upgrade" | "secrets-refresh" => Role::Admin,
+        // `purge` removes a deleted deployment's named volumes: its data, for good.
+        "exec" | "agent-upgrade" | "system-upgrade" | "secrets-refresh" | "purge" => Role::Admin,
         _ => Role::Operator,
     }
 }

@@ -454,3 +454,44 @@ fn unmanaged_containers_and_invalid_documents_are_left_alone() {
         "stranger untouched"
     );
 }
+
+#[test]
+fn deleting_a_manifest_file_keeps_its_named_volumes_and_status_lists_them() {
+    let Some(env) = Env::new("") else { return };
+    let _agent = started_agent(&env);
+    let tail = "[[container.volumes]]\nname = \"db\"\nmountPath = \"/db\"\n\n\
+                [lifecycle]\nstopSignal = \"SIGKILL\"\ngracePeriodSecs = 1\n";
+    let write = ["sh", "-c", "echo kept > /db/file; exec sleep 1000"];
+    env.write("keep", &manifest("keep", 1, &env.image, &write, tail));
+    env.wait_phase("keep", "Running", 1);
+    let volume = format!("fleet-{}-keep.db", env.scope.id());
+    let data = format!("fleet-{}-keep-data", env.scope.id());
+    wait_until(CONVERGE, "the file written", || {
+        podman(&["exec", &env.container("keep"), "cat", "/db/file"]).ok()
+    })
+    .unwrap();
+
+    env.remove("keep");
+    let want = serde_json::json!([{ "deployment": "keep", "volume": volume }]);
+    wait_until(CONVERGE, "the named volume listed as retained", || {
+        status(&env.config).filter(|st| st["details"]["containers"]["retained"] == want)
+    })
+    .unwrap_or_else(|e| panic!("{e}; status {:#}", status(&env.config).unwrap_or_default()));
+    assert!(env.inspect("keep").is_none(), "the container is removed");
+    assert!(
+        podman(&["volume", "exists", &data]).is_err(),
+        "the data volume too"
+    );
+    let kept = podman(&[
+        "run",
+        "--rm",
+        &format!("--label=fleet.test.scope={}", env.scope.id()),
+        &format!("--volume={volume}:/v"),
+        "--",
+        &env.image,
+        "cat",
+        "/v/file",
+    ])
+    .unwrap();
+    assert_eq!(kept, "kept\n", "the named volume keeps its data");
+}

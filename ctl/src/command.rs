@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
 use fleet_contract::{CommandEnvelope, CommandReply, SignedCommand, COMMAND_API_VERSION};
+use ring::signature::Ed25519KeyPair;
 
+use crate::transport::Transport;
 use crate::{now, transport, Conn};
 
 /// `fleetctl cmd`: one signed command with JSON arguments.
@@ -39,10 +41,38 @@ pub(crate) async fn send_command(
     ttl: u64,
     timeout: u64,
 ) -> Result<ExitCode> {
+    let kp = load_key(key)?;
+    let t = transport(conn).await?;
+    let reply = request(&t, &kp, device, verb, args, actor, id, ttl, timeout).await?;
+    println!("{}", serde_json::to_string_pretty(&reply)?);
+    Ok(if reply.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The operator key in `key` (base64 PKCS#8, from `fleetctl keygen`).
+pub(crate) fn load_key(key: &std::path::Path) -> Result<Ed25519KeyPair> {
     let text =
         std::fs::read_to_string(key).with_context(|| format!("read key {}", key.display()))?;
-    let kp =
-        fleet_contract::key_pair_from_b64(&text).map_err(|e| anyhow!("{}: {e}", key.display()))?;
+    fleet_contract::key_pair_from_b64(&text).map_err(|e| anyhow!("{}: {e}", key.display()))
+}
+
+/// Signs one command with `kp` (a random id when `id` is `None`), sends it over `t` and
+/// returns the device's reply.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn request(
+    t: &Transport,
+    kp: &Ed25519KeyPair,
+    device: &str,
+    verb: String,
+    args: serde_json::Value,
+    actor: String,
+    id: Option<String>,
+    ttl: u64,
+    timeout: u64,
+) -> Result<CommandReply> {
     let issued = now();
     let env = CommandEnvelope {
         api_version: COMMAND_API_VERSION.into(),
@@ -57,18 +87,11 @@ pub(crate) async fn send_command(
         issued_at: issued,
         expires_at: issued + ttl.max(1),
     };
-    let signed = SignedCommand::sign(&env, &kp).encode();
-    let t = transport(conn).await?;
+    let signed = SignedCommand::sign(&env, kp).encode();
     let bytes = t
         .command(device, signed, Duration::from_secs(timeout))
         .await?;
-    let reply: CommandReply = serde_json::from_slice(&bytes).context("decode reply")?;
-    println!("{}", serde_json::to_string_pretty(&reply)?);
-    Ok(if reply.ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    serde_json::from_slice(&bytes).context("decode reply")
 }
 
 /// `600`, `600s`, `10m`, `1h` -> seconds.

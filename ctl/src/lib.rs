@@ -63,13 +63,27 @@ enum Verb {
         #[arg(long)]
         expect_revision: Option<u64>,
     },
-    /// Remove a deployment from a device's desired state.
+    /// Remove a deployment from a device's desired state. The device removes its container
+    /// and data volume and keeps its named volumes; --purge removes those too.
     Delete {
         /// Deployment name.
         name: String,
         /// Target device id.
         #[arg(long)]
         device: String,
+        /// Also remove the deployment's named volumes (its data, for good): waits until the
+        /// device removed the containers, then sends the signed `purge` command (admin).
+        #[arg(long)]
+        purge: bool,
+        /// Operator private key (role admin on the device), for --purge.
+        #[arg(long, env = "FLEETCTL_KEY")]
+        key: Option<PathBuf>,
+        /// Actor name recorded in the audit log (with --purge).
+        #[arg(long, default_value = "operator")]
+        actor: String,
+        /// How long --purge waits for the device to remove the containers, e.g. 120, 2m.
+        #[arg(long, default_value = "120", value_parser = command::parse_duration_secs)]
+        purge_wait: u64,
     },
     /// Show devices' reported status.
     Status {
@@ -309,7 +323,21 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             )
             .await
         }
-        Verb::Delete { name, device } => desired::delete(&cli.conn, name, device).await,
+        Verb::Delete {
+            name,
+            device,
+            purge,
+            key,
+            actor,
+            purge_wait,
+        } => {
+            let purge = purge.then_some(desired::Purge {
+                key,
+                actor,
+                wait_secs: purge_wait,
+            });
+            desired::delete(&cli.conn, name, device, purge).await
+        }
         Verb::Status {
             device,
             json,

@@ -32,9 +32,10 @@
 //!   crash-loop backoff (`backoff_initial_secs` doubling to `backoff_max_secs`, reset after a
 //!   run of `healthy_after_secs`) shown in the status message and restart count.
 //! - **Few podman calls.** A new deployment costs the pass's `podman ps`, one `image
-//!   inspect` per image and minute (present? digest?), one `volume create` and one `podman
-//!   run --detach` (create and start). Volumes are listed only by the full passes and while
-//!   a deployment this engine ran may have left one behind.
+//!   inspect` per image and minute (present? digest?), one `volume create` (and one per
+//!   named volume) and one `podman run --detach` (create and start). Volumes are listed
+//!   only by the full passes, while a deployment this engine ran may have left one behind,
+//!   and once per removal (the named volumes it keeps).
 //! - **Never removed for an absence.** A deployment's containers and volume are removed only
 //!   when `DesiredState::removal_received` says its deletion was received: the control
 //!   plane's complete set lacks it, or the cache recorded its deletion. A deployment merely
@@ -60,6 +61,11 @@
 //! - **Data volume.** Each deployment gets a podman volume `fleet-<name>-data` mounted at
 //!   `data_mount` (`/data`) in its main and init containers; it lives as long as the
 //!   deployment and is removed with it.
+//! - **Named volumes** (`container.volumes`): `fleet-<name>.<volume>`, created labelled
+//!   (`fleet.volume`) before the container runs, kept across upgrades and the deployment's
+//!   deletion, listed once it is deleted in the status detail (`retained`: deployment,
+//!   volume), and removed only by the `purge` verb (admin; see `purge.rs`), which refuses
+//!   while the deployment is desired or its container exists.
 //! - **Pulls** happen when an image is not present locally (`pullPolicy = "if-not-present"`)
 //!   or before every creation of the container (`"always"`: a moving tag is followed; a
 //!   restart of the same container pulls nothing), with credentials from `auth_file`
@@ -105,14 +111,16 @@ mod engine;
 mod error;
 mod podman;
 mod policy;
+mod purge;
 mod reconcile;
 mod runtime;
+mod volumes;
 
 use std::sync::{Arc, Mutex};
 
 use fleet_module_api::{
-    async_trait, Capability, ConfigError, ContainerRuntime, Context, Descriptor, ExtensionsBuilder,
-    Health, ModuleError, Probe,
+    async_trait, Capability, Command, CommandError, ConfigError, ContainerRuntime, Context,
+    Descriptor, ExtensionsBuilder, Health, ModuleError, Probe, Reply,
 };
 
 pub use config::Config;
@@ -142,6 +150,8 @@ pub struct Containers {
     config: Config,
     runtime: Arc<PodmanRuntime>,
     health: Arc<Mutex<Health>>,
+    /// The status detail (held deployments, retained volumes), shared with the `purge` verb.
+    detail: Arc<volumes::Detail>,
 }
 
 impl Containers {
@@ -161,6 +171,7 @@ impl Containers {
             config,
             runtime,
             health: Arc::new(Mutex::new(Health::Starting)),
+            detail: Arc::default(),
         }
     }
 }
@@ -194,9 +205,23 @@ impl Capability for Containers {
             self.config.clone(),
             ctx,
             self.health.clone(),
+            self.detail.clone(),
         ));
         engine.run().await;
         Ok(())
+    }
+
+    fn verbs(&self) -> &'static [&'static str] {
+        &[purge::VERB]
+    }
+
+    async fn handle(&self, cmd: Command, ctx: &Context) -> Result<Reply, CommandError> {
+        match cmd.verb.as_str() {
+            purge::VERB => {
+                purge::purge(&self.runtime, &self.detail, ctx, &cmd.args, &cmd.actor).await
+            }
+            _ => Err(CommandError::Unsupported { verb: cmd.verb }),
+        }
     }
 
     fn health(&self) -> Health {

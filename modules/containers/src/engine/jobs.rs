@@ -295,6 +295,7 @@ impl Engine {
             .data_volume(&d.name)
             .await
             .map_err(|e| format!("data volume: {e}"))?;
+        self.ensure_named_volumes(d).await?;
         if !hooks.is_empty() {
             if !d.init.is_empty() {
                 self.publish(
@@ -416,7 +417,8 @@ impl Engine {
         }
     }
 
-    /// Stops and removes a deployment that is no longer desired, with its volume.
+    /// Stops and removes a deployment that is no longer desired, with its data volume; its
+    /// named volumes stay.
     async fn remove(&self, name: &str, containers: &[String]) {
         let previous = self.applied(name);
         let grace = previous
@@ -447,6 +449,8 @@ impl Engine {
         if let Err(e) = self.rt.podman.volume_rm(&self.rt.naming.volume(name)).await {
             tracing::warn!(deployment = %name, error = %e, "cannot remove data volume");
         }
+        // Its named volumes stay (only a purge removes them): listed as retained.
+        self.record_retained(name).await;
         if let Some(p) = &previous {
             for h in self.ctx.ext.all::<dyn LifecycleHook>() {
                 if let Err(e) = h.after_stop(p).await {

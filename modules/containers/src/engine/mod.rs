@@ -9,6 +9,7 @@ mod jobs;
 mod oom;
 mod pass;
 mod status;
+mod volumes;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -23,6 +24,7 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::reconcile::{restart_delay, spec_hash};
 use crate::runtime::SharedRuntime;
+use crate::volumes::Detail;
 
 /// Store key of the deployments this module has published a status for.
 const PUBLISHED_KEY: &str = "published";
@@ -86,6 +88,8 @@ pub struct Engine {
     /// Deployments with a container in the last listing.
     listed: Mutex<BTreeSet<String>>,
     health: Arc<Mutex<Health>>,
+    /// The module's status detail (held deployments, retained named volumes).
+    detail: Arc<Detail>,
 }
 
 /// A unit of work for one deployment.
@@ -120,8 +124,15 @@ enum Change {
 }
 
 impl Engine {
-    /// An engine working through `rt`, reporting via `ctx`, with health written to `health`.
-    pub fn new(rt: SharedRuntime, cfg: Config, ctx: Context, health: Arc<Mutex<Health>>) -> Self {
+    /// An engine working through `rt`, reporting via `ctx`, with health written to `health`
+    /// and its status detail to `detail`.
+    pub fn new(
+        rt: SharedRuntime,
+        cfg: Config,
+        ctx: Context,
+        health: Arc<Mutex<Health>>,
+        detail: Arc<Detail>,
+    ) -> Self {
         let published = ctx
             .store
             .get(PUBLISHED_KEY)
@@ -139,6 +150,7 @@ impl Engine {
             images: Mutex::new(HashMap::new()),
             listed: Mutex::new(BTreeSet::new()),
             health,
+            detail,
         }
     }
 

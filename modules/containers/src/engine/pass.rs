@@ -282,7 +282,9 @@ impl Engine {
 
     /// Data volumes of deployments absent from `desired` whose containers are all gone (a
     /// container lost to an interrupted create, one removed by hand): removed with the
-    /// deployment when its deletion was received, held otherwise.
+    /// deployment when its deletion was received, held otherwise. Named volumes are never
+    /// removed here (only the data volume's name is looked at): they are recorded as
+    /// retained, for the `purge` verb.
     async fn volume_only(
         &self,
         desired: &BTreeMap<String, Want<'_>>,
@@ -290,11 +292,17 @@ impl Engine {
         busy: &BTreeSet<String>,
         removal_received: &(dyn Fn(&str) -> bool + Sync),
     ) -> Vec<Action> {
-        let volumes = match self.rt.podman.volumes(&self.rt.naming.selector()).await {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list volumes");
-                return Vec::new();
+        let volumes = {
+            let _volumes = self.detail.volumes.lock().await;
+            match self.rt.podman.volumes(&self.rt.naming.selector()).await {
+                Ok(v) => {
+                    self.record_all_retained(&v, desired, observed);
+                    v
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list volumes");
+                    return Vec::new();
+                }
             }
         };
         let mut out = Vec::new();

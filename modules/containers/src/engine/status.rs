@@ -40,9 +40,7 @@ impl Engine {
                 })
             })
             .collect();
-        self.ctx
-            .status
-            .detail(crate::NAME, serde_json::json!({ "held": entries }));
+        self.detail.set_held(&self.ctx, entries);
         *last = names;
     }
 

@@ -33,6 +33,7 @@ pub use containers::{create_args, run_args};
 use images::check_auth_file;
 pub use images::pinned_digest;
 pub use types::{CreateSpec, HostOptions, PsEntry};
+pub use volumes::VolumeEntry;
 
 /// Longest stderr line kept in an error (characters; the whole message is capped again).
 const STDERR_LINE: usize = 400;

@@ -1,4 +1,4 @@
-//! Volume calls: ensure, remove.
+//! Volume calls: list, ensure, remove.
 
 use std::collections::BTreeMap;
 
@@ -82,5 +82,17 @@ impl Podman {
             .opts(["-f"])
             .name("volume", name);
         self.run(&call).await.map(drop)
+    }
+
+    /// Removes a volume no container uses (no `-f`: podman refuses one in use, naming the
+    /// container, instead of removing that container with it); a missing one is not an
+    /// error. One call.
+    pub async fn volume_rm_unused(&self, name: &str) -> Result<(), Error> {
+        let call = Call::new(&["volume", "rm"]).name("volume", name);
+        match self.run(&call).await {
+            Ok(_) => Ok(()),
+            Err(Error::Command { stderr, .. }) if stderr.contains("no such volume") => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 }

@@ -13,8 +13,8 @@ use fleet_contract::{Deployment, DeploymentStatus, Phase};
 use fleet_mod_containers::{Naming, DESCRIPTOR};
 pub use fleet_module_api::MemStore;
 use fleet_module_api::{
-    CancellationToken, Context, DesiredDeployment, DesiredState, ExtensionsBuilder, ModuleError,
-    Paths, StatusSink, SystemClock,
+    CancellationToken, Capability, Context, DesiredDeployment, DesiredState, ExtensionsBuilder,
+    ModuleError, Paths, StatusSink, SystemClock,
 };
 use fleet_testkit::{podman, PodmanScope};
 use tokio::sync::watch;
@@ -88,6 +88,9 @@ pub struct Run {
     pub desired: watch::Sender<Arc<DesiredState>>,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<Result<(), ModuleError>>,
+    /// The module and its context, for its command verbs (`handle`).
+    pub module: Arc<dyn Capability>,
+    pub ctx: Context,
 }
 
 pub fn section(scope: &PodmanScope, extra: &str) -> toml::Value {
@@ -145,12 +148,14 @@ pub fn start_in(
         checkin: watch::channel(Default::default()).1,
         progress: Default::default(),
     };
-    let task = tokio::spawn(module.clone().run(ctx));
+    let task = tokio::spawn(module.clone().run(ctx.clone()));
     Run {
         sink,
         desired,
         shutdown,
         task,
+        module,
+        ctx,
     }
 }
 
