@@ -96,7 +96,11 @@ fn bad_values_name_their_field() {
             "hostPort = 0",
             "container.ports[0].hostPort",
         ),
-        ("hostPort = 8080", "hostPort = 70000", "hostPort"),
+        (
+            "hostPort = 8080",
+            "hostPort = 70000",
+            "container.ports[0].hostPort",
+        ),
         (
             "hostIp = \"127.0.0.1\"",
             "hostIp = \"localhost\"",
@@ -155,7 +159,7 @@ fn bad_values_name_their_field() {
         (
             "pullPolicy = \"always\"",
             "pullPolicy = \"never\"",
-            "pullPolicy",
+            "container.pullPolicy",
         ),
         (
             "workingDir = \"/app\"",
