@@ -91,6 +91,7 @@ mod config;
 mod engine;
 mod error;
 mod podman;
+pub mod probe;
 mod reconcile;
 mod runtime;
 
