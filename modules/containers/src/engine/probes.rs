@@ -51,21 +51,31 @@ impl Engine {
             self.stop_probes(&d.name);
             return None;
         }
-        let current = self
-            .probe_runs()
-            .get(&d.name)
-            .is_some_and(|r| r.id == entry.id && r.pid == entry.pid && !r.task.is_finished());
-        if current {
-            let view = self
-                .tracks()
-                .get(&d.name)
-                .and_then(|t| t.probe_view.clone());
-            return Some(view.unwrap_or_else(|| waiting(d)));
+        // The same container start as the run's (id and host pid), and has that run ended?
+        let (same, ended) = match self.probe_runs().get(&d.name) {
+            Some(r) if r.id == entry.id && r.pid == entry.pid => (true, r.task.is_finished()),
+            _ => (false, false),
+        };
+        let (stored, stopping) = {
+            let tracks = self.tracks();
+            let t = tracks.get(&d.name);
+            (
+                t.and_then(|t| t.probe_view.clone())
+                    .unwrap_or_else(|| waiting(d)),
+                t.is_some_and(|t| t.probe_stop.is_some()),
+            )
+        };
+        // Its run goes on; or it ended stopping the container, which this (older) listing
+        // still shows running; or the process is gone already: the exit is the next pass's.
+        if (same && (!ended || stopping)) || !process_alive(entry.pid) {
+            return Some(stored);
         }
         let view = waiting(d);
         self.track(&d.name, |t| {
             t.probe_view = Some(view.clone());
-            t.probe_stop = None;
+            if !same {
+                t.probe_stop = None; // a new start (also one the agent did not make)
+            }
         });
         let task = tokio::spawn(self.clone().run_probes(
             d.clone(),
