@@ -37,7 +37,9 @@ async fn wait_kv(
         }
     })
     .await;
-    found.unwrap_or_else(|_| panic!("no status {what} in the bucket within {CONVERGE:?}; last: {last:#}"))
+    found.unwrap_or_else(|_| {
+        panic!("no status {what} in the bucket within {CONVERGE:?}; last: {last:#}")
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -173,6 +173,9 @@ impl Engine {
     pub async fn run(self: Arc<Self>) {
         let (trigger, mut triggers) = mpsc::unbounded_channel::<()>();
         let exits = exits::Exits::new(trigger);
+        // However the loop ends (shutdown, or a panic the supervisor restarts the module
+        // for), no probe of this engine goes on.
+        let probes = probes::StopAll(&self);
         let mut desired = self.ctx.desired.clone();
         let mut jobs: JoinSet<()> = JoinSet::new();
         let mut running: HashMap<tokio::task::Id, String> = HashMap::new();
@@ -249,7 +252,7 @@ impl Engine {
             }
         }
         drop(exits);
-        self.retain_probes(|_| false);
+        drop(probes);
         // Take no new job (queued ones find the semaphore closed) and let the ones in flight
         // finish their podman call, within the budget.
         sem.close();

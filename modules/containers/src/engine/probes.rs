@@ -34,6 +34,15 @@ pub(super) struct ProbeRun {
     task: AbortHandle,
 }
 
+/// Stops every probe run of the engine when dropped.
+pub(super) struct StopAll<'a>(pub(super) &'a Engine);
+
+impl Drop for StopAll<'_> {
+    fn drop(&mut self) {
+        self.0.retain_probes(|_| false);
+    }
+}
+
 impl Engine {
     fn probe_runs(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, ProbeRun>> {
         self.probes.lock().unwrap_or_else(|p| p.into_inner())
@@ -77,10 +86,18 @@ impl Engine {
                 t.probe_stop = None; // a new start (also one the agent did not make)
             }
         });
+        // The initial delay counts from the container's start (an adopted container that
+        // ran for a while is checked at once).
+        let age = self
+            .ctx
+            .clock
+            .unix_secs()
+            .saturating_sub(u64::try_from(entry.started_at).unwrap_or(0));
         let task = tokio::spawn(self.clone().run_probes(
             d.clone(),
             entry.name().to_owned(),
             entry.pid,
+            Duration::from_secs(age),
         ));
         let run = ProbeRun {
             id: entry.id.clone(),
@@ -122,12 +139,13 @@ impl Engine {
             );
             return;
         }
+        // The same view the next pass starts the probes with, so the sink publishes it once.
         let (phase, message) = waiting(d);
         self.track(&d.name, |t| {
             t.probe_view = None;
             t.probe_stop = None;
         });
-        self.publish(d, phase, format!("{container} started; {message}"));
+        self.publish(d, phase, message);
     }
 
     /// The phase and message of an exited container the agent stopped for a failed probe
@@ -177,9 +195,16 @@ impl Engine {
 
     /// The probes of one container start: a check loop per probe, their outcomes folded by
     /// the state machine; publishes on change; stops the container when a probe fails past
-    /// its threshold. Ends when aborted, at shutdown, when the container's process is gone
-    /// (the pass handles that exit) or after stopping it.
-    async fn run_probes(self: Arc<Self>, d: Deployment, container: String, pid: i64) {
+    /// its threshold. `age`: how long the container has been running. Ends when aborted, at
+    /// shutdown, when the container's process is gone (the pass handles that exit) or after
+    /// stopping it.
+    async fn run_probes(
+        self: Arc<Self>,
+        d: Deployment,
+        container: String,
+        pid: i64,
+        age: Duration,
+    ) {
         let (tx, mut rx) = mpsc::channel::<(usize, Outcome)>(d.container.probes.len().max(1));
         // Dropped with this task: aborts every check loop.
         let mut checks = JoinSet::new();
@@ -194,7 +219,7 @@ impl Engine {
                     address: None,
                 };
                 let secs = |s: u32| Duration::from_secs(u64::from(s));
-                tokio::time::sleep(secs(probe.initial_delay_secs)).await;
+                tokio::time::sleep(secs(probe.initial_delay_secs).saturating_sub(age)).await;
                 loop {
                     let began = Instant::now();
                     let outcome = target.check(&probe).await;
