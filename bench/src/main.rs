@@ -3,12 +3,13 @@
 //! `--markdown`, the README's table with the issue's targets). Never asserts on timings.
 //!
 //! Usage: `fleet-bench [AGENT_BINARY] [--quick] [--markdown] [--runs N] [--idle-secs S]
-//! [--puts P] [--only size,ready,nats,running,idle]` (default binary:
+//! [--puts P] [--only size,ready,nats,running,probe,idle]` (default binary:
 //! target/release/fleet-agent). `scripts/bench` builds both and runs it.
 
 mod agent;
 mod idle;
 mod nats;
+mod probe;
 mod procs;
 mod ready;
 mod report;
@@ -50,7 +51,7 @@ impl BenchError {
     }
 }
 
-const PARTS: &[&str] = &["size", "ready", "nats", "running", "idle"];
+const PARTS: &[&str] = &["size", "ready", "nats", "running", "probe", "idle"];
 
 struct Args {
     agent: PathBuf,
@@ -62,7 +63,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: fleet-bench [AGENT_BINARY] [--quick] [--markdown] [--runs N] \
-                     [--idle-secs S] [--puts P] [--only size,ready,nats,running,idle]";
+                     [--idle-secs S] [--puts P] [--only size,ready,nats,running,probe,idle]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -159,7 +160,7 @@ fn run(args: &Args) -> Result<(), BenchError> {
     if want(args, "ready") {
         step(ready::measure(&args.agent, args.runs)?);
     }
-    let image = if want(args, "running") || want(args, "idle") {
+    let image = if want(args, "running") || want(args, "probe") || want(args, "idle") {
         fleet_testkit::busybox_image("testkit").map_err(BenchError::kit)?
     } else {
         String::new()
@@ -183,6 +184,9 @@ fn run(args: &Args) -> Result<(), BenchError> {
     }
     if want(args, "running") {
         step(running::measure(&args.agent, &image, args.runs.min(5))?);
+    }
+    if want(args, "probe") {
+        step(probe::measure(&args.agent, &image, args.runs.min(5))?);
     }
     if want(args, "nats") {
         step(nats::measure(args.puts)?);

@@ -142,9 +142,25 @@ pub(crate) fn render_status(views: &std::collections::BTreeMap<String, DeviceVie
                 d["phase"].as_str().unwrap_or("?"),
                 d["message"].as_str().unwrap_or("")
             );
+            if let Some(line) = probe_line(&d["probe"]) {
+                let _ = writeln!(out, "    {line}");
+            }
         }
     }
     out
+}
+
+/// A deployment's health probe result: `probe web: failing 3x: HTTP 503`, `probe web:
+/// passing: HTTP 200`; `None` for a deployment without probes.
+pub(crate) fn probe_line(p: &serde_json::Value) -> Option<String> {
+    let name = p["name"].as_str()?;
+    let result = p["result"].as_str().unwrap_or("?");
+    Some(if p["passing"].as_bool() == Some(true) {
+        format!("probe {name}: passing: {result}")
+    } else {
+        let n = p["consecutiveFailures"].as_u64().unwrap_or(0);
+        format!("probe {name}: failing {n}x: {result}")
+    })
 }
 
 /// The device's clock when it is not simply trusted: `clock SKEWED -300 s (limit 30 s):
@@ -180,7 +196,24 @@ pub(crate) fn os_upgrade_line(d: &serde_json::Value) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::clock_line;
+    use super::{clock_line, probe_line};
+
+    #[test]
+    fn the_probe_line_says_which_probe_and_how_it_fails() {
+        let failing = serde_json::json!({ "name": "web", "passing": false, "result": "HTTP 503",
+            "consecutiveFailures": 3, "checkedAt": 1 });
+        assert_eq!(
+            probe_line(&failing).as_deref(),
+            Some("probe web: failing 3x: HTTP 503")
+        );
+        let ok = serde_json::json!({ "name": "db", "passing": true, "result": "connected to port 5432",
+            "consecutiveFailures": 0, "checkedAt": 1 });
+        assert_eq!(
+            probe_line(&ok).as_deref(),
+            Some("probe db: passing: connected to port 5432")
+        );
+        assert_eq!(probe_line(&serde_json::Value::Null), None);
+    }
 
     #[test]
     fn the_clock_shows_only_when_it_is_not_simply_trusted() {

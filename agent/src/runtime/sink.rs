@@ -20,6 +20,19 @@ pub(super) struct RuntimeSink {
     pub(super) published: watch::Sender<StatusSnapshot>,
 }
 
+/// What of a deployment's probe result is a change worth publishing: not the time of the
+/// check alone.
+fn probe_key(s: &DeploymentStatus) -> Option<(&str, bool, &str, u32)> {
+    s.probe.as_ref().map(|p| {
+        (
+            p.name.as_str(),
+            p.passing,
+            p.result.as_str(),
+            p.consecutive_failures,
+        )
+    })
+}
+
 impl StatusSink for RuntimeSink {
     fn deployment(&self, mut status: DeploymentStatus) {
         // Every message that goes into a status is bounded, whatever wrote it.
@@ -34,6 +47,7 @@ impl StatusSink for RuntimeSink {
                     && old.message == status.message
                     && old.revision == status.revision
                     && old.restarts == status.restarts
+                    && probe_key(&old) == probe_key(&status)
             });
         if unchanged {
             return;

@@ -19,9 +19,13 @@
 //!   started: `Running`. Any failure is `Failed` naming the reason, retried with backoff;
 //!   there is no automatic revert (application versions only roll forward). A failed pull
 //!   leaves the old revision running.
-//! - **Status**: `Pending`, `Pulling`, `Initializing`, `Starting`, `Running`, `Upgrading`,
-//!   `Failed`, `Removing`, with message, restart count, last exit code, image digest and the
-//!   desired revision the status reflects.
+//! - **Status**: `Pending`, `Pulling`, `Initializing`, `Starting`, `Running`, `Unhealthy`,
+//!   `Upgrading`, `Failed`, `Removing`, with message, restart count, last exit code, image
+//!   digest, the probe result and the desired revision the status reflects.
+//! - **Health probes** (`http`, `tcp`, `exec`; [`probe`], run by `engine/probes.rs`): a
+//!   deployment with probes is `Starting` until all passed once, then `Running`; a probe past
+//!   its failure threshold makes it `Unhealthy` (`Failed` if it never passed), and the
+//!   container is stopped by its lifecycle and restarted by its restart policy.
 //! - **Drift repair, event-driven, no resident child.** A pidfd on the main process of each
 //!   running container (host pid from the pass's `podman ps`) wakes the loop when it ends:
 //!   its own exit or crash, `kill -9` from the host, `podman stop`/`kill`/`rm -f`, `podman
@@ -112,6 +116,7 @@ mod error;
 mod podman;
 mod policy;
 mod purge;
+pub mod probe;
 mod reconcile;
 mod runtime;
 mod volumes;

@@ -37,15 +37,7 @@ impl Engine {
                             t.exit_reason = None;
                             t.crash_backoff = Duration::ZERO;
                         });
-                        self.publish(
-                            &deployment,
-                            Phase::Running,
-                            format!(
-                                "{} runs {}",
-                                self.rt.naming.container(&deployment.name),
-                                deployment.container.image
-                            ),
-                        );
+                        self.started(&deployment, &self.rt.naming.container(&deployment.name));
                     }
                     // Cut short by shutdown: the next start takes over, nothing failed.
                     Err(_) if self.ctx.shutdown.is_cancelled() => {}
@@ -71,11 +63,7 @@ impl Engine {
                     if count {
                         self.count_restart(&deployment.name);
                     }
-                    self.publish(
-                        &deployment,
-                        Phase::Running,
-                        format!("{container} runs {}", deployment.container.image),
-                    );
+                    self.started(&deployment, &container);
                 }
                 Err(e) if !count => self.repair_unstarted(&deployment, &container, &e).await,
                 Err(e) => {

@@ -8,6 +8,7 @@ mod exits;
 mod jobs;
 mod oom;
 mod pass;
+mod probes;
 mod status;
 mod volumes;
 
@@ -15,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fleet_contract::{Deployment, Phase};
+use fleet_contract::{Deployment, Phase, ProbeStatus};
 use fleet_module_api::{Context, DesiredDeployment, DesiredState, Health};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
@@ -64,6 +65,14 @@ struct Track {
     crash_backoff: Duration,
     restart_due: Option<Instant>,
     failure: Option<Failure>,
+    /// The last check of the probe the status carries (kept across a restart until the new
+    /// container's first check).
+    probe: Option<ProbeStatus>,
+    /// Phase and message the probes of the running container give.
+    probe_view: Option<(Phase, String)>,
+    /// Set when the agent stopped the container for a failed probe, until it starts again:
+    /// the phase (`Unhealthy`, or `Failed` for a probe that never passed) and why.
+    probe_stop: Option<(Phase, String)>,
 }
 
 /// The last failed attempt to reach a spec, and when to try again.
@@ -87,6 +96,8 @@ pub struct Engine {
     images: Mutex<HashMap<String, (Instant, Option<String>)>>,
     /// Deployments with a container in the last listing.
     listed: Mutex<BTreeSet<String>>,
+    /// The probe runs of running containers, by deployment.
+    probes: Mutex<HashMap<String, probes::ProbeRun>>,
     health: Arc<Mutex<Health>>,
     /// The module's status detail (held deployments, retained named volumes).
     detail: Arc<Detail>,
@@ -149,6 +160,7 @@ impl Engine {
             held: Mutex::new(BTreeSet::new()),
             images: Mutex::new(HashMap::new()),
             listed: Mutex::new(BTreeSet::new()),
+            probes: Mutex::new(HashMap::new()),
             health,
             detail,
         }
@@ -176,6 +188,9 @@ impl Engine {
     pub async fn run(self: Arc<Self>) {
         let (trigger, mut triggers) = mpsc::unbounded_channel::<()>();
         let exits = exits::Exits::new(trigger);
+        // However the loop ends (shutdown, or a panic the supervisor restarts the module
+        // for), no probe of this engine goes on.
+        let probes = probes::StopAll(&self);
         let mut desired = self.ctx.desired.clone();
         let mut jobs: JoinSet<()> = JoinSet::new();
         let mut running: HashMap<tokio::task::Id, String> = HashMap::new();
@@ -252,6 +267,7 @@ impl Engine {
             }
         }
         drop(exits);
+        drop(probes);
         // Take no new job (queued ones find the semaphore closed) and let the ones in flight
         // finish their podman call, within the budget.
         sem.close();
@@ -277,6 +293,10 @@ impl Engine {
         name: String,
         job: Job,
     ) {
+        // A job changes the container: the probes of the one running now stop.
+        if !matches!(job, Job::Clean { .. }) {
+            self.stop_probes(&name);
+        }
         let me = self.clone();
         let sem = sem.clone();
         let handle = jobs.spawn(async move {

@@ -91,7 +91,13 @@ impl Engine {
             );
         }
         let mut held = Vec::new();
+        // Deployments whose container runs: their probes go on, every other's stop.
+        let mut kept = BTreeSet::new();
         for action in actions {
+            let action = match manifests.get(action.deployment()).copied() {
+                Some(d) => self.probe_restart(action, &observed, d),
+                None => action,
+            };
             let name = action.deployment().to_owned();
             let job = match action {
                 Action::Hold { containers, .. } => {
@@ -102,6 +108,7 @@ impl Engine {
                     let Some(d) = manifests.get(name.as_str()) else {
                         continue;
                     };
+                    kept.insert(name.clone());
                     self.report_running(d, &listed).await;
                     None
                 }
@@ -124,14 +131,18 @@ impl Engine {
                         t.last_exit = Some(exit_code);
                         t.exit_reason = reason;
                     });
-                    self.publish(
-                        d,
-                        Phase::Failed,
-                        format!(
-                            "exited with {exit}; restart policy {:?} keeps it stopped",
-                            d.container.restart
-                        ),
-                    );
+                    let (phase, message) = self
+                        .probe_stop_note(&name, "restart policy never keeps it stopped")
+                        .unwrap_or_else(|| {
+                            (
+                                Phase::Failed,
+                                format!(
+                                    "exited with {exit}; restart policy {:?} keeps it stopped",
+                                    d.container.restart
+                                ),
+                            )
+                        });
+                    self.publish(d, phase, message);
                     None
                 }
                 Action::Restart {
@@ -173,15 +184,21 @@ impl Engine {
                                 let r = t.get(&name).map_or(0, |t| t.restarts);
                                 (r, due - now)
                             };
-                            self.publish(
-                                d,
-                                Phase::Failed,
-                                format!(
-                                    "exited with {exit} after {ran_secs} s; restart {} in {} s (crash-loop backoff)",
-                                    restarts + 1,
-                                    wait.as_secs_f32().ceil()
-                                ),
+                            let then = format!(
+                                "restart {} in {} s (crash-loop backoff)",
+                                restarts + 1,
+                                wait.as_secs_f32().ceil()
                             );
+                            let (phase, message) =
+                                self.probe_stop_note(&name, &then).unwrap_or_else(|| {
+                                    (
+                                        Phase::Failed,
+                                        format!(
+                                            "exited with {exit} after {ran_secs} s; {then}"
+                                        ),
+                                    )
+                                });
+                            self.publish(d, phase, message);
                             soon(wait);
                             None
                         } else {
@@ -228,6 +245,7 @@ impl Engine {
         }
 
         self.report_held(held);
+        self.retain_probes(|n| kept.contains(n));
 
         // Statuses of deployments that are gone from desired state and from the device.
         let gone: Vec<String> = {

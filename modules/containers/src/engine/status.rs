@@ -1,6 +1,7 @@
 //! Status reporting: what the engine publishes per deployment, and which it has published.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use fleet_contract::{Deployment, DeploymentStatus, Phase};
 use fleet_module_api::DesiredDeployment;
@@ -44,8 +45,9 @@ impl Engine {
         *last = names;
     }
 
-    /// Reports a running, matching container (adopted or just started).
-    pub(super) async fn report_running(&self, d: &Deployment, listed: &[PsEntry]) {
+    /// Reports a running, matching container (adopted or just started): `Running`, or what
+    /// its probes say (which this starts for a container start not probed yet).
+    pub(super) async fn report_running(self: &Arc<Self>, d: &Deployment, listed: &[PsEntry]) {
         let needs_digest = self
             .tracks()
             .get(&d.name)
@@ -79,15 +81,18 @@ impl Engine {
             t.failure = None;
             t.restart_due = None;
         });
-        self.publish(
-            d,
-            Phase::Running,
-            format!(
-                "{} runs {}",
-                self.rt.naming.container(&d.name),
-                d.container.image
-            ),
-        );
+        let container = self.rt.naming.container(&d.name);
+        let probed = listed
+            .iter()
+            .find(|p| p.name() == container)
+            .and_then(|entry| self.probed_view(d, entry));
+        let (phase, message) = probed.unwrap_or_else(|| {
+            (
+                Phase::Running,
+                format!("{container} runs {}", d.container.image),
+            )
+        });
+        self.publish(d, phase, message);
     }
 
     /// Publishes a status for `d`, unless its desired document turned invalid meanwhile.
@@ -99,14 +104,16 @@ impl Engine {
         if !still_valid && phase != Phase::Removing {
             return;
         }
-        let (restarts, last_exit_code, image_digest, exit_reason) = {
+        let (restarts, last_exit_code, image_digest, exit_reason, probe) = {
             let mut tracks = self.tracks();
             let t = self.entry(&mut tracks, &d.name);
+            let probe = t.probe.clone().filter(|_| !d.container.probes.is_empty());
             (
                 t.restarts,
                 t.last_exit,
                 t.digest.clone().flatten(),
                 t.exit_reason.clone(),
+                probe,
             )
         };
         self.ctx.status.deployment(DeploymentStatus {
@@ -118,7 +125,7 @@ impl Engine {
             last_exit_code,
             image_digest,
             exit_reason,
-            probe: None,
+            probe,
             updated_at: self.ctx.clock.unix_secs(),
         });
         let mut published = self.published.lock().unwrap_or_else(|p| p.into_inner());

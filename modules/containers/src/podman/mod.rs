@@ -13,6 +13,7 @@
 //! Why the CLI and not the libpod REST API: see the crate docs ("Runtime access").
 
 mod containers;
+mod exec;
 mod images;
 mod types;
 mod volumes;
