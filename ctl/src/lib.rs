@@ -4,9 +4,11 @@
 
 mod command;
 mod desired;
+mod import;
 mod keys;
 mod provision;
 mod release;
+mod schema;
 mod status;
 mod transport;
 
@@ -182,12 +184,22 @@ enum Verb {
         #[arg(long, default_value_t = 15)]
         timeout: u64,
     },
-    /// Validate deployment manifests (TOML) exactly as the agent will decode them.
+    /// Validate deployment manifests (TOML) exactly as the agent will decode them: one line
+    /// per file (`ok`, or file, line, column, field and what is wrong); exit 1 if any is
+    /// invalid.
     Validate {
         /// Manifest files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Convert docker-compose services into deployment manifests (fleet/v1 TOML, one per
+    /// service, each checked by the agent's decoder), naming on stderr every compose key
+    /// that is not carried. Exit 0 every selected service converted, 1 an error (a bad
+    /// file, a service that cannot be converted, or with --strict any key not carried).
+    Import(import::ImportArgs),
+    /// Print the JSON schema of a deployment manifest (for editors: see the README's
+    /// manifest reference).
+    Schema,
     /// Install fleet-agent on a device (or a fleet, --hosts) over SSH: the .deb for its
     /// architecture, /etc/fleet-agent/config.toml, the service; then wait for its first
     /// heartbeat. Idempotent (a second run changes nothing and says so); --dry-run plans only.
@@ -243,6 +255,8 @@ fn now() -> u64 {
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Verb::Validate { files } => Ok(desired::validate(&files)),
+        Verb::Import(args) => import::import(args),
+        Verb::Schema => Ok(schema::print()),
         Verb::Completions { shell } => {
             clap_complete::generate(
                 shell,
