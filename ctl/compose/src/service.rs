@@ -247,6 +247,7 @@ pub(crate) fn convert_service(
     let mut lifecycle = Lifecycle::default();
     let mut restart: Option<(RestartPolicy, Mark)> = None;
     let mut limits = Limits::default();
+    let mut ports_at = None;
     for (k, v) in entries {
         let p = cx.path(&k.text);
         match k.text.as_str() {
@@ -258,7 +259,10 @@ pub(crate) fn convert_service(
             }
             "environment" => spec.env = environment(cx, &p, v)?,
             "labels" => spec.labels = labels(cx, &p, v)?,
-            "ports" => mounts::ports(cx, &p, v, &mut spec)?,
+            "ports" => {
+                ports_at = Some((p.clone(), k.mark));
+                mounts::ports(cx, &p, v, &mut spec)?;
+            }
             "volumes" => mounts::volumes(cx, &p, v, &mut spec)?,
             "tmpfs" => mounts::tmpfs(cx, &p, v, &mut spec)?,
             "devices" => mounts::devices(cx, &p, v, &mut spec)?,
@@ -335,6 +339,19 @@ pub(crate) fn convert_service(
         )
     })?;
     spec.image = image;
+    if spec.network != NetworkMode::Bridge && !spec.ports.is_empty() {
+        // docker discards published ports outside the bridge network (with a warning).
+        let (p, mark) = ports_at.unwrap_or_else(|| (cx.path("ports"), mark));
+        cx.drop(
+            p,
+            mark,
+            format!(
+                "published ports mean nothing with network_mode {}: docker discards them",
+                spec.network.as_str()
+            ),
+        );
+        spec.ports.clear();
+    }
     // Compose's default is "no"; the manifest's is `always`, so it is always written.
     spec.restart = restart.map_or(RestartPolicy::Never, |(r, _)| r);
     spec.resources = limits.resources();
@@ -656,8 +673,8 @@ fn healthcheck(cx: &mut Cx, path: &str, v: &Node) -> R<Option<Probe>> {
     cx.note(
         path.to_owned(),
         mark,
-        "becomes an exec probe: the deployment is Running once it passes (docker only reports \
-         health)",
+        "becomes an exec probe: the deployment is Running once it passes, and a container \
+         that keeps failing it is restarted per its restart policy (docker only reports health)",
     );
     Ok(Some(Probe {
         name: None,

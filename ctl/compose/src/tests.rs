@@ -413,3 +413,27 @@ fn garbage_is_an_error_with_line_and_column() {
     let big = "#".repeat(MAX_COMPOSE_BYTES + 1);
     assert!(matches!(convert(&big, "c"), Err(ImportError::TooLarge(_))));
 }
+
+#[test]
+fn port_ranges_are_bounded_and_host_network_ports_dropped() {
+    // A port range is expanded only up to the manifest's list limit.
+    let src = "services:\n  a:\n    image: localhost/a:1\n    ports: [\"1-65535:1-65535\"]\n  b:\n    image: localhost/b:1\n    ports: [\"1000-1039:1000-1039\", \"2000-2039:2000-2039\"]\n";
+    let import = convert(src, "c.yaml").unwrap();
+    let a = &import.services[0];
+    assert!(a.result.is_ok());
+    assert!(
+        a.findings[0].message.contains("a range of 65535 ports"),
+        "{}",
+        a.findings[0]
+    );
+    let e = import.services[1].result.as_ref().unwrap_err();
+    assert_eq!(e.path, "services.b.ports[1]");
+    let src = "services:\n  h:\n    image: localhost/h:1\n    network_mode: host\n    ports: [\"80:80\"]\n";
+    let h = &convert(src, "c.yaml").unwrap().services[0];
+    let d = &h.result.as_ref().unwrap().deployment;
+    assert_eq!(
+        (d.container.network, d.container.ports.len()),
+        (NetworkMode::Host, 0)
+    );
+    assert_eq!(unsupported(&h.findings), ["services.h.ports"]);
+}

@@ -4,7 +4,7 @@
 //! nesting deeper than [`MAX_DEPTH`], and more than [`MAX_NODES`] nodes once aliases are
 //! expanded (a "billion laughs" document). `<<` merge keys are resolved as Compose does.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use yaml_rust2::parser::{Event, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
@@ -102,6 +102,8 @@ enum Frame {
     },
     Map {
         entries: Vec<(Key, Node)>,
+        /// The keys so far (a duplicate is found without a scan).
+        seen: HashSet<String>,
         key: Option<Key>,
         mark: Mark,
         anchor: usize,
@@ -174,6 +176,7 @@ pub fn parse(src: &str) -> Result<Option<Node>, YamlError> {
                 b.open(mark)?;
                 b.stack.push(Frame::Map {
                     entries: Vec::new(),
+                    seen: HashSet::new(),
                     key: None,
                     mark,
                     anchor,
@@ -257,16 +260,21 @@ impl Builder {
         match self.stack.last_mut() {
             None => self.root = Some(node),
             Some(Frame::Seq { items, .. }) => items.push(node),
-            Some(Frame::Map { entries, key, .. }) => match key.take() {
+            Some(Frame::Map {
+                entries, seen, key, ..
+            }) => match key.take() {
                 None => match node.kind {
                     Kind::Scalar { text, .. } => {
-                        if let Some((k, _)) = entries.iter().find(|(k, _)| k.text == text) {
+                        if !seen.insert(text.clone()) {
+                            let first = entries
+                                .iter()
+                                .find(|(k, _)| k.text == text)
+                                .map_or(node.mark.line, |(k, _)| k.mark.line);
                             return Err(YamlError {
                                 mark: node.mark,
                                 message: format!(
-                                    "key `{}` is given twice in this mapping (first at line {})",
+                                    "key `{}` is given twice in this mapping (first at line {first})",
                                     shorten(&text),
-                                    k.mark.line
                                 ),
                             });
                         }
@@ -316,6 +324,7 @@ fn merge(entries: Vec<(Key, Node)>) -> Result<Vec<(Key, Node)>, YamlError> {
             own.push((k, v));
         }
     }
+    let mut have: HashSet<String> = own.iter().map(|(k, _)| k.text.clone()).collect();
     for m in merged {
         let Kind::Map(items) = m.kind else {
             return Err(YamlError {
@@ -324,7 +333,7 @@ fn merge(entries: Vec<(Key, Node)>) -> Result<Vec<(Key, Node)>, YamlError> {
             });
         };
         for (k, v) in items {
-            if !own.iter().any(|(o, _)| o.text == k.text) {
+            if have.insert(k.text.clone()) {
                 own.push((k, v));
             }
         }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use fleet_contract::{
     BindMount, ContainerSpec, DeviceMapping, PortMapping, Protocol, TmpfsMount, VolumeMount,
+    MAX_LIST_ENTRIES,
 };
 
 use super::{boolean, err, integer, mapping, mib, string, Cx, R};
@@ -35,7 +36,16 @@ pub(crate) fn ports(cx: &mut Cx, path: &str, v: &Node, spec: &mut ContainerSpec)
             }
         };
         match parsed {
-            Port::Mapped(list) => spec.ports.extend(list),
+            Port::Mapped(list) => {
+                if spec.ports.len() + list.len() > MAX_LIST_ENTRIES {
+                    return Err(err(
+                        &p,
+                        item.mark,
+                        format!("a manifest publishes at most {MAX_LIST_ENTRIES} ports"),
+                    ));
+                }
+                spec.ports.extend(list);
+            }
             Port::Dropped(why) => cx.drop(p, item.mark, why),
         }
     }
@@ -89,6 +99,12 @@ fn expand(
     target: (u16, u16),
     protocol: Protocol,
 ) -> Port {
+    if usize::from(host.1 - host.0) >= MAX_LIST_ENTRIES {
+        return Port::Dropped(format!(
+            "a range of {} ports; a manifest publishes at most {MAX_LIST_ENTRIES}",
+            u32::from(host.1 - host.0) + 1
+        ));
+    }
     if host.1 - host.0 != target.1 - target.0 {
         return Port::Dropped(
             "a host port range for a different number of container ports: Compose picks one \
@@ -578,6 +594,7 @@ pub(crate) fn named_volumes(service: &Node) -> Vec<String> {
         return Vec::new();
     };
     let mut out = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
     for item in items {
         let name = match &item.kind {
             Kind::Scalar { text, .. } => match text.split_once(':') {
@@ -598,7 +615,7 @@ pub(crate) fn named_volumes(service: &Node) -> Vec<String> {
             }
             Kind::Seq(_) => continue,
         };
-        if !out.contains(&name) {
+        if seen.insert(name.clone()) {
             out.push(name);
         }
     }
