@@ -273,8 +273,9 @@ fn emit(
     service: &str,
     findings: &[Finding],
 ) -> Result<Converted, ServiceError> {
+    let here = format!("services.{}", yaml::shorten(service));
     let body = toml::to_string(&d).map_err(|e| ServiceError {
-        path: format!("services.{service}"),
+        path: here.clone(),
         mark: None,
         message: format!("cannot encode the manifest: {e}"),
     })?;
@@ -296,16 +297,13 @@ fn emit(
     text.push('\n');
     text.push_str(&body);
     let back = Deployment::from_toml_str(&text).map_err(|e| ServiceError {
-        path: e
-            .field
-            .clone()
-            .unwrap_or_else(|| format!("services.{service}")),
+        path: e.field.clone().unwrap_or_else(|| here.clone()),
         mark: None,
         message: format!("the agent refuses the manifest: {}", e.message),
     })?;
     if back != d {
         return Err(ServiceError {
-            path: format!("services.{service}"),
+            path: here,
             mark: None,
             message: "the manifest does not decode to what was converted".into(),
         });

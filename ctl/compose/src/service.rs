@@ -30,7 +30,7 @@ pub(crate) struct Cx<'a> {
 
 impl Cx<'_> {
     pub fn path(&self, rest: &str) -> String {
-        format!("services.{}.{rest}", self.svc)
+        format!("services.{}.{rest}", shorten(self.svc))
     }
     pub fn drop(&mut self, path: String, mark: Mark, message: impl Into<String>) {
         self.found.push(Finding {
@@ -223,7 +223,7 @@ pub(crate) fn convert_service(
     users: &BTreeMap<String, Vec<String>>,
     found: &mut Vec<Finding>,
 ) -> R<Deployment> {
-    let here = format!("services.{svc}");
+    let here = format!("services.{}", shorten(svc));
     let lower = svc.to_ascii_lowercase();
     DeviceId::parse(&lower).map_err(|e| {
         err(

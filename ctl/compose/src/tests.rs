@@ -437,3 +437,20 @@ fn port_ranges_are_bounded_and_host_network_ports_dropped() {
     );
     assert_eq!(unsupported(&h.findings), ["services.h.ports"]);
 }
+
+/// Fuzzing found an empty key reported with an empty path.
+#[test]
+fn an_empty_key_has_a_visible_path() {
+    let import = convert(
+        ": x\nservices:\n  \"\":\n    image: localhost/a:1\n  a:\n    image: localhost/a:1\n    \"\": 1\n",
+        "c.yaml",
+    )
+    .unwrap();
+    assert_eq!(unsupported(&import.findings), ["\"\""]);
+    let s = &import.services[0];
+    assert_eq!(s.result.as_ref().unwrap_err().path, "services.\"\"");
+    assert_eq!(
+        unsupported(&import.services[1].findings),
+        ["services.a.\"\""]
+    );
+}

@@ -341,8 +341,12 @@ fn merge(entries: Vec<(Key, Node)>) -> Result<Vec<(Key, Node)>, YamlError> {
     Ok(own)
 }
 
-/// At most 64 characters of a key, for messages.
+/// At most 64 characters of a key, for messages and paths; control characters as `?`, an
+/// empty key as `""`.
 pub fn shorten(s: &str) -> String {
+    if s.is_empty() {
+        return "\"\"".into();
+    }
     let mut out: String = s
         .chars()
         .take(64)
@@ -374,6 +378,13 @@ mod tests {
         };
         assert_eq!(inner[0].0.mark, Mark { line: 3, column: 3 });
         assert_eq!(inner[0].1.mark, Mark { line: 3, column: 6 });
+    }
+
+    #[test]
+    fn a_lone_cr_is_a_line_break() {
+        let m = map("a: 1\rb: 2\r\nc: 3\n");
+        let lines: Vec<usize> = m.iter().map(|(k, _)| k.mark.line).collect();
+        assert_eq!(lines, [1, 2, 3]);
     }
 
     #[test]
