@@ -4,9 +4,11 @@
 
 mod command;
 mod desired;
+mod import;
 mod keys;
 mod provision;
 mod release;
+mod schema;
 mod status;
 mod transport;
 
@@ -197,11 +199,26 @@ enum Verb {
         timeout: u64,
     },
     /// Validate deployment manifests (TOML) exactly as the agent will decode them.
+    ///
+    /// One line per file: `ok`, or file, line, column, field and what is wrong. Exit 1 if
+    /// any file is invalid.
     Validate {
         /// Manifest files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Convert docker-compose services into deployment manifests.
+    ///
+    /// One fleet/v1 TOML manifest per service, each checked by the agent's decoder; every
+    /// compose key that is not carried is named on stderr with its line and path. Exit 0
+    /// every selected service converted, 1 an error (a bad file, a service that cannot be
+    /// converted, or with --strict any key not carried), 2 usage.
+    Import(import::ImportArgs),
+    /// Print the JSON schema of a deployment manifest.
+    ///
+    /// Draft 2020-12, with every field's description, enum values and defaults, for
+    /// editors (see the README's manifest reference).
+    Schema,
     /// Install fleet-agent on a device (or a fleet, --hosts) over SSH: the .deb for its
     /// architecture, /etc/fleet-agent/config.toml, the service; then wait for its first
     /// heartbeat. Idempotent (a second run changes nothing and says so); --dry-run plans only.
@@ -257,6 +274,8 @@ fn now() -> u64 {
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Verb::Validate { files } => Ok(desired::validate(&files)),
+        Verb::Import(args) => import::import(args),
+        Verb::Schema => Ok(schema::print()),
         Verb::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -20,17 +20,45 @@ fn check_accepted(d: &Deployment) {
             panic!("image {:?} accepted: {e}", quote(image));
         }
     }
-    let argv = d
-        .container
+    let c = &d.container;
+    let argv = c
         .command
         .iter()
-        .chain(d.container.env.values())
-        .chain(d.init.iter().flat_map(|i| i.command.iter()));
+        .chain(c.env.values())
+        .chain(d.init.iter().flat_map(|i| i.command.iter()))
+        .chain(
+            c.probes
+                .iter()
+                .filter_map(|p| p.exec.as_ref())
+                .flat_map(|e| e.command.iter()),
+        );
     for a in argv {
         if let Some(e) = argv_problem(a) {
             panic!("argv element {:?} accepted: {e}", quote(a));
         }
     }
+    // What podman's --volume/--device/--tmpfs/--publish take apart: absolute paths without
+    // its separators, non-zero ports, one check per probe, no label of the agent's own.
+    let paths = c
+        .volumes
+        .iter()
+        .map(|v| &v.mount_path)
+        .chain(c.binds.iter().flat_map(|b| [&b.host_path, &b.mount_path]))
+        .chain(c.tmpfs.iter().map(|t| &t.mount_path))
+        .chain(c.devices.iter().map(|d| &d.host_path))
+        .chain(c.devices.iter().filter_map(|d| d.container_path.as_ref()))
+        .chain(c.working_dir.iter());
+    for p in paths {
+        assert!(
+            p.starts_with('/') && !p.contains([':', ',']) && !p.split('/').any(|s| s == ".."),
+            "path {:?} accepted",
+            quote(p)
+        );
+    }
+    assert!(c.devices.iter().all(|d| d.host_path.starts_with("/dev/")));
+    assert!(c.ports.iter().all(|p| p.host_port > 0 && p.container_port > 0));
+    assert!(c.probes.iter().all(|p| p.check().is_some()), "a probe without one check");
+    assert!(!c.labels.keys().any(|k| k.starts_with("fleet.")));
 }
 
 fuzz_target!(|data: &[u8]| {

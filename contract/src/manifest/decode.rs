@@ -253,7 +253,10 @@ pub fn decode_toml<T: serde::de::DeserializeOwned>(src: &str) -> Result<T, Decod
 /// A [`DecodeError`] for a semantic problem with `field` (dotted path, e.g. `init[1].name` or
 /// `modules.watchdog.device`), located in TOML source `src` by its table headers.
 pub fn located_error(src: &str, field: String, message: String) -> DecodeError {
-    let (line, column) = locate_toml_field(src, &field).unzip();
+    let (line, column) = locate_toml_field(src, &field)
+        .or_else(|| locate_array_entry(src, &field))
+        .or_else(|| locate_enclosing(src, &field))
+        .unzip();
     DecodeError {
         line,
         column,
@@ -335,6 +338,39 @@ fn locate_toml_field(src: &str, field: &str) -> Option<(usize, usize)> {
     None
 }
 
+/// Where the nearest enclosing part of `field` is written, for a field inside an inline
+/// table or array (`resources = { memoryMib = 2 }`, `capAdd = ["X"]`): the key of the
+/// inline value, or the `[[table]]` header of an array entry.
+fn locate_enclosing(src: &str, field: &str) -> Option<(usize, usize)> {
+    let mut f = field;
+    loop {
+        f = if f.ends_with(']') {
+            &f[..f.rfind('[')?]
+        } else {
+            &f[..f.rfind('.')?]
+        };
+        if let Some(at) = locate_toml_field(src, f).or_else(|| locate_array_entry(src, f)) {
+            return Some(at);
+        }
+    }
+}
+
+/// `container.probes[1]` -> the second `[[container.probes]]` header.
+fn locate_array_entry(src: &str, field: &str) -> Option<(usize, usize)> {
+    let (table, index) = field.strip_suffix(']')?.rsplit_once('[')?;
+    let index: usize = index.parse().ok()?;
+    src.lines()
+        .enumerate()
+        .filter(|(_, raw)| {
+            raw.trim()
+                .strip_prefix("[[")
+                .and_then(|l| l.split("]]").next())
+                .is_some_and(|h| h.trim() == table)
+        })
+        .nth(index)
+        .map(|(n, raw)| (n + 1, raw.len() - raw.trim_start().len() + 1))
+}
+
 /// `init[1].name` -> ("init", Some(1), "name"); `container.image` -> ("container", None, "image").
 fn split_path(field: &str) -> (String, Option<usize>, String) {
     let (table, key) = match field.rsplit_once('.') {
@@ -347,4 +383,25 @@ fn split_path(field: &str) -> (String, Option<usize>, String) {
     };
     // `container.env.KEY`: the key lives under [container.env] or inline in [container].
     (table.to_owned(), index, key.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_inside_inline_values_are_located_at_their_key() {
+        let src = "[container]\nimage = \"a\"\ncapAdd = [\"X\"]\nresources = { memoryMib = 2 }\n\n[[container.probes]]\nexec = { command = [] }\n[[container.probes]]\nexec = { command = [] }\n";
+        for (field, at) in [
+            ("container.capAdd[0]", (3, 1)),
+            ("container.resources.memoryMib", (4, 1)),
+            ("container.probes[1].exec.command", (9, 1)),
+            ("container.probes[1]", (8, 1)),
+        ] {
+            let e = located_error(src, field.into(), "bad".into());
+            assert_eq!((e.line, e.column), (Some(at.0), Some(at.1)), "{field}");
+        }
+        let e = located_error(src, "nowhere.x".into(), "bad".into());
+        assert_eq!(e.line, None);
+    }
 }
