@@ -80,7 +80,7 @@ fn every_container_field_is_checked() {
         (
             "pullPolicy = \"always\"",
             "pullPolicy = \"never\"",
-            "pullPolicy",
+            "container.pullPolicy",
         ),
         (
             "workingDir = \"/app\"",
