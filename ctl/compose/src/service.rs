@@ -1,22 +1,31 @@
 //! One compose service into one [`Deployment`]: the dispatch over the service's keys, and
-//! the keys with a single value (image, command, environment, restart, limits, user,
-//! capabilities, labels, health check, stop behaviour, pull policy, logging, deploy).
-//! Mounts, ports and devices are in [`crate::service::mounts`].
+//! the keys with a single value (image, command, environment, labels, network, restart,
+//! user, capabilities, stop behaviour, pull policy).
+//! Mounts and devices are in `mounts`, ports in `ports`, the health check in `health`, limits,
+//! `deploy` and `logging` in `limits`, the value readers in `read`.
 
+mod health;
+mod limits;
 mod mounts;
+mod ports;
+mod read;
 
 use std::collections::BTreeMap;
 
 use fleet_contract::{
-    ContainerSpec, Deployment, DeviceId, ExecProbe, Lifecycle, LogOptions, NetworkMode, Probe,
-    PullPolicy, Resources, RestartPolicy, API_VERSION,
+    ContainerSpec, Deployment, DeviceId, Lifecycle, NetworkMode, PullPolicy, RestartPolicy,
+    API_VERSION,
 };
 
 use crate::values::{self, shorten};
-use crate::yaml::{Key, Kind, Mark, Node};
+use crate::yaml::{Kind, Mark, Node};
 use crate::{Finding, ServiceError, Severity};
 
 pub(crate) use mounts::{named_volumes, top_level_volumes};
+pub(crate) use read::{boolean, err, integer, mapping, mib, string, string_list};
+
+use health::healthcheck;
+use limits::{deploy, logging, Limits};
 
 pub(crate) type R<T> = Result<T, ServiceError>;
 
@@ -48,107 +57,6 @@ impl Cx<'_> {
             message: message.into(),
         });
     }
-}
-
-pub(crate) fn err(path: &str, mark: Mark, message: impl Into<String>) -> ServiceError {
-    ServiceError {
-        path: path.to_owned(),
-        mark: Some(mark),
-        message: message.into(),
-    }
-}
-
-/// A scalar's text with Compose interpolation applied; `None` for null, or when the value
-/// depends on interpolation (a finding says so). A list or mapping is an error.
-pub(crate) fn string(cx: &mut Cx, path: &str, v: &Node) -> R<Option<String>> {
-    match &v.kind {
-        _ if v.is_null() => Ok(None),
-        Kind::Scalar { text, .. } => match values::interpolate(text) {
-            Ok(s) => Ok(Some(s)),
-            Err(why) => {
-                cx.drop(path.to_owned(), v.mark, why);
-                Ok(None)
-            }
-        },
-        _ => Err(err(
-            path,
-            v.mark,
-            format!("is {}; a string is expected", v.describe()),
-        )),
-    }
-}
-
-/// A list of strings (each element as [`string`]); `None` if any element is not carried.
-pub(crate) fn string_list(cx: &mut Cx, path: &str, v: &Node) -> R<Option<Vec<String>>> {
-    let Kind::Seq(items) = &v.kind else {
-        return Err(err(
-            path,
-            v.mark,
-            format!("is {}; a list of strings is expected", v.describe()),
-        ));
-    };
-    let mut out = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        match string(cx, &format!("{path}[{i}]"), item)? {
-            Some(s) => out.push(s),
-            None if item.is_null() => {
-                return Err(err(
-                    &format!("{path}[{i}]"),
-                    item.mark,
-                    "is null; a string is expected",
-                ))
-            }
-            None => return Ok(None),
-        }
-    }
-    Ok(Some(out))
-}
-
-pub(crate) fn boolean(path: &str, v: &Node) -> R<bool> {
-    match &v.kind {
-        Kind::Scalar { text, .. } => match text.as_str() {
-            "true" | "True" | "TRUE" => Ok(true),
-            "false" | "False" | "FALSE" => Ok(false),
-            _ => Err(err(
-                path,
-                v.mark,
-                format!("{:?} is not true or false", shorten(text)),
-            )),
-        },
-        _ => Err(err(
-            path,
-            v.mark,
-            format!("is {}; true or false is expected", v.describe()),
-        )),
-    }
-}
-
-pub(crate) fn integer(path: &str, v: &Node) -> R<i64> {
-    match &v.kind {
-        Kind::Scalar { text, .. } => text.trim().parse::<i64>().map_err(|_| {
-            err(
-                path,
-                v.mark,
-                format!("{:?} is not a whole number", shorten(text)),
-            )
-        }),
-        _ => Err(err(
-            path,
-            v.mark,
-            format!("is {}; a number is expected", v.describe()),
-        )),
-    }
-}
-
-/// The mapping's entries, or an error naming what it is instead.
-pub(crate) fn mapping<'n>(path: &str, v: &'n Node) -> R<&'n [(Key, Node)]> {
-    v.as_map().ok_or_else(|| {
-        err(
-            path,
-            v.mark,
-            format!("is {}; a mapping is expected", v.describe()),
-        )
-    })
 }
 
 /// Keys with nothing to carry them, and why.
@@ -261,7 +169,7 @@ pub(crate) fn convert_service(
             "labels" => spec.labels = labels(cx, &p, v)?,
             "ports" => {
                 ports_at = Some((p.clone(), k.mark));
-                mounts::ports(cx, &p, v, &mut spec)?;
+                ports::ports(cx, &p, v, &mut spec)?;
             }
             "volumes" => mounts::volumes(cx, &p, v, &mut spec)?,
             "tmpfs" => mounts::tmpfs(cx, &p, v, &mut spec)?,
@@ -601,341 +509,4 @@ fn pull_policy(cx: &mut Cx, path: &str, v: &Node) -> R<Option<PullPolicy>> {
             None
         }
     })
-}
-
-/// `healthcheck` as an exec probe with docker's timing defaults (30 s, 30 s, 3 retries).
-fn healthcheck(cx: &mut Cx, path: &str, v: &Node) -> R<Option<Probe>> {
-    let entries = mapping(path, v)?;
-    let mut test = None;
-    let mut timing = [(30u32, "interval"), (30, "timeout"), (0, "start_period")];
-    let mut retries = 3u32;
-    let mut disabled = false;
-    for (k, val) in entries {
-        let p = format!("{path}.{}", shorten(&k.text));
-        match k.text.as_str() {
-            "test" => test = Some((health_test(cx, &p, val)?, val.mark)),
-            "disable" => disabled = boolean(&p, val)?,
-            "retries" => {
-                let n = integer(&p, val)?;
-                retries = match n {
-                    0 => 3,
-                    n => u32::try_from(n).map_err(|_| err(&p, val.mark, "must be 0 or more"))?,
-                };
-            }
-            key @ ("interval" | "timeout" | "start_period") => {
-                let Some(s) = string(cx, &p, val)? else {
-                    continue;
-                };
-                let (secs, exact) = values::duration_secs(&s).map_err(|e| err(&p, val.mark, e))?;
-                let secs = u32::try_from(secs)
-                    .map_err(|_| err(&p, val.mark, format!("{secs} s is too long")))?;
-                if !exact {
-                    cx.note(p.clone(), val.mark, format!("rounded up to {secs} s"));
-                }
-                if key == "start_period" && secs > 0 {
-                    cx.note(
-                        p.clone(),
-                        val.mark,
-                        "carried as initialDelaySecs: the first check runs after it (docker \
-                         runs checks during it and ignores their failures)",
-                    );
-                }
-                for t in timing.iter_mut().filter(|t| t.1 == key) {
-                    // docker reads 0 as its default.
-                    if secs > 0 || key == "start_period" {
-                        t.0 = secs;
-                    }
-                }
-            }
-            "start_interval" => cx.drop(p, k.mark, "the manifest has no start interval"),
-            other => cx.drop(
-                format!("{path}.{}", shorten(other)),
-                k.mark,
-                "is not a health check key",
-            ),
-        }
-    }
-    if disabled {
-        return Ok(None);
-    }
-    let Some((test, mark)) = test else {
-        cx.drop(
-            path.to_owned(),
-            v.mark,
-            "has no `test`: the image's own HEALTHCHECK is not known at import, so nothing is \
-             carried",
-        );
-        return Ok(None);
-    };
-    let Some(command) = test else {
-        return Ok(None); // ["NONE"], or a test not carried (its finding is written)
-    };
-    cx.note(
-        path.to_owned(),
-        mark,
-        "becomes an exec probe: the deployment is Running once it passes, and a container \
-         that keeps failing it is restarted per its restart policy (docker only reports health)",
-    );
-    Ok(Some(Probe {
-        name: None,
-        http: None,
-        tcp: None,
-        exec: Some(ExecProbe { command }),
-        period_secs: timing[0].0,
-        timeout_secs: timing[1].0,
-        initial_delay_secs: timing[2].0,
-        failure_threshold: retries,
-    }))
-}
-
-/// `test`: `["CMD", args…]`, `["CMD-SHELL", "cmd"]` or a string (`/bin/sh -c`, as docker
-/// runs CMD-SHELL), `["NONE"]` (no probe). `Ok(None)` when there is no command to run.
-fn health_test(cx: &mut Cx, path: &str, v: &Node) -> R<Option<Vec<String>>> {
-    let shell = |s: String| vec!["/bin/sh".to_owned(), "-c".to_owned(), s];
-    if let Kind::Seq(_) = v.kind {
-        let Some(list) = string_list(cx, path, v)? else {
-            return Ok(None);
-        };
-        return match list.split_first() {
-            Some((first, rest)) if first == "CMD" && !rest.is_empty() => Ok(Some(rest.to_vec())),
-            Some((first, rest)) if first == "CMD-SHELL" && !rest.is_empty() => {
-                Ok(Some(shell(rest.join(" "))))
-            }
-            Some((first, _)) if first == "NONE" => Ok(None),
-            _ => Err(err(
-                path,
-                v.mark,
-                "is not [\"CMD\", …], [\"CMD-SHELL\", \"…\"] or [\"NONE\"]",
-            )),
-        };
-    }
-    Ok(string(cx, path, v)?.map(shell))
-}
-
-fn logging(cx: &mut Cx, path: &str, v: &Node) -> R<LogOptions> {
-    let mut out = LogOptions::default();
-    for (k, val) in mapping(path, v)? {
-        let p = format!("{path}.{}", shorten(&k.text));
-        match k.text.as_str() {
-            "driver" => {
-                if let Some(d) = string(cx, &p, val)? {
-                    if !matches!(d.as_str(), "json-file" | "local" | "k8s-file") {
-                        cx.drop(
-                            p,
-                            val.mark,
-                            "the log driver is not carried: podman logs to its own files, \
-                             capped by logs.maxSizeMib",
-                        );
-                    }
-                }
-            }
-            "options" | "driver_opts" => {
-                for (ok, ov) in mapping(&p, val)? {
-                    let op = format!("{p}.{}", shorten(&ok.text));
-                    if ok.text == "max-size" {
-                        if let Some(s) = string(cx, &op, ov)? {
-                            let b = values::bytes(&s).map_err(|e| err(&op, ov.mark, e))?;
-                            out.max_size_mib = Some(mib(cx, &op, ov.mark, b)?);
-                        }
-                    } else {
-                        cx.drop(
-                            op,
-                            ok.mark,
-                            "the manifest caps only the log size (max-size)",
-                        );
-                    }
-                }
-            }
-            other => cx.drop(
-                format!("{path}.{}", shorten(other)),
-                k.mark,
-                "is not a logging key",
-            ),
-        }
-    }
-    Ok(out)
-}
-
-/// Bytes as whole MiB, rounded up (with a note when not exact).
-pub(crate) fn mib(cx: &mut Cx, path: &str, mark: Mark, bytes: u128) -> R<u32> {
-    let m = bytes.div_ceil(1 << 20);
-    if bytes % (1 << 20) != 0 {
-        cx.note(path.to_owned(), mark, format!("rounded up to {m} MiB"));
-    }
-    u32::try_from(m).map_err(|_| err(path, mark, format!("{m} MiB is too large")))
-}
-
-/// `mem_limit`/`cpus`/`pids_limit` and `deploy.resources.limits`, which must agree.
-#[derive(Default)]
-struct Limits {
-    memory: Option<(u128, Mark, String)>,
-    cpus: Option<(u32, Mark, String)>,
-    pids: Option<(u32, Mark, String)>,
-    memory_mib: Option<u32>,
-}
-
-impl Limits {
-    fn set<T: PartialEq + Copy + std::fmt::Debug>(
-        slot: &mut Option<(T, Mark, String)>,
-        value: T,
-        path: &str,
-        mark: Mark,
-    ) -> R<()> {
-        if let Some((old, _, old_path)) = slot {
-            if *old != value {
-                return Err(err(
-                    path,
-                    mark,
-                    format!("disagrees with {old_path}; set the limit once"),
-                ));
-            }
-        }
-        *slot = Some((value, mark, path.to_owned()));
-        Ok(())
-    }
-
-    fn memory(&mut self, cx: &mut Cx, path: &str, v: &Node, _deploy: bool) -> R<()> {
-        let b = match &v.kind {
-            Kind::Scalar { text, plain: true } if text.bytes().all(|c| c.is_ascii_digit()) => text
-                .parse::<u128>()
-                .map_err(|_| err(path, v.mark, "is too large"))?,
-            _ => {
-                let Some(s) = string(cx, path, v)? else {
-                    return Ok(());
-                };
-                values::bytes(&s).map_err(|e| err(path, v.mark, e))?
-            }
-        };
-        Self::set(&mut self.memory, b, path, v.mark)?;
-        // 0 is no limit in Compose.
-        self.memory_mib = if b == 0 {
-            None
-        } else {
-            Some(mib(cx, path, v.mark, b)?)
-        };
-        Ok(())
-    }
-
-    fn cpus(&mut self, cx: &mut Cx, path: &str, v: &Node, _deploy: bool) -> R<()> {
-        let Some(s) = string(cx, path, v)? else {
-            return Ok(());
-        };
-        let c: f64 = s
-            .trim()
-            .parse()
-            .ok()
-            .filter(|c: &f64| c.is_finite() && *c >= 0.0 && *c <= 1_000_000.0)
-            .ok_or_else(|| {
-                err(
-                    path,
-                    v.mark,
-                    format!("{:?} is not a number of CPUs such as 0.5", shorten(&s)),
-                )
-            })?;
-        let millis = (c * 1000.0).round();
-        if (c * 1000.0 - millis).abs() > 1e-6 {
-            cx.note(
-                path.to_owned(),
-                v.mark,
-                format!("rounded to {millis} thousandths of a CPU"),
-            );
-        }
-        // In range by the filter above: at most 10^9.
-        Self::set(&mut self.cpus, millis as u32, path, v.mark)
-    }
-
-    fn pids(&mut self, path: &str, v: &Node, _deploy: bool) -> R<()> {
-        let n = integer(path, v)?;
-        // 0 and -1 are "no limit" in Compose.
-        let n = match n {
-            -1 | 0 => 0,
-            n => u32::try_from(n).map_err(|_| err(path, v.mark, "must be -1 or more"))?,
-        };
-        Self::set(&mut self.pids, n, path, v.mark)
-    }
-
-    fn resources(&self) -> Resources {
-        Resources {
-            memory_mib: self.memory_mib,
-            cpu_millis: self.cpus.as_ref().map(|c| c.0).filter(|c| *c > 0),
-            pids: self.pids.as_ref().map(|p| p.0).filter(|p| *p > 0),
-        }
-    }
-}
-
-/// `deploy`: resource limits and the restart policy are carried; the swarm keys are not.
-fn deploy(
-    cx: &mut Cx,
-    path: &str,
-    v: &Node,
-    limits: &mut Limits,
-) -> R<Option<(RestartPolicy, Mark)>> {
-    let mut restart = None;
-    for (k, val) in mapping(path, v)? {
-        let p = format!("{path}.{}", shorten(&k.text));
-        match k.text.as_str() {
-            "replicas" => {
-                if integer(&p, val)? != 1 {
-                    cx.drop(p, k.mark, "a deployment is one container");
-                }
-            }
-            "mode" => {
-                if string(cx, &p, val)?.as_deref() != Some("replicated") {
-                    cx.drop(p, k.mark, "a deployment is one container on one device");
-                }
-            }
-            "resources" => {
-                for (rk, rv) in mapping(&p, val)? {
-                    let rp = format!("{p}.{}", shorten(&rk.text));
-                    if rk.text != "limits" {
-                        cx.drop(rp, rk.mark, "only limits are carried");
-                        continue;
-                    }
-                    for (lk, lv) in mapping(&rp, rv)? {
-                        let lp = format!("{rp}.{}", shorten(&lk.text));
-                        match lk.text.as_str() {
-                            "memory" => limits.memory(cx, &lp, lv, true)?,
-                            "cpus" => limits.cpus(cx, &lp, lv, true)?,
-                            "pids" => limits.pids(&lp, lv, true)?,
-                            _ => cx.drop(lp, lk.mark, "the manifest has no such limit"),
-                        }
-                    }
-                }
-            }
-            "restart_policy" => {
-                for (rk, rv) in mapping(&p, val)? {
-                    let rp = format!("{p}.{}", shorten(&rk.text));
-                    if rk.text != "condition" {
-                        cx.drop(
-                            rp,
-                            rk.mark,
-                            "the agent restarts with its own backoff, without a limit",
-                        );
-                        continue;
-                    }
-                    let Some(c) = string(cx, &rp, rv)? else {
-                        continue;
-                    };
-                    let policy = match c.as_str() {
-                        "none" => RestartPolicy::Never,
-                        "on-failure" => RestartPolicy::OnFailure,
-                        "any" => RestartPolicy::Always,
-                        other => {
-                            return Err(err(
-                                &rp,
-                                rv.mark,
-                                format!(
-                                    "{:?} is not a condition (none, on-failure, any)",
-                                    shorten(other)
-                                ),
-                            ))
-                        }
-                    };
-                    restart = Some((policy, rv.mark));
-                }
-            }
-            _ => cx.drop(p, k.mark, "swarm settings are not carried"),
-        }
-    }
-    Ok(restart)
 }
