@@ -193,9 +193,7 @@ impl Engine {
                                 self.probe_stop_note(&name, &then).unwrap_or_else(|| {
                                     (
                                         Phase::Failed,
-                                        format!(
-                                            "exited with {exit} after {ran_secs} s; {then}"
-                                        ),
+                                        format!("exited with {exit} after {ran_secs} s; {then}"),
                                     )
                                 });
                             self.publish(d, phase, message);
