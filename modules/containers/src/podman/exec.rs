@@ -1,12 +1,10 @@
 //! What the health probes ask of podman: a command run in a container (`podman exec`) and
 //! the container's address on its network.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde::Deserialize;
 use tokio::io::AsyncReadExt;
 
 use super::{Call, Podman};
@@ -14,21 +12,6 @@ use crate::error::Error;
 
 /// Most bytes of a probe command's stderr read (its stdout is not read at all).
 const EXEC_STDERR: u64 = 8192;
-
-/// `.NetworkSettings` of `podman container inspect`, as far as the address goes.
-#[derive(Debug, Deserialize)]
-struct NetworkSettings {
-    #[serde(rename = "IPAddress", default)]
-    ip: String,
-    #[serde(rename = "Networks", default)]
-    networks: Option<BTreeMap<String, Network>>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Network {
-    #[serde(rename = "IPAddress", default)]
-    ip: String,
-}
 
 impl Podman {
     /// Runs `command` in the running container `name` within `limit`; the command's exit
@@ -92,23 +75,16 @@ impl Podman {
     }
 
     /// The address of container `name` on its network: `.NetworkSettings.IPAddress`, else
-    /// the first network's (by name) that has one; `None` when it has none (not running,
-    /// no network).
+    /// the first of its networks' that parses; `None` when it has none (not running, no
+    /// network).
     pub async fn address(&self, name: &str) -> Result<Option<IpAddr>, Error> {
         let call = Call::new(&["container", "inspect"])
-            .opts(["--format", "{{json .NetworkSettings}}"])
+            .opts([
+                "--format",
+                "{{.NetworkSettings.IPAddress}} {{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+            ])
             .name("container", name);
         let out = self.run(&call).await?;
-        let settings: NetworkSettings = self.decode(&call, out.trim())?;
-        let ip = std::iter::once(settings.ip.as_str())
-            .chain(
-                settings
-                    .networks
-                    .iter()
-                    .flatten()
-                    .map(|(_, n)| n.ip.as_str()),
-            )
-            .find_map(|ip| ip.parse::<IpAddr>().ok());
-        Ok(ip)
+        Ok(out.split_whitespace().find_map(|w| w.parse().ok()))
     }
 }
