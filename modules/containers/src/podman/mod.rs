@@ -527,7 +527,10 @@ mod tests {
         let mut kept = Vec::new();
         keep(&mut from, &mut kept).await;
         assert_eq!(kept.len() as u64, MAX_OUTPUT);
-        assert!(from.is_empty(), "the rest was read (drained), not left in the pipe");
+        assert!(
+            from.is_empty(),
+            "the rest was read (drained), not left in the pipe"
+        );
     }
 
     #[tokio::test]
