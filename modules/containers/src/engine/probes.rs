@@ -16,14 +16,13 @@ use std::time::Duration;
 
 use fleet_contract::{Deployment, Phase, RestartPolicy};
 use fleet_module_api::DesiredDeployment;
-use tokio::sync::mpsc;
-use tokio::task::{AbortHandle, JoinSet};
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::Engine;
 use crate::podman::PsEntry;
 use crate::probe::state::{Machine, Verdict};
-use crate::probe::{Outcome, Target};
+use crate::probe::Target;
 use crate::reconcile::{spec_hash, Action, Observed};
 
 /// The probes of one container start, running.
@@ -193,11 +192,11 @@ impl Engine {
         }
     }
 
-    /// The probes of one container start: a check loop per probe, their outcomes folded by
+    /// The probes of one container start: each checked every period, the outcomes folded by
     /// the state machine; publishes on change; stops the container when a probe fails past
-    /// its threshold. `age`: how long the container has been running. Ends when aborted, at
-    /// shutdown, when the container's process is gone (the pass handles that exit) or after
-    /// stopping it.
+    /// its threshold. `age`: how long the container has been running. Ends when aborted (a
+    /// job takes the deployment, a pass sees the container stopped, the loop ends), when the
+    /// container's process is gone (the pass handles that exit) or after stopping it.
     async fn run_probes(
         self: Arc<Self>,
         d: Deployment,
@@ -205,42 +204,31 @@ impl Engine {
         pid: i64,
         age: Duration,
     ) {
-        let (tx, mut rx) = mpsc::channel::<(usize, Outcome)>(d.container.probes.len().max(1));
-        // Dropped with this task: aborts every check loop.
-        let mut checks = JoinSet::new();
-        for (i, probe) in d.container.probes.iter().cloned().enumerate() {
-            let (me, tx, container) = (self.clone(), tx.clone(), container.clone());
-            let network = d.container.network;
-            checks.spawn(async move {
-                let mut target = Target {
-                    podman: &me.rt.podman,
-                    container: &container,
-                    network,
-                    address: None,
-                };
-                let secs = |s: u32| Duration::from_secs(u64::from(s));
-                tokio::time::sleep(secs(probe.initial_delay_secs).saturating_sub(age)).await;
-                loop {
-                    let began = Instant::now();
-                    let outcome = target.check(&probe).await;
-                    if tx.send((i, outcome)).await.is_err() {
-                        return;
-                    }
-                    tokio::time::sleep_until(began + secs(probe.period_secs.max(1))).await;
-                }
-            });
-        }
-        drop(tx);
-        let mut machine = Machine::new(&d.container.probes);
+        let probes = &d.container.probes;
+        let secs = |s: u32| Duration::from_secs(u64::from(s));
+        // Checked one at a time, each when due: a check is bounded by its timeout, so a
+        // slow one delays the next by at most that.
+        let began = Instant::now();
+        let mut due: Vec<Instant> = probes
+            .iter()
+            .map(|p| began + secs(p.initial_delay_secs).saturating_sub(age))
+            .collect();
+        let mut target = Target {
+            podman: &self.rt.podman,
+            container: &container,
+            network: d.container.network,
+            address: None,
+        };
+        let mut machine = Machine::new(probes);
         let hash = spec_hash(&d);
         loop {
-            let (i, outcome) = tokio::select! {
-                () = self.ctx.shutdown.cancelled() => return,
-                got = rx.recv() => match got {
-                    Some(got) => got,
-                    None => return,
-                },
+            let Some((i, at)) = due.iter().copied().enumerate().min_by_key(|(_, at)| *at) else {
+                return;
             };
+            tokio::time::sleep_until(at).await;
+            let started = Instant::now();
+            let outcome = target.check(&probes[i]).await;
+            due[i] = started + secs(probes[i].period_secs.max(1));
             if !process_alive(pid) {
                 return; // it exited by itself: the exit watcher's pass takes it from here
             }

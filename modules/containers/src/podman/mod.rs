@@ -40,6 +40,8 @@ pub use volumes::VolumeEntry;
 const STDERR_LINE: usize = 400;
 /// Ceiling for calls that should return quickly (ps, inspect, create, start, rm).
 const QUICK: Duration = Duration::from_secs(120);
+/// Most bytes kept of a call's stdout and of its stderr.
+const MAX_OUTPUT: u64 = 16 << 20;
 /// Ceiling for a pull.
 const PULL: Duration = Duration::from_secs(1800);
 /// Shortest container argument treated as a secret.
@@ -297,12 +299,12 @@ impl Podman {
             let mut err = Vec::new();
             let read_out = async {
                 if let Some(s) = stdout.as_mut() {
-                    let _ = s.read_to_end(&mut out).await;
+                    keep(s, &mut out).await;
                 }
             };
             let read_err = async {
                 if let Some(s) = stderr.as_mut() {
-                    let _ = s.read_to_end(&mut err).await;
+                    keep(s, &mut err).await;
                 }
             };
             let ((), (), status) = tokio::join!(read_out, read_err, child.wait());
@@ -349,6 +351,15 @@ impl Podman {
         let call = Call::new(&["version"]).opts(["--format", "{{.Client.Version}}"]);
         Ok(self.run(&call).await?.trim().to_owned())
     }
+}
+
+/// Reads `from` to its end, keeping the first [`MAX_OUTPUT`] bytes in `into` (a command in
+/// a container, `podman exec`, may print without end): the rest is drained unkept, so the
+/// child never blocks on a full pipe.
+async fn keep(from: &mut (dyn tokio::io::AsyncRead + Unpin + Send), into: &mut Vec<u8>) {
+    let mut head = from.take(MAX_OUTPUT);
+    let _ = head.read_to_end(into).await;
+    let _ = tokio::io::copy(head.into_inner(), &mut tokio::io::sink()).await;
 }
 
 /// A JSON error by kind and position only: serde's own message may quote the value.

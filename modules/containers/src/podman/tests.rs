@@ -367,3 +367,16 @@ fn auth_file_must_be_root_only() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn output_past_the_cap_is_drained_unkept() {
+    let big = vec![b'x'; usize::try_from(MAX_OUTPUT).unwrap() + 4096];
+    let mut from: &[u8] = &big;
+    let mut kept = Vec::new();
+    keep(&mut from, &mut kept).await;
+    assert_eq!(kept.len() as u64, MAX_OUTPUT);
+    assert!(
+        from.is_empty(),
+        "the rest was read (drained), not left in the pipe"
+    );
+}
