@@ -53,7 +53,16 @@ async fn an_agent_restart_mid_command_follows_the_same_unit_and_never_runs_it_tw
     // The agent stops (the package's postinst restarts it); the command goes on without it.
     run.stop().await;
     wait_file(&dev.p("done")).await;
-    let st = dev.units.status(UNIT).await.unwrap();
+    // `done` is written just before the command's shell exits: on a loaded machine the unit
+    // can still be running for a moment, so its final state is waited for (bounded).
+    let mut st = dev.units.status(UNIT).await.unwrap();
+    for _ in 0..200 {
+        if st.sub_state != "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        st = dev.units.status(UNIT).await.unwrap();
+    }
     assert_eq!(
         (st.active_state.as_str(), st.sub_state.as_str()),
         ("active", "exited"),
